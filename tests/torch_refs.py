@@ -73,3 +73,58 @@ def use_meta_v1_interpolation(model) -> None:
     return meta_v1_interpolate(emb.position_embeddings, height // 14, width // 14)
 
   emb.interpolate_pos_encoding = interpolate_pos_encoding
+
+
+def meta_state_from_hf(model) -> dict[str, torch.Tensor]:
+  """The same weights under Meta's hub names, as in dinov2_vit*14_pretrain.pth files.
+
+  Written out by hand, independently of the converter under test.
+  """
+  sd = model.state_dict()
+  out = {
+      "cls_token": sd["embeddings.cls_token"],
+      "pos_embed": sd["embeddings.position_embeddings"],
+      "mask_token": sd["embeddings.mask_token"],
+      "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
+      "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
+      "norm.weight": sd["layernorm.weight"],
+      "norm.bias": sd["layernorm.bias"],
+  }
+  if "embeddings.register_tokens" in sd:
+    out["register_tokens"] = sd["embeddings.register_tokens"]
+  for i in range(model.config.num_hidden_layers):
+    src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
+    for kind in ("weight", "bias"):
+      out[dst + f"attn.qkv.{kind}"] = torch.cat(
+          [sd[src + f"attention.{p}_proj.{kind}"] for p in "qkv"], dim=0)
+      out[dst + f"attn.proj.{kind}"] = sd[src + f"attention.o_proj.{kind}"]
+      out[dst + f"norm1.{kind}"] = sd[src + f"norm1.{kind}"]
+      out[dst + f"norm2.{kind}"] = sd[src + f"norm2.{kind}"]
+      if model.config.use_swiglu_ffn:
+        out[dst + f"mlp.w12.{kind}"] = torch.cat(
+            [sd[src + f"mlp.gate_proj.{kind}"], sd[src + f"mlp.up_proj.{kind}"]], dim=0)
+        out[dst + f"mlp.w3.{kind}"] = sd[src + f"mlp.down_proj.{kind}"]
+      else:
+        out[dst + f"mlp.fc1.{kind}"] = sd[src + f"mlp.fc1.{kind}"]
+        out[dst + f"mlp.fc2.{kind}"] = sd[src + f"mlp.fc2.{kind}"]
+    out[dst + "ls1.gamma"] = sd[src + "layer_scale1.lambda1"]
+    out[dst + "ls2.gamma"] = sd[src + "layer_scale2.lambda1"]
+  return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
+def timm_state_from_meta(meta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+  """timm's checkpoint_filter_fn applied to a Meta state dict."""
+  out = {}
+  swiglu = any(".mlp.w12." in k for k in meta)
+  for k, v in meta.items():
+    if k == "mask_token":
+      continue
+    if k == "register_tokens":
+      k = "reg_token"
+    if swiglu:
+      k = k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")
+    out[k] = v
+  if "reg_token" in out:  # no_embed_class: the class position is folded into cls_token.
+    out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
+    out["pos_embed"] = out["pos_embed"][:, 1:].contiguous()
+  return out

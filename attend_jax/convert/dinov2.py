@@ -524,3 +524,36 @@ def load(ckpt_dir: str | os.PathLike, shardings=None, **config_overrides) -> vit
     restored = ckptr.restore(ckpt_dir / STATE_DIR, target)
   nnx.update(model, restored)
   return model
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole conversion, as run by tools/convert_dinov2.py.
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_source(checkpoint: str | None, variant: str, registers: bool,
+                   progress: Callable[[int, int], None] | None = None) -> pathlib.Path:
+  """A local file for ``checkpoint``: a path, a URL (downloaded and cached), or None for Meta's."""
+  if not checkpoint:
+    checkpoint = meta_url(variant, registers)
+  if re.match(r"^(https?|file)://", checkpoint):
+    return fetch(checkpoint, progress=progress)
+  return pathlib.Path(checkpoint).expanduser()
+
+
+def convert(checkpoint: str | None, variant: str, out: str | os.PathLike, registers: bool = False,
+            pos_embed_interp: str | None = None,
+            progress: Callable[[int, int], None] | None = None) -> dict:
+  """Converts a weights file (or Meta's official one) into an orbax checkpoint at ``out``."""
+  source = resolve_source(checkpoint, variant, registers, progress)
+  loaded = load_pretrained(source, variant, registers, pos_embed_interp)
+  info = {
+      "variant": variant,
+      "registers": registers,
+      "source": str(checkpoint or source),
+      "source_format": loaded.source_format,
+      "pos_embed_interp": loaded.model.cfg.pos_embed_interp,
+      "num_params": sum(x.size for x in jax.tree.leaves(nnx.state(loaded.model, nnx.Param))),
+  }
+  save(loaded.model, out, metadata={"converted_from": info})
+  return info

@@ -1,0 +1,39 @@
+# Two entry points, each self-contained on a fresh machine with Python 3.10+:
+#   make demo   installs the package into .venv and runs the demo on built-in synthetic data
+#   make test   also installs the test tools (torch CPU, transformers, pytest) and runs the suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Parity tests compare against PyTorch. 2.13.0 is the CPU build available offline on our CI
+# machines; an unpinned torch resolves to a multi-GB CUDA build. Elsewhere, e.g.
+#   make test TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cpu
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install -q $(TORCH_INDEX) "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/python tools/demo_vit.py
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python tools/bench_vit.py
+
+clean:
+	rm -rf $(VENV) workdirs .pytest_cache

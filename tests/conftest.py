@@ -1,0 +1,9 @@
+"""Test set-up: 8 simulated CPU devices, so sharded code paths run on any machine."""
+
+import os
+
+# Must happen before jax is imported anywhere.
+_FLAG = "--xla_force_host_platform_device_count=8"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")

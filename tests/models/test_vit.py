@@ -1,0 +1,112 @@
+"""The NNX DINOv2 equals transformers' PyTorch Dinov2 on the same random weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from attend_jax.convert import dinov2 as conv
+from attend_jax.models import vit
+from torch_refs import hf_dinov2, hf_state_numpy, run_hf, use_meta_v1_interpolation
+
+ATOL = 1e-4
+
+
+def _ours(hf_model, variant="vits14", registers=False, interp=None, **overrides):
+  meta, fmt = conv.to_meta_names(hf_state_numpy(hf_model))
+  grid = int(round((meta["pos_embed"].shape[1] - 1) ** 0.5))
+  cfg = vit.config_for(variant, registers, pretrained_grid=grid,
+                       pos_embed_interp=interp or conv.DEFAULT_INTERP[(fmt, registers)],
+                       **overrides)
+  conv.check_state_dict(meta, cfg, "test")
+  return conv.model_from_params(cfg, conv.meta_to_params(meta, cfg))
+
+
+def _images(size, batch=2, seed=0):
+  h, w = size if isinstance(size, tuple) else (size, size)
+  return np.random.default_rng(seed).normal(size=(batch, h, w, 3)).astype(np.float32)
+
+
+def _compare(hf_model, ours, images, num_registers):
+  ref = run_hf(hf_model, images)
+  cls, aux = jax.jit(lambda x: ours(x))(images)
+  np.testing.assert_allclose(cls, ref[:, 0], atol=ATOL, rtol=0)
+  np.testing.assert_allclose(aux["patch_tokens"], ref[:, 1 + num_registers:], atol=ATOL, rtol=0)
+  np.testing.assert_allclose(aux["register_tokens"], ref[:, 1:1 + num_registers], atol=ATOL,
+                             rtol=0)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "reg4"])
+def vits14_pair(request):
+  hf_model = hf_dinov2(registers=request.param)
+  return hf_model, _ours(hf_model, registers=request.param), request.param
+
+
+@pytest.mark.parametrize("size", [518, 448])
+def test_vits14_matches_transformers(vits14_pair, size):
+  hf_model, ours, registers = vits14_pair
+  _compare(hf_model, ours, _images(size), 4 if registers else 0)
+
+
+def test_swiglu_mlp_of_vitg_matches_transformers():
+  hf_model = hf_dinov2(width=96, depth=2, heads=4, swiglu=True, image_size=224)
+  ours = _ours(hf_model, "vitg14", width=96, depth=2, num_heads=4)
+  assert isinstance(ours.blocks[0].mlp, vit.SwiGLU)
+  _compare(hf_model, ours, _images(224), 0)
+
+
+def test_meta_v1_resize_matches_meta_model_at_448():
+  hf_model = hf_dinov2(depth=2)
+  use_meta_v1_interpolation(hf_model)
+  ours = _ours(hf_model, interp="meta_v1", depth=2)
+  _compare(hf_model, ours, _images(448), 0)
+
+
+def test_non_square_input_and_last_block_attention():
+  hf_model = hf_dinov2(width=64, depth=2, heads=4, image_size=224, registers=True)
+  hf_model.set_attn_implementation("eager")
+  ours = _ours(hf_model, registers=True, width=64, depth=2, num_heads=4)
+  images = _images((154, 210))
+  _compare(hf_model, ours, images, 4)
+  import torch
+
+  with torch.no_grad():
+    pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    ref = hf_model(pixel_values=pixels, output_attentions=True).attentions[-1].numpy()
+  _, aux = ours(images, return_attention=True)
+  assert aux["attention"].shape == (2, 4, 1 + 4 + 11 * 15, 1 + 4 + 11 * 15)
+  np.testing.assert_allclose(aux["attention"], ref, atol=1e-5, rtol=0)
+
+
+def test_size_not_multiple_of_patch_is_rejected():
+  model = vit.create(vit.ViTConfig(width=32, depth=1, num_heads=2, pretrained_grid=4))
+  with pytest.raises(ValueError, match="multiple of the patch size 14"):
+    model(jnp.zeros((1, 50, 56, 3)))
+
+
+@pytest.mark.parametrize("variant", vit.VARIANTS)
+@pytest.mark.parametrize("registers", [False, True])
+def test_every_variant_has_the_shapes_of_meta_checkpoints(variant, registers):
+  cfg = vit.config_for(variant, registers)
+  params = nnx.to_flat_state(nnx.state(vit.abstract(cfg), nnx.Param))
+  ours = sum(int(np.prod(v.shape)) for _, v in params)
+  expected = conv._expected_shapes(cfg)
+  assert ours == sum(int(np.prod(s)) for s in expected.values())
+  # Published sizes of the hub models without mask_token: exact for S and B, and in millions
+  # as timm's model cards round them for L and g.
+  published = {"vits14": 22.056192, "vitb14": 86.579712, "vitl14": 304.37, "vitg14": 1136.48}
+  tolerance = 1e-6 if variant in ("vits14", "vitb14") else 0.005
+  ours_without_registers = (ours - (4 * cfg.width if registers else 0)) / 1e6
+  assert abs(ours_without_registers - published[variant]) <= tolerance
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+  cfg = vit.ViTConfig(width=64, depth=2, num_heads=4, pretrained_grid=4)
+  f32 = vit.create(cfg, seed=3)
+  bf16 = vit.create(vit.ViTConfig(**{**cfg.__dict__, "dtype": jnp.bfloat16}), seed=3)
+  x = _images(56)
+  a, _ = f32(x)
+  b, _ = bf16(x)
+  assert b.dtype == jnp.bfloat16
+  assert np.abs(np.asarray(a) - np.asarray(b, np.float32)).max() < 0.1

@@ -1,0 +1,78 @@
+"""The backbone on a (data, fsdp) mesh of 8 simulated devices equals one device."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from attend_jax.models import vit
+from attend_jax.train import sharding
+
+CFG = vit.ViTConfig(width=64, depth=2, num_heads=4, pretrained_grid=4, num_registers=4,
+                    pos_embed_interp="antialias")
+
+
+def _loss(model, images):
+  cls, aux = model(images)
+  return jnp.mean(cls**2) + jnp.mean(aux["patch_tokens"] ** 2)
+
+
+def test_eight_devices_are_simulated():
+  assert jax.device_count() == 8
+
+
+def test_fsdp_sharded_backbone_matches_one_device():
+  images = np.random.default_rng(0).normal(size=(8, 42, 56, 3)).astype(np.float32)
+  single = vit.create(CFG, seed=7)
+  ref_loss, ref_grads = nnx.value_and_grad(_loss)(single, images)
+  ref_cls, _ = single(images)
+
+  mesh = sharding.make_mesh(data=2, fsdp=4)
+  with jax.set_mesh(mesh):
+    model = sharding.create_sharded(lambda: vit.create(CFG, seed=7), mesh)
+    qkv = model.blocks[0].attn.qkv.kernel[...]
+    assert qkv.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
+    assert qkv.addressable_shards[0].data.shape == (64, 3 * 64 // 4)
+    fc2 = model.blocks[1].mlp.fc2.kernel[...]
+    assert fc2.addressable_shards[0].data.shape == (256 // 4, 64)
+
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def step(state, images):
+      m = nnx.merge(graphdef, state)
+      loss, grads = nnx.value_and_grad(_loss)(m, images)
+      return m(images)[0], loss, grads
+
+    batch = sharding.shard_batch(images, mesh)
+    cls, loss, grads = step(state, batch)
+
+  assert len(cls.sharding.device_set) == 8
+  np.testing.assert_allclose(cls, ref_cls, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  for (path, g), (_, r) in zip(nnx.to_flat_state(grads), nnx.to_flat_state(ref_grads)):
+    np.testing.assert_allclose(g[...], r[...], atol=1e-6, rtol=1e-4, err_msg=str(path))
+
+
+def test_dimensions_the_axis_does_not_divide_are_replicated():
+  mesh = sharding.make_mesh(data=1, fsdp=8)
+  spec = sharding.fit_spec(jax.sharding.PartitionSpec(None, "fsdp"), (64, 12), mesh)
+  assert spec == jax.sharding.PartitionSpec(None, None)
+  with jax.set_mesh(mesh):
+    model = sharding.create_sharded(
+        lambda: vit.create(vit.ViTConfig(width=36, depth=1, num_heads=3, pretrained_grid=2)),
+        mesh)
+    out, _ = jax.jit(lambda s, x: nnx.merge(*s)(x))(nnx.split(model), jnp.zeros((1, 28, 28, 3)))
+  assert out.shape == (1, 36)
+
+
+def test_clear_errors_for_mesh_and_batch_sizes():
+  with pytest.raises(ValueError, match="needs 12 devices; 8 are available"):
+    sharding.make_mesh(data=3, fsdp=4)
+  with pytest.raises(ValueError, match="fsdp=3 does not divide"):
+    sharding.make_mesh(fsdp=3)
+  mesh = sharding.make_mesh(data=-1, fsdp=2)
+  assert dict(mesh.shape) == {"data": 4, "fsdp": 2}
+  with pytest.raises(ValueError, match="Batch size 6 is not divisible by the 8 devices"):
+    sharding.shard_batch(np.zeros((6, 14, 14, 3)), mesh)

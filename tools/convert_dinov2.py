@@ -1,0 +1,54 @@
+r"""Converts pretrained DINOv2 weights into an attend_jax (orbax) checkpoint.
+
+  # Meta's official file, downloaded into ~/.cache/attend_jax/dinov2 on first use:
+  python tools/convert_dinov2.py --variant vitb14 --out weights/dinov2_vitb14
+  # A file you already have: Meta .pth, timm, or Hugging Face safetensors / .bin:
+  python tools/convert_dinov2.py --variant vitb14 --registers \
+      --checkpoint dinov2_vitb14_reg4_pretrain.pth --out weights/dinov2_vitb14_reg4
+
+The format is detected from the tensor names. Load the result with
+``attend_jax.convert.dinov2.load(out)``.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+from attend_jax.convert import dinov2
+from attend_jax.models import interpolate
+from attend_jax.models import vit
+
+_VARIANT = flags.DEFINE_enum("variant", "vitb14", vit.VARIANTS, "DINOv2 backbone size.")
+_REGISTERS = flags.DEFINE_bool("registers", False, "The model has 4 register tokens (*_reg4).")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Weights file or URL. Default: Meta's official file for --variant.")
+_OUT = flags.DEFINE_string("out", None, "Output folder for the orbax checkpoint.", required=True)
+_INTERP = flags.DEFINE_enum(
+    "pos_embed_interp", None, interpolate.POS_EMBED_INTERPOLATIONS,
+    "Override how position embeddings are resized at other image sizes. Default: the source"
+    " model's own algorithm (meta_v1 for Meta's v1 files, antialias for register models and"
+    " timm, hf_v1 for transformers.Dinov2Model).")
+
+
+def _progress(done: int, total: int) -> None:
+  mb = done / 2**20
+  text = f"{mb:8.1f} MiB" + (f" / {total / 2**20:.1f} MiB ({100 * done / total:5.1f}%)" if total else "")
+  print(f"\rdownloading {text}", end="" if done != total else "\n", file=sys.stderr, flush=True)
+
+
+def main(argv):
+  del argv
+  try:
+    info = dinov2.convert(_CHECKPOINT.value, _VARIANT.value, _OUT.value, _REGISTERS.value,
+                          _INTERP.value, progress=_progress)
+  except dinov2.CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"converted {info['source']} ({info['source_format']} names, {info['num_params']:,}"
+        f" parameters, position resize {info['pos_embed_interp']}) -> {_OUT.value}")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -22,17 +22,10 @@ import pathlib
 
 import numpy as np
 
+from attend_jax.data.errors import ProposalError
+
 IOU_THRESHOLD = 0.5
 CROP_PADDING = 20  # Pixels added on every side of the square crop.
-
-
-class ProposalError(ValueError):
-  """A proposal file that cannot be used; names the file and the reason."""
-
-  def __init__(self, path: str | os.PathLike, reason: str):
-    self.path = str(path)
-    self.reason = reason
-    super().__init__(f"{self.path}: {reason}")
 
 
 def proposal_path(proposal_root: str | os.PathLike, im_path: str) -> pathlib.Path:

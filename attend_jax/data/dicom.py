@@ -1,0 +1,179 @@
+"""DICOM mammograms to uint16 pixels on a full 0..65535 scale, plus the metadata we use.
+
+Decoding goes through pydicom and the pylibjpeg plugins (JPEG 2000 via openjpeg, JPEG and
+JPEG-LS via libjpeg, RLE). The grey levels follow the DICOM pipeline, then the reference's
+normalisation:
+
+1. values outside ``BitsStored`` are masked off (some vendors leave overlay bits set);
+2. the modality LUT (rescale slope / intercept);
+3. the VOI LUT, a window or a LUT sequence, when the file has one (``apply_voi_lut`` does not
+   invert MONOCHROME1, so we do);
+4. MONOCHROME1 is inverted so that dense tissue is bright in every image;
+5. min-max scaling to 0..65535, as the reference does.
+
+Every failure raises ``DicomError`` with the path and a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import warnings
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from attend_jax.data.errors import DicomError
+
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+
+
+@dataclasses.dataclass(frozen=True)
+class DicomImage:
+  pixels: np.ndarray  # (H, W) uint16, dense tissue bright, full 0..65535 scale.
+  laterality: str  # "L", "R" or "" when the file does not say.
+  view: str  # "CC", "MLO", ... or "".
+  pixel_spacing: tuple[float, float] | None  # (row, column) mm.
+  manufacturer: str
+  photometric: str
+  sop_uid: str
+  bits_stored: int
+  transfer_syntax: str
+
+
+def _text(ds, keyword: str) -> str:
+  value = ds.get(keyword, "")
+  return str(value).strip() if value is not None else ""
+
+
+def _laterality(ds) -> str:
+  for keyword in ("ImageLaterality", "Laterality"):
+    value = _text(ds, keyword).upper()
+    if value in ("L", "R"):
+      return value
+  return ""
+
+
+def _view(ds) -> str:
+  view = _text(ds, "ViewPosition").upper()
+  if view:
+    return view
+  for item in ds.get("ViewCodeSequence", []):
+    meaning = str(item.get("CodeMeaning", "")).lower()
+    if "cranio-caudal" in meaning:
+      return "CC"
+    if "medio-lateral oblique" in meaning:
+      return "MLO"
+  return ""
+
+
+def _spacing(ds) -> tuple[float, float] | None:
+  for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+    value = ds.get(keyword)
+    if value is not None and len(value) == 2:
+      try:
+        return float(value[0]), float(value[1])
+      except (TypeError, ValueError):
+        continue
+  return None
+
+
+def read_header(path: str | os.PathLike) -> pydicom.Dataset:
+  """The dataset without decoding pixels; raises DicomError for non-DICOM or unreadable files."""
+  try:
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      ds = pydicom.dcmread(path)
+  except FileNotFoundError as e:
+    raise DicomError(path, "no such file") from e
+  except InvalidDicomError as e:
+    raise DicomError(path, f"not a DICOM file ({e})") from e
+  except Exception as e:  # noqa: BLE001  (as in _decode: any parser failure is a bad file)
+    raise DicomError(path, f"unreadable or truncated DICOM ({type(e).__name__}: {e})") from e
+  for w in caught:
+    # pydicom drops an encapsulated (compressed) pixel element cut short, with only a warning.
+    if "end of file reached" in str(w.message).lower():
+      raise DicomError(path, f"truncated file ({w.message})")
+  return ds
+
+
+def _syntax(ds):
+  meta = getattr(ds, "file_meta", None)
+  return meta.get("TransferSyntaxUID") if meta is not None else None
+
+
+def _decode(ds, path) -> np.ndarray:
+  name = getattr(_syntax(ds), "name", "no transfer syntax")
+  try:
+    return ds.pixel_array
+  # pydicom and its plugins raise many exception types for bad data; each becomes a DicomError
+  # that keeps the original message.
+  except Exception as e:  # noqa: BLE001
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    lowered = message.lower()
+    if isinstance(e, NotImplementedError) or "not supported" in lowered or "plugin" in lowered:
+      raise DicomError(path, f"cannot decode transfer syntax {name}: {message}") from e
+    raise DicomError(path, f"pixel data truncated or corrupt ({name}: {message})") from e
+
+
+def read_dicom(path: str | os.PathLike) -> DicomImage:
+  """Reads one single-frame greyscale DICOM into a DicomImage; any failure is a DicomError."""
+  path = pathlib.Path(path)
+  try:
+    return _read(path)
+  except DicomError:
+    raise
+  # pydicom parses elements lazily, so a corrupt element can fail at first access anywhere.
+  except Exception as e:  # noqa: BLE001
+    raise DicomError(path, f"malformed DICOM ({type(e).__name__}: {e})") from e
+
+
+def _read(path: pathlib.Path) -> DicomImage:
+  ds = read_header(path)
+  if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    raise DicomError(path, "no pixel data (PixelData is missing)")
+  rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+  if rows == 0 or cols == 0:
+    raise DicomError(path, f"empty image ({rows} x {cols} pixels)")
+  frames = int(ds.get("NumberOfFrames", 1) or 1)
+  if frames > 1:
+    raise DicomError(path, f"multi-frame image ({frames} frames); expected one 2-D mammogram")
+  photometric = _text(ds, "PhotometricInterpretation").upper()
+  if photometric not in _MONOCHROME:
+    raise DicomError(path, f"photometric interpretation {photometric or 'missing'};"
+                     " expected MONOCHROME1 or MONOCHROME2")
+  syntax = _syntax(ds)
+  if syntax is not None and not syntax.is_transfer_syntax:
+    raise DicomError(path, f"unknown transfer syntax {syntax}")
+
+  raw = _decode(ds, path)
+  if raw.ndim != 2:
+    raise DicomError(path, f"pixel array has shape {raw.shape}; expected a 2-D image")
+  bits_stored = int(ds.get("BitsStored", raw.dtype.itemsize * 8))
+  if raw.dtype.kind == "u" and bits_stored < raw.dtype.itemsize * 8:
+    raw = raw & np.asarray((1 << bits_stored) - 1, raw.dtype)
+
+  values = apply_modality_lut(raw, ds)
+  values = apply_voi_lut(values, ds, prefer_lut=True)
+  values = np.asarray(values, np.float64)
+  if not np.isfinite(values).all():
+    raise DicomError(path, "pixel values contain NaN or infinity after the VOI LUT")
+  values = values.max() - values if photometric == "MONOCHROME1" else values - values.min()
+  top = values.max()
+  # A constant image decodes to all zeros; the breast finder then reports "no breast found".
+  pixels = (values * (65535.0 / top) if top > 0 else values).astype(np.uint16)
+
+  return DicomImage(
+      pixels=pixels,
+      laterality=_laterality(ds),
+      view=_view(ds),
+      pixel_spacing=_spacing(ds),
+      manufacturer=_text(ds, "Manufacturer"),
+      photometric=photometric,
+      sop_uid=_text(ds, "SOPInstanceUID"),
+      bits_stored=bits_stored,
+      transfer_syntax=str(syntax or ""),
+  )

@@ -6,12 +6,12 @@ import numpy as np
 import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 import data_store  # pydicom-data's package: real test files, no download.
 from attend_jax.data import breast, dicom
 from attend_jax.data.errors import BreastNotFoundError, DicomError
+from dicom_fixtures import phantom as _phantom, write_mg as _mg
 
 DATA = pathlib.Path(data_store.__file__).parent / "data"
 PYDICOM_DATA = pathlib.Path(pydicom.__file__).parent / "data" / "test_files"
@@ -49,39 +49,6 @@ def test_other_codecs_decode_like_the_uncompressed_file(plain, compressed):
 def test_jpeg_lossless_decodes():
   image = dicom.read_dicom(DATA / "JPGLosslessP14SV1_1s_1f_8b.dcm")
   assert image.pixels.ndim == 2 and image.pixels.max() == 65535
-
-
-def _mg(pixels, tmp_path, name="mg.dcm", photometric="MONOCHROME2", bits=12, syntax=None,
-        **attrs):
-  meta = FileMetaDataset()
-  meta.TransferSyntaxUID = ExplicitVRLittleEndian
-  meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
-  meta.MediaStorageSOPInstanceUID = "1.2.3.4"
-  ds = Dataset()
-  ds.file_meta = meta
-  ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, "1.2.3.4", "MG"
-  ds.Rows, ds.Columns = pixels.shape
-  ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
-  ds.PixelRepresentation, ds.SamplesPerPixel = 0, 1
-  ds.PhotometricInterpretation = photometric
-  ds.ImageLaterality, ds.ViewPosition, ds.Manufacturer = "R", "MLO", "test"
-  ds.ImagerPixelSpacing = [0.1, 0.1]
-  for key, value in attrs.items():
-    setattr(ds, key, value)
-  ds.PixelData = pixels.astype(np.uint16).tobytes()
-  if syntax is not None:
-    ds.compress(syntax, pixels.astype(np.uint16), generate_instance_uid=False)
-  path = tmp_path / name
-  ds.save_as(path, enforce_file_format=True)
-  return path
-
-
-def _phantom(h=120, w=90, seed=0):
-  rng = np.random.default_rng(seed)
-  img = np.zeros((h, w))
-  y0, y1, x1 = h // 6, h * 5 // 6, w * 2 // 3
-  img[y0:y1, :x1] = 1500 + rng.integers(0, 2000, size=(y1 - y0, x1))
-  return img
 
 
 def test_metadata_and_voi_window(tmp_path):

@@ -1,0 +1,160 @@
+"""grain input pipeline over the prepared ArrayRecord shards.
+
+Per host: slice the records by ``jax.process_index()``, shuffle from a seed (a new order each
+epoch), augment with a per-example RNG derived from the seed and the example's position (so
+resuming replays exactly), pad to fixed shapes, batch, and optionally load in worker processes.
+The iterator's ``get_state()`` / ``set_state()`` go into the training checkpoint.
+
+Batches hold host numpy arrays:
+
+- ``image`` (B, S, S) uint16, the breast crop at the top-left, zeros elsewhere;
+- ``image_hw`` (B, 2) int32, the crop's real height and width inside the padding;
+- ``label`` (B,) int32;
+- ``lesion_boxes`` (B, L, 4) float32 ``x0 y0 x1 y1`` and ``lesion_mask`` (B, L) bool;
+- ``proposals`` (B, K, 5) float32 ``cx cy w h score`` and ``proposal_mask`` (B, K) bool;
+- ``index`` (B,) int64, the record's index in the split, to look its ids up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grain
+from absl import flags
+import numpy as np
+
+from attend_jax.data import records
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  data_dir: str
+  config: str  # Builder config written by prepare_data, e.g. "synthetic_512".
+  split: str = "train"
+  batch_size: int = 8  # Per host.
+  image_size: int = 512  # S: images are padded (never resized) to S x S.
+  max_lesions: int = 8
+  num_proposals: int = 16
+  seed: int = 0
+  shuffle: bool = True
+  num_epochs: int | None = None  # None repeats forever.
+  drop_remainder: bool = True
+  augment: bool = False
+  flip_prob: float = 0.5  # Each of horizontal and vertical.
+  brightness: float = 0.1  # Multiplicative jitter, as torchvision ColorJitter(brightness).
+  contrast: float = 0.1
+  box_jitter: float = 0.05  # Proposal centre and size jitter, as a fraction of the box size.
+  worker_count: int = 0  # Processes decoding records; 0 decodes in the calling thread.
+  process_index: int = 0
+  process_count: int = 1
+
+
+def _pad_rows(rows: np.ndarray, n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+  rows = np.asarray(rows, np.float32).reshape(-1, width)[:n]
+  out = np.zeros((n, width), np.float32)
+  out[: len(rows)] = rows
+  mask = np.zeros((n,), bool)
+  mask[: len(rows)] = True
+  return out, mask
+
+
+def flip_boxes(boxes_xyxy: np.ndarray, size: int, axis: int) -> np.ndarray:
+  """Mirrors ``x0 y0 x1 y1`` boxes along x (axis=1) or y (axis=0) of an image of ``size``."""
+  boxes = np.array(boxes_xyxy, np.float32, copy=True)
+  lo, hi = (0, 2) if axis == 1 else (1, 3)
+  boxes[..., [lo, hi]] = size - boxes[..., [hi, lo]]
+  return boxes
+
+
+def _center_to_corners(b: np.ndarray) -> np.ndarray:
+  return np.concatenate([b[:, :2] - b[:, 2:4] / 2, b[:, :2] + b[:, 2:4] / 2], axis=1)
+
+
+def _corners_to_center(b: np.ndarray) -> np.ndarray:
+  return np.concatenate([(b[:, :2] + b[:, 2:4]) / 2, b[:, 2:4] - b[:, :2]], axis=1)
+
+
+def augment(record: dict[str, Any], rng: np.random.Generator, cfg: PipelineConfig) -> dict:
+  """Flips, brightness/contrast jitter and proposal jitter, with boxes kept on the pixels."""
+  image = np.asarray(record["image"])
+  h, w = image.shape
+  lesions = np.asarray(record["lesion_boxes"], np.float32).reshape(-1, 4)
+  props = np.asarray(record["proposals"], np.float32).reshape(-1, 5)
+  corners = _center_to_corners(props)
+  for axis, size in ((1, w), (0, h)):
+    if rng.random() < cfg.flip_prob:
+      image = np.flip(image, axis=axis)
+      lesions = flip_boxes(lesions, size, axis)
+      corners = flip_boxes(corners, size, axis)
+  values = image.astype(np.float32)
+  brightness = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
+  contrast = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
+  values = values * brightness
+  values = (values - values.mean()) * contrast + values.mean()
+  image = np.clip(values, 0, 65535).astype(np.uint16)
+  center = _corners_to_center(corners)
+  if len(center) and cfg.box_jitter > 0:
+    size = np.maximum(center[:, 2:4], 1.0)
+    center[:, :2] += rng.uniform(-cfg.box_jitter, cfg.box_jitter, (len(center), 2)) * size
+    center[:, 2:4] *= 1 + rng.uniform(-cfg.box_jitter, cfg.box_jitter, (len(center), 2))
+  props = np.concatenate([center, props[:, 4:5]], axis=1) if len(props) else props
+  return {**record, "image": np.ascontiguousarray(image), "lesion_boxes": lesions,
+          "proposals": props.astype(np.float32)}
+
+
+def to_fixed_shapes(record: dict[str, Any], index: int, cfg: PipelineConfig) -> dict:
+  image = np.asarray(record["image"])
+  h, w = image.shape
+  if h > cfg.image_size or w > cfg.image_size:
+    raise ValueError(
+        f"Record {index} is {h}x{w}, larger than image_size={cfg.image_size}; prepare the data"
+        f" with --long_side {cfg.image_size} or raise image_size.")
+  padded = np.zeros((cfg.image_size, cfg.image_size), np.uint16)
+  padded[:h, :w] = image
+  lesions, lesion_mask = _pad_rows(record["lesion_boxes"], cfg.max_lesions, 4)
+  props, prop_mask = _pad_rows(record["proposals"], cfg.num_proposals, 5)
+  return {
+      "image": padded,
+      "image_hw": np.array([h, w], np.int32),
+      "label": np.int32(record["label"]),
+      "lesion_boxes": lesions,
+      "lesion_mask": lesion_mask,
+      "proposals": props,
+      "proposal_mask": prop_mask,
+      "index": np.int64(index),
+  }
+
+
+def make_dataset(cfg: PipelineConfig) -> grain.IterDataset:
+  source = records.data_source(cfg.data_dir, cfg.config, cfg.split)
+  # Record indices travel with the records so that ids can be looked up after batching.
+  ds = grain.MapDataset.range(len(source)).map(lambda i: (i, source[i]))
+  ds = ds[cfg.process_index::cfg.process_count]
+  if cfg.shuffle:
+    ds = ds.shuffle(seed=cfg.seed)
+  ds = ds.repeat(cfg.num_epochs)
+  if cfg.augment:
+    ds = ds.random_map(lambda item, rng: (item[0], augment(item[1], rng, cfg)), seed=cfg.seed)
+  ds = ds.map(lambda item: to_fixed_shapes(item[1], item[0], cfg))
+  ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
+  it = ds.to_iter_dataset()
+  if cfg.worker_count > 0:
+    # grain's workers read its absl flags; outside an absl app (tests, notebooks) they are
+    # unparsed, which grain treats as an error, so take the defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
+  return it
+
+
+def record_ids(cfg: PipelineConfig, indices) -> list[dict[str, str]]:
+  """The string ids (image, study, laterality, view) of records, by index."""
+  source = records.data_source(cfg.data_dir, cfg.config, cfg.split)
+  keys = ("image_id", "study_id", "patient_id", "laterality", "view")
+  out = []
+  for i in np.asarray(indices).reshape(-1):
+    record = source[int(i)]
+    out.append({k: (v.decode() if isinstance(v, bytes) else str(v))
+                for k, v in record.items() if k in keys})
+  return out

@@ -1,0 +1,244 @@
+"""Decode every mammogram once: DICOM -> breast crop -> downsampled uint16 -> TFDS ArrayRecord.
+
+The reference decodes each DICOM again every epoch; here each image is decoded once, in
+parallel processes, into a per-image cache (so an interrupted run resumes where it stopped),
+then written by a TFDS builder as ArrayRecord shards that grain reads with random access.
+
+Everything in a record is in the **stored image's pixels**: the breast crop, flipped so the
+chest wall is on the left when ``normalize_orientation`` is on, then scaled by ``scale`` so its
+long side is at most ``long_side``. ``crop_box``, ``flipped`` and ``scale`` map boxes back to
+the original DICOM (``to_original``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import json
+import multiprocessing
+import os
+import pathlib
+import shutil
+import time
+from typing import Callable
+
+import numpy as np
+import pydicom
+from PIL import Image
+
+from attend_jax.data import breast, dicom, proposals
+from attend_jax.data.errors import DataError, DicomError
+from attend_jax.data.sources import SOURCES, Example
+
+CACHE_DIR = "cache"
+MANIFEST = "manifest.json"
+BAD_FILES = "bad_files.csv"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareOptions:
+  long_side: int = 1024  # Stored breast crops are at most this many pixels on the long side.
+  padding: int = breast.PADDING
+  normalize_orientation: bool = True
+  max_proposals: int = 32  # Detector proposals kept per image (after NMS), when the source has them.
+
+
+def _resize(pixels: np.ndarray, scale: float) -> np.ndarray:
+  if scale >= 1.0:
+    return pixels
+  h, w = pixels.shape
+  size = (max(1, round(w * scale)), max(1, round(h * scale)))
+  # PIL's 16-bit bilinear resize widens its kernel when downscaling (antialiased).
+  return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
+
+
+def to_stored(boxes_xyxy: np.ndarray, crop: breast.BreastBox, flipped: bool,
+              scale: float) -> np.ndarray:
+  """Original-image ``x0 y0 x1 y1`` boxes -> stored-image boxes, clipped to the crop."""
+  boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4).copy()
+  boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]] - crop.x0, 0, crop.width)
+  boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]] - crop.y0, 0, crop.height)
+  if flipped:
+    boxes = breast.unflip_boxes(boxes, crop.width)
+  return (boxes * scale).astype(np.float32)
+
+
+def to_original(boxes_xyxy: np.ndarray, crop_box: np.ndarray, flipped: bool,
+                scale: float) -> np.ndarray:
+  """Stored-image ``x0 y0 x1 y1`` boxes -> original DICOM pixels (inverse of ``to_stored``)."""
+  boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4) / scale
+  x0, y0, x1, _ = (int(v) for v in crop_box)
+  if flipped:
+    boxes = breast.unflip_boxes(boxes, x1 - x0)
+  return boxes + np.array([x0, y0, x0, y0], np.float64)
+
+
+def _mask_boxes(mask_paths, original_hw, image_path) -> list[tuple[int, int, int, int]]:
+  """Lesion boxes from CBIS-DDSM ROI masks: binary DICOMs the size of the full image.
+
+  A mask folder also holds the small cropped-lesion image; it is told apart by its size.
+  """
+  boxes = []
+  for path in mask_paths:
+    try:
+      arr = pydicom.dcmread(path).pixel_array
+    except Exception as e:  # noqa: BLE001  (any unreadable mask is reported, not fatal)
+      raise DicomError(path, f"unreadable ROI mask for {image_path} ({e})") from e
+    if arr.shape != tuple(original_hw):
+      continue
+    ys, xs = np.nonzero(arr)
+    if len(ys):
+      boxes.append((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+  return boxes
+
+
+def process_example(ex: Example, opts: PrepareOptions) -> dict:
+  """One record. Raises DataError (with the file and the reason) for unusable input."""
+  image = dicom.read_dicom(ex.path)
+  pixels = image.pixels
+  crop = breast.find_breast(pixels, ex.path, padding=opts.padding)
+  cropped = pixels[crop.y0:crop.y1, crop.x0:crop.x1]
+  flipped = False
+  if opts.normalize_orientation:
+    cropped, flipped = breast.normalize_orientation(cropped)
+  scale = min(1.0, opts.long_side / max(cropped.shape))
+  stored = np.ascontiguousarray(_resize(cropped, scale))
+  scale_yx = (stored.shape[0] / cropped.shape[0], stored.shape[1] / cropped.shape[1])
+  scale = float(np.mean(scale_yx))
+
+  lesions = list(ex.lesion_boxes)
+  if ex.mask_paths:
+    lesions += _mask_boxes(ex.mask_paths, pixels.shape, ex.path)
+  lesion_boxes = to_stored(np.array(lesions).reshape(-1, 4), crop, flipped, scale)
+  lesion_boxes = lesion_boxes[(lesion_boxes[:, 2] > lesion_boxes[:, 0])
+                              & (lesion_boxes[:, 3] > lesion_boxes[:, 1])]
+
+  props = np.zeros((0, 5), np.float32)
+  if ex.proposals_path:
+    # Reference proposals are in pixels of its own breast crop (same rule as ours, at full size).
+    raw = proposals.read_proposals(ex.proposals_path)
+    kept, is_real = proposals.select_proposals(raw, opts.max_proposals,
+                                               image_hw=cropped.shape)
+    kept = kept[is_real]
+    xyxy = np.concatenate([kept[:, :2] - kept[:, 2:4] / 2, kept[:, :2] + kept[:, 2:4] / 2], 1)
+    if flipped:
+      xyxy = breast.unflip_boxes(xyxy, crop.width)
+    xyxy = xyxy * scale
+    props = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2],
+                            kept[:, 4:5]], 1).astype(np.float32)
+
+  return {
+      "image": stored,
+      "label": int(ex.label),
+      "lesion_boxes": lesion_boxes.astype(np.float32),
+      "proposals": props,
+      "image_id": ex.image_id,
+      "study_id": ex.study_id,
+      "patient_id": ex.patient_id,
+      # The label CSV decides; the DICOM header fills gaps.
+      "laterality": ex.laterality or image.laterality,
+      "view": ex.view or image.view,
+      "crop_box": np.array([crop.x0, crop.y0, crop.x1, crop.y1], np.int32),
+      "original_hw": np.array(pixels.shape, np.int32),
+      "flipped": bool(flipped),
+      "scale": np.float32(scale),
+  }
+
+
+def _cache_path(cache: pathlib.Path, ex: Example) -> pathlib.Path:
+  safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in ex.image_id)
+  return cache / ex.split / f"{safe}.npz"
+
+
+def _work(args) -> tuple[str, str | None]:
+  """Runs in a worker process: decode, write the cache file atomically, report."""
+  ex, opts, path = args
+  try:
+    record = process_example(ex, opts)
+  except DataError as e:
+    return ex.path, e.reason
+  tmp = path.with_suffix(".tmp.npz")
+  np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in record.items()})
+  os.replace(tmp, path)
+  return ex.path, None
+
+
+@dataclasses.dataclass
+class PrepareResult:
+  builder_name: str  # For tfds.data_source(builder_name, data_dir=out).
+  counts: dict[str, dict[str, int]]
+  bad: list[tuple[str, str]]
+  seconds: float
+
+
+def _read_bad(out: pathlib.Path) -> list[tuple[str, str]]:
+  with open(out / BAD_FILES, newline="") as f:
+    return [(row["path"], row["reason"]) for row in csv.DictReader(f)]
+
+
+def builder_name(dataset: str, long_side: int) -> str:
+  return f"mammograms/{dataset}_{long_side}"
+
+
+def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike,
+            opts: PrepareOptions = PrepareOptions(), workers: int | None = None,
+            keep_cache: bool = False, progress: Callable[[int, int], None] | None = None,
+            **source_kwargs) -> PrepareResult:
+  """Lists, decodes (in parallel, resumable) and writes the dataset; returns what it did."""
+  from attend_jax.data import records  # TFDS import is slow; only needed here.
+
+  start = time.perf_counter()
+  out = pathlib.Path(out).absolute()
+  config = f"{dataset}_{opts.long_side}"
+  if records.is_built(out, config) and (out / MANIFEST).exists():
+    manifest = json.loads((out / MANIFEST).read_text())
+    return PrepareResult(manifest["builder"], manifest["counts"], _read_bad(out), 0.0)
+  listing = SOURCES[dataset](root, **source_kwargs)
+  cache = out / CACHE_DIR / config
+  for split in {ex.split for ex in listing.examples}:
+    (cache / split).mkdir(parents=True, exist_ok=True)
+
+  bad: list[tuple[str, str]] = [(e.path, e.reason) for e in listing.bad]
+  todo = [(ex, opts, _cache_path(cache, ex)) for ex in listing.examples
+          if not _cache_path(cache, ex).exists()]
+  done = len(listing.examples) - len(todo)
+  total = len(listing.examples)
+  if progress:
+    progress(done, total)
+  workers = workers or os.cpu_count() or 1
+  if todo:
+    # spawn: the parent may have imported JAX, whose threads do not survive a fork.
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+      for path, reason in pool.map(_work, todo, chunksize=4):
+        done += 1
+        if reason is not None:
+          bad.append((path, reason))
+        if progress:
+          progress(done, total)
+
+  bad_paths = {p for p, _ in bad}
+  good = [ex for ex in listing.examples if ex.path not in bad_paths]
+  counts = {}
+  for split in sorted({ex.split for ex in good}):
+    members = [ex for ex in good if ex.split == split]
+    counts[split] = {"images": len(members), "cancer": sum(ex.label for ex in members)}
+
+  records.build(out, config, cache)
+  if not keep_cache:
+    shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
+
+  out.mkdir(parents=True, exist_ok=True)
+  with open(out / BAD_FILES, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["path", "reason"])
+    writer.writerows(bad)
+  seconds = time.perf_counter() - start
+  manifest = {
+      "dataset": dataset, "root": str(root), "builder": builder_name(dataset, opts.long_side),
+      "options": dataclasses.asdict(opts), "counts": counts, "bad_files": len(bad),
+      "seconds": round(seconds, 1),
+  }
+  (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+  return PrepareResult(builder_name(dataset, opts.long_side), counts, bad, seconds)

@@ -1,0 +1,83 @@
+"""The TFDS builder that writes prepared mammograms as ArrayRecord shards (no TensorFlow).
+
+Pixels are ``Tensor`` features with zlib encoding: the ``Image`` feature would need TensorFlow
+to encode and is 8-bit. Read back with ``tfds.data_source``, which grain indexes directly.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+NAME = "mammograms"
+LABEL_NAMES = ("no_cancer", "cancer")
+
+
+class Mammograms(tfds.core.GeneratorBasedBuilder):
+  """Breast crops decoded from DICOM by ``attend_jax.data.prepare``, one config per dataset."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Breast crops as uint16, lesion boxes, proposals, ids."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Run `python tools/prepare_data.py --dataset ... --root ... --out ...`; it decodes the"
+      " DICOMs into the manual folder this builder reads.")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    text = tfds.features.Text()
+    return self.dataset_info_from_configs(
+        description=self.__doc__,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Tensor(shape=(None, None), dtype=np.uint16, encoding="zlib"),
+            "label": tfds.features.ClassLabel(names=LABEL_NAMES),
+            "lesion_boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+            "proposals": tfds.features.Tensor(shape=(None, 5), dtype=np.float32),
+            "image_id": text,
+            "study_id": text,
+            "patient_id": text,
+            "laterality": text,
+            "view": text,
+            "crop_box": tfds.features.Tensor(shape=(4,), dtype=np.int32),
+            "original_hw": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+            "flipped": tfds.features.Tensor(shape=(), dtype=np.bool_),
+            "scale": tfds.features.Tensor(shape=(), dtype=np.float32),
+        }),
+        supervised_keys=None,
+    )
+
+  def _split_generators(self, dl_manager):
+    cache = pathlib.Path(dl_manager.manual_dir)
+    return {split.name: self._generate_examples(split)
+            for split in sorted(cache.iterdir()) if split.is_dir()}
+
+  def _generate_examples(self, split_dir: pathlib.Path):
+    for path in sorted(split_dir.glob("*.npz")):
+      if path.name.endswith(".tmp.npz"):
+        continue
+      with np.load(path) as data:
+        record = {key: data[key] for key in data.files}
+      for key in ("image_id", "study_id", "patient_id", "laterality", "view"):
+        record[key] = str(record[key])
+      yield record["image_id"], record
+
+
+def builder(data_dir, config: str) -> Mammograms:
+  return Mammograms(config=tfds.core.BuilderConfig(name=config), data_dir=str(data_dir))
+
+
+def is_built(data_dir, config: str) -> bool:
+  return builder(data_dir, config).is_prepared()
+
+
+def build(data_dir, config: str, cache_dir) -> None:
+  """Writes the ArrayRecord shards from the per-image cache; a finished build is skipped."""
+  b = builder(data_dir, config)
+  b.download_and_prepare(
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(manual_dir=str(cache_dir)))
+
+
+def data_source(data_dir, config: str, split: str):
+  """A random-access source of decoded records (dicts of numpy arrays and bytes)."""
+  return builder(data_dir, config).as_data_source(split=split)

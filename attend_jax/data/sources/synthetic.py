@@ -1,0 +1,34 @@
+"""Synthetic mammograms written by ``tools/make_synthetic.py``; split by study."""
+
+from __future__ import annotations
+
+import json
+
+from attend_jax.data.errors import LabelError
+from attend_jax.data.sources.base import Example, Listing, read_csv, require_dir, split_by_key
+
+LAYOUT = """  ROOT/labels.csv   (image_id,study_id,patient_id,laterality,view,label,path,...,lesions)
+  ROOT/images/<study_id>/<image_id>.dcm"""
+WHERE = "python tools/make_synthetic.py --out ROOT"
+
+
+def list_examples(root, val_fraction: float = 0.15, test_fraction: float = 0.15) -> Listing:
+  root = require_dir(root, "Synthetic dataset", WHERE, LAYOUT)
+  csv_path = root / "labels.csv"
+  examples, bad = [], []
+  for line, row in enumerate(read_csv(csv_path, ("image_id", "study_id", "laterality", "view",
+                                                 "label", "path", "lesions")), start=2):
+    if row["label"] not in ("0", "1"):
+      bad.append(LabelError(csv_path, f"line {line}: label must be 0 or 1, got {row['label']!r}"))
+      continue
+    try:
+      lesions = tuple(tuple(float(v) for v in item["box"]) for item in json.loads(row["lesions"]))
+    except (ValueError, KeyError, TypeError) as e:
+      bad.append(LabelError(csv_path, f"line {line}: unreadable lesions column ({e})"))
+      continue
+    examples.append(Example(
+        image_id=row["image_id"], study_id=row["study_id"],
+        patient_id=row.get("patient_id") or row["study_id"], laterality=row["laterality"],
+        view=row["view"], label=int(row["label"]), path=str(root / row["path"]),
+        split=split_by_key(row["study_id"], val_fraction, test_fraction), lesion_boxes=lesions))
+  return Listing(examples, bad)

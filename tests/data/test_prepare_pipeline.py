@@ -1,0 +1,227 @@
+"""prepare_data end to end on fake datasets, and the grain pipeline over its records."""
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from attend_jax.data import pipeline, prepare, proposals, records
+from dicom_fixtures import phantom, write_mg
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "data" / "vindr_reference"
+OPTS = prepare.PrepareOptions(long_side=64)
+
+
+def _rsna(root: pathlib.Path, patients=8):
+  lines = ["site_id,patient_id,image_id,laterality,view,age,cancer"]
+  for p in range(patients):
+    folder = root / "train_images" / str(p)
+    folder.mkdir(parents=True)
+    for i, view in enumerate(("CC", "MLO")):
+      img = phantom(120, 90, seed=10 * p + i)
+      if p % 2:  # Chest wall on the right: the crop gets flipped.
+        img = img[:, ::-1]
+      write_mg(img, folder, f"{p}{i}.dcm", bits=14)
+      lines.append(f"1,{p},{p}{i},L,{view},55,{int(p % 3 == 0)}")
+  (root / "train_images" / "0" / "00.dcm").write_bytes(b"\0" * 200)  # A corrupt file.
+  lines.append("1,9,90,L,CC,55,2")  # A label outside {0, 1}.
+  (root / "train.csv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def rsna_prepared(tmp_path_factory):
+  root = tmp_path_factory.mktemp("rsna")
+  _rsna(root)
+  out = tmp_path_factory.mktemp("out")
+  result = prepare.prepare("rsna", root, out, OPTS, workers=2)
+  return root, out, result
+
+
+def test_prepare_counts_bad_files_and_manifest(rsna_prepared):
+  root, out, result = rsna_prepared
+  assert result.builder_name == "mammograms/rsna_64"
+  assert sum(c["images"] for c in result.counts.values()) == 15
+  with open(out / "bad_files.csv", newline="") as f:
+    bad = {row["path"]: row["reason"] for row in csv.DictReader(f)}
+  assert len(bad) == 2
+  assert "not a DICOM file" in bad[str(root / "train_images" / "0" / "00.dcm")]
+  assert "cancer must be 0 or 1, got '2'" in bad[str(root / "train.csv")]
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["counts"] == result.counts and manifest["bad_files"] == 2
+  assert not (out / "cache").exists()
+
+
+def test_records_hold_the_breast_crop(rsna_prepared):
+  _, out, result = rsna_prepared
+  n = 0
+  for split in result.counts:
+    source = records.data_source(out, "rsna_64", split)
+    for i in range(len(source)):
+      rec = source[i]
+      image = rec["image"]
+      assert image.dtype == np.uint16 and max(image.shape) == 64
+      # The phantom's block touches the chest wall: after orientation it is on the left.
+      assert image[:, :3].mean() > image[:, -3:].mean()
+      n += 1
+  assert n == 15
+
+
+def test_rerun_skips_finished_work(rsna_prepared, tmp_path):
+  root, out, _ = rsna_prepared
+  again = prepare.prepare("rsna", root, out, OPTS, workers=2)
+  assert again.seconds == 0.0  # The finished build was found; nothing was decoded.
+  # An interrupted run resumes from its per-image cache.
+  partial = tmp_path / "partial"
+  prepare.prepare("rsna", root, partial, OPTS, workers=1, keep_cache=True)
+  cached = sorted((partial / "cache").rglob("*.npz"))
+  stamps = {p: p.stat().st_mtime_ns for p in cached}
+  cached[0].unlink()
+  import shutil
+  shutil.rmtree(partial / "mammograms")
+  prepare.prepare("rsna", root, partial, OPTS, workers=1, keep_cache=True)
+  assert cached[0].exists()
+  assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != cached[0])
+
+
+def test_cbis_mask_boxes_land_on_the_lesion(tmp_path):
+  img = phantom(200, 160)
+  img[100:120, 30:50] = 8000  # The lesion.
+  img = img[:, ::-1]  # Right breast, chest wall on the right: the crop is flipped.
+  mask = np.zeros_like(img)
+  mask[100:120, 160 - 50:160 - 30] = 255
+  top, mask_top = "Mass-Training_P_00001_RIGHT_CC", "Mass-Training_P_00001_RIGHT_CC_1"
+  image_dir = tmp_path / "CBIS-DDSM" / top / "07-20-2016-DDSM-74994" / "1.000000-full mammogram images-24515"
+  mask_dir = tmp_path / "CBIS-DDSM" / mask_top / "07-21-2016-DDSM-09887" / "1.000000-ROI mask images-18744"
+  image_dir.mkdir(parents=True)
+  mask_dir.mkdir(parents=True)
+  write_mg(img, image_dir, "1-1.dcm", bits=16)
+  write_mg(mask, mask_dir, "1-1.dcm", bits=8)
+  write_mg(mask[95:125, 105:135], mask_dir, "1-2.dcm", bits=8)  # The cropped lesion image.
+  (tmp_path / "mass_case_description_train_set.csv").write_text(
+      "patient_id,breast_density,left or right breast,image view,abnormality id,abnormality type,"
+      "mass shape,mass margins,assessment,pathology,subtlety,image file path,"
+      "cropped image file path,ROI mask file path\n"
+      f"P_00001,3,RIGHT,CC,1,mass,OVAL,SPICULATED,4,MALIGNANT,4,{top}/1.2/1.3/000000.dcm,"
+      f"{mask_top}/1.2/1.4/000000.dcm,{mask_top}/1.2/1.4/000001.dcm\n")
+  out = tmp_path / "out"
+  result = prepare.prepare("cbis_ddsm", tmp_path, out, prepare.PrepareOptions(long_side=100),
+                           workers=1)
+  assert result.bad == []
+  [split] = result.counts
+  rec = records.data_source(out, "cbis_ddsm_100", split)[0]
+  assert rec["label"] == 1 and bool(rec["flipped"])
+  [box] = rec["lesion_boxes"]
+  x0, y0, x1, y1 = np.round(box).astype(int)
+  inside = rec["image"][y0:y1, x0:x1].mean()
+  assert inside > 2 * rec["image"][rec["image"] > 0].mean()
+  back = prepare.to_original(box, rec["crop_box"], bool(rec["flipped"]), float(rec["scale"]))
+  np.testing.assert_allclose(back, [[110, 100, 130, 120]], atol=1.5)
+
+
+def test_reference_csv_source_with_real_proposals(tmp_path):
+  path = sorted((SHARED / "proposals").glob("*/*_preds.txt"))[0]
+  study, image_id = path.parent.name, path.name[: -len("_preds.txt")]
+  raw = proposals.read_proposals(path)
+  h = int(np.ceil((raw[:, 1] + raw[:, 3] / 2).max())) + 40
+  w = int(np.ceil((raw[:, 0] + raw[:, 2] / 2).max())) + 40
+  img = np.zeros((h, w))
+  img[15:h - 15, 15:w - 15] = 3000  # A breast filling the image: crop == whole image.
+  (tmp_path / "img" / study).mkdir(parents=True)
+  write_mg(img, tmp_path / "img" / study, f"{image_id}.dicom", bits=12)
+  (tmp_path / "csv").mkdir()
+  (tmp_path / "csv" / "test.csv").write_text(f"im_path,laterality,cancer,view\n{study}/{image_id}.dicom,L,1,CC\n")
+  out = tmp_path / "out"
+  opts = prepare.PrepareOptions(long_side=512, normalize_orientation=False, max_proposals=8)
+  result = prepare.prepare("csv", tmp_path / "img", out, opts, workers=1, csv_dir=tmp_path / "csv",
+                           proposal_dir=SHARED / "proposals")
+  assert result.bad == []
+  rec = records.data_source(out, "csv_512", "test")[0]
+  kept, _ = proposals.select_proposals(raw, 8)
+  scale = float(rec["scale"])
+  expected = kept.copy()
+  expected[:, :4] *= scale
+  np.testing.assert_allclose(rec["proposals"], expected, rtol=1e-5, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The grain pipeline.
+# ---------------------------------------------------------------------------------------------
+
+
+def _cfg(out, **kw):
+  return pipeline.PipelineConfig(**{"data_dir": str(out), "config": "rsna_64", "split": "train",
+                                    "batch_size": 2, "image_size": 64, **kw})
+
+
+def test_batches_have_fixed_shapes(rsna_prepared):
+  _, out, _ = rsna_prepared
+  batch = next(iter(pipeline.make_dataset(_cfg(out, augment=True))))
+  assert batch["image"].shape == (2, 64, 64) and batch["image"].dtype == np.uint16
+  assert batch["lesion_boxes"].shape == (2, 8, 4) and batch["proposals"].shape == (2, 16, 5)
+  assert batch["image_hw"].shape == (2, 2) and batch["label"].dtype == np.int32
+
+
+def test_epochs_are_reshuffled_deterministically_and_hosts_are_disjoint(rsna_prepared):
+  _, out, result = rsna_prepared
+  n = result.counts["train"]["images"]
+  cfg = _cfg(out, batch_size=1, num_epochs=2)
+  order = [int(b["index"][0]) for b in pipeline.make_dataset(cfg)]
+  assert len(order) == 2 * n
+  assert sorted(order[:n]) == sorted(order[n:]) == list(range(n))
+  assert order[:n] != order[n:]
+  assert order == [int(b["index"][0]) for b in pipeline.make_dataset(cfg)]
+  hosts = [[int(b["index"][0]) for b in pipeline.make_dataset(
+      _cfg(out, batch_size=1, num_epochs=1, process_index=i, process_count=2))] for i in range(2)]
+  assert not set(hosts[0]) & set(hosts[1]) and len(hosts[0]) + len(hosts[1]) == n
+
+
+_RESUME = """
+import json, sys
+from attend_jax.data import pipeline
+cfg = pipeline.PipelineConfig(**json.loads(sys.argv[1]))
+it = iter(pipeline.make_dataset(cfg))
+if sys.argv[2] == "save":
+  for _ in range(3):
+    next(it)
+  print(json.dumps({"state": it.get_state().decode() if isinstance(it.get_state(), bytes) else it.get_state()}))
+else:
+  it.set_state(json.loads(sys.argv[3])["state"])
+out = [next(it) for _ in range(4)]
+print(json.dumps([[b["index"].tolist(), float(b["image"].astype("float64").sum())] for b in out]))
+"""
+
+
+def test_iterator_resumes_exactly_in_a_fresh_process(rsna_prepared):
+  _, out, _ = rsna_prepared
+  cfg = json.dumps({"data_dir": str(out), "config": "rsna_64", "batch_size": 2,
+                    "image_size": 64, "augment": True})
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  run = lambda *a: subprocess.run([sys.executable, "-c", _RESUME, cfg, *a], capture_output=True,
+                                  text=True, cwd=REPO, env=env, check=True).stdout.splitlines()
+  state_line, expected = run("save")
+  [resumed] = run("load", state_line)
+  assert json.loads(resumed) == json.loads(expected)
+
+
+def test_augmentation_keeps_boxes_on_their_pixels():
+  image = np.full((60, 40), 1000, np.uint16)
+  image[10:20, 25:35] = 60000
+  record = {"image": image, "lesion_boxes": np.array([[25, 10, 35, 20]], np.float32),
+            "proposals": np.array([[30, 15, 10, 10, 0.9]], np.float32), "label": 1}
+  cfg = pipeline.PipelineConfig(data_dir="", config="", flip_prob=0.5, box_jitter=0.0)
+  seen = set()
+  for seed in range(40):
+    out = pipeline.augment(record, np.random.default_rng(seed), cfg)
+    x0, y0, x1, y1 = out["lesion_boxes"][0].astype(int)
+    patch = out["image"][y0:y1, x0:x1]
+    assert patch.min() > 3 * out["image"].mean(), seed
+    cx, cy, w, h, _ = out["proposals"][0]
+    assert (cx, cy, w, h) == ((x0 + x1) / 2, (y0 + y1) / 2, 10, 10)
+    seen.add((x0, y0))
+  assert seen == {(25, 10), (5, 10), (25, 40), (5, 40)}  # All four flip combinations.

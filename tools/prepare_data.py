@@ -1,0 +1,81 @@
+r"""Decodes a mammography dataset once into TFDS ArrayRecord shards for training.
+
+  python tools/prepare_data.py --dataset synthetic --root data/synthetic --out data/prepared
+  python tools/prepare_data.py --dataset vindr --root /data/vindr-mammo --out data/prepared
+  python tools/prepare_data.py --dataset cbis_ddsm --root /data/CBIS-DDSM --out data/prepared
+  python tools/prepare_data.py --dataset rsna --root /data/rsna --out data/prepared
+  python tools/prepare_data.py --dataset csv --root /data/vindr-mammo/images \
+      --csv_dir reference_csvs --proposals /data/focal_rois --out data/prepared
+
+Rerunning the same command resumes an interrupted run and skips a finished one. Unusable
+images and rows are listed in OUT/bad_files.csv with the reason; counts go to OUT/manifest.json.
+"""
+
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from attend_jax.data import prepare
+from attend_jax.data.errors import DataError
+from attend_jax.data.sources import SOURCES, DatasetNotFoundError
+
+_DATASET = flags.DEFINE_enum("dataset", None, sorted(SOURCES), "Which dataset layout ROOT has.",
+                             required=True)
+_ROOT = flags.DEFINE_string("root", None, "The dataset folder as downloaded.", required=True)
+_OUT = flags.DEFINE_string("out", None, "Output folder (TFDS data_dir).", required=True)
+_LONG_SIDE = flags.DEFINE_integer("long_side", 1024, "Stored breast crops' maximum long side.")
+_WORKERS = flags.DEFINE_integer("workers", None, "Decoding processes (default: all cores).")
+_NO_FLIP = flags.DEFINE_bool("keep_orientation", False,
+                             "Do not flip breasts so that the chest wall is on the left.")
+_MAX_PROPOSALS = flags.DEFINE_integer("max_proposals", 32, "Proposals kept per image (csv).")
+_CSV_DIR = flags.DEFINE_string("csv_dir", None, "csv: folder with train/val/test.csv.")
+_PROPOSALS = flags.DEFINE_string("proposals", None, "csv: folder of *_preds.txt proposal files.")
+_KEEP_CACHE = flags.DEFINE_bool("keep_cache", False, "Keep the per-image decode cache.")
+
+
+class _Progress:
+  """One status line: done/total, rate and time left."""
+
+  def __init__(self):
+    self.start = time.perf_counter()
+    self.first = None
+
+  def __call__(self, done: int, total: int) -> None:
+    if self.first is None:
+      self.first = done  # Images already decoded by an earlier run.
+    elapsed = time.perf_counter() - self.start
+    rate = (done - self.first) / elapsed if elapsed > 0 else 0.0
+    left = (total - done) / rate if rate > 0 else float("nan")
+    print(f"\rdecoded {done}/{total} images  {rate:5.1f} img/s  ETA {left:6.0f} s", end="",
+          file=sys.stderr, flush=True)
+    if done == total:
+      print(file=sys.stderr)
+
+
+def main(argv):
+  del argv
+  opts = prepare.PrepareOptions(long_side=_LONG_SIDE.value,
+                                normalize_orientation=not _NO_FLIP.value,
+                                max_proposals=_MAX_PROPOSALS.value)
+  kwargs = {}
+  if _DATASET.value == "csv":
+    kwargs = {"csv_dir": _CSV_DIR.value, "proposal_dir": _PROPOSALS.value}
+  try:
+    result = prepare.prepare(_DATASET.value, _ROOT.value, _OUT.value, opts, _WORKERS.value,
+                             _KEEP_CACHE.value, progress=_Progress(), **kwargs)
+  except (DatasetNotFoundError, DataError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  for split, c in result.counts.items():
+    print(f"{split:>5}: {c['images']:6d} images, {c['cancer']:5d} cancer")
+  print(f"{len(result.bad)} unusable files or rows (see {_OUT.value}/bad_files.csv);"
+        f" {result.seconds:.0f} s")
+  print(f"records: tfds.data_source({result.builder_name!r}, data_dir={_OUT.value!r}) or"
+        " attend_jax.data.pipeline.make_dataset")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)

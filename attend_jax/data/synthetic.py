@@ -1,0 +1,606 @@
+"""Synthetic mammograms: seeded, deterministic MG DICOM files with labels and lesion boxes.
+
+The demo, the tests and the notebooks use this dataset when no real one is at hand. Every file
+is a valid "Digital Mammography X-Ray Image - For Presentation" object, and a run mixes what
+real archives mix: MONOCHROME1 and MONOCHROME2, BitsStored 12, 14 and 16, Explicit VR Little
+Endian and JPEG 2000 lossless, full-range windows and windows a reader must apply (the tissue
+then fills only part of the stored range), and image sizes.
+
+The picture, in display convention (dense tissue bright):
+
+- The breast touches the chest wall at one side edge: an R breast at the left edge, facing
+  right; an L breast at the right edge, facing left. Lateral (CC) and axilla (MLO) are at the
+  top, so PatientOrientation is A\\L (R CC), P\\R (L CC), A\\FL (R MLO) and P\\FR (L MLO).
+- Air is black. The tissue fades out over a skin-line falloff; the fibroglandular pattern is
+  1/f^3 noise plus streaks converging to the nipple, thresholded by a per-patient density.
+- MLO views add the pectoral muscle, a bright triangle in the upper corner at the chest wall.
+- Malignant breasts (label 1) carry spiculated masses (irregular core and thin radiating
+  spicules) or microcalcification clusters; benign breasts carry round, smooth,
+  well-circumscribed masses; normal breasts carry nothing. A breast's findings show in both its
+  CC and MLO at the same distance from the chest wall.
+
+``generate`` writes ``<out>/images/<study_id>/<image_id>.dcm`` (4 images per study: CC and MLO
+of each breast) and ``<out>/labels.csv`` with the columns in ``LABEL_COLUMNS``; ``lesions`` is a
+JSON list of ``{"box": [x0, y0, x1, y1], "kind": ...}``. Boxes are in stored-image pixels, with
+x1 and y1 exclusive: ``pixels[y0:y1, x0:x1]`` holds the lesion. ``phantom`` renders one image in
+memory. The same seed gives byte-identical files with the same numpy and openjpeg versions.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import uuid
+from typing import Callable, Sequence
+
+import numpy as np
+from pydicom import uid as dcm_uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import get_encoder
+from scipy import ndimage
+from scipy.special import expit
+
+SPICULATED_MASS = "spiculated_mass"
+CALCIFICATION_CLUSTER = "calcification_cluster"
+ROUND_MASS = "round_mass"
+MALIGNANT_KINDS = (SPICULATED_MASS, CALCIFICATION_CLUSTER)
+KINDS = MALIGNANT_KINDS + (ROUND_MASS,)
+
+LABEL_COLUMNS = ("image_id", "study_id", "patient_id", "laterality", "view", "label", "path",
+                 "width", "height", "photometric", "bits_stored", "transfer_syntax", "lesions")
+MANUFACTURER = "attend_jax synthetic"
+MIN_SIZE = 64  # Below this the lesions no longer fit inside the breast.
+
+_LATERALITIES = ("L", "R")
+_VIEWS = ("CC", "MLO")
+_BITS = (12, 14, 16)
+_ASPECTS = (0.77, 0.8, 0.83)  # Width / height of common full-field detectors.
+_DETECTOR_HEIGHT_MM = 300.0  # 0.1 mm pixels at 3000 px.
+_SEED_TAG = 0x5E7A  # Keeps these streams apart from other seeded users of the same seed.
+_ORIENTATION = {("R", "CC"): ["A", "L"], ("L", "CC"): ["P", "R"],
+                ("R", "MLO"): ["A", "FL"], ("L", "MLO"): ["P", "FR"]}
+_VIEW_CODES = {"CC": ("399162004", "cranio-caudal"), "MLO": ("399368009", "medio-lateral oblique")}
+
+
+class SyntheticError(ValueError):
+  """Generator arguments that cannot work, or an output folder that cannot take a dataset."""
+
+
+def _check(ok: bool, message: str) -> None:
+  if not ok:
+    raise SyntheticError(message)
+
+
+def _check_seed(seed) -> None:
+  _check(isinstance(seed, (int, np.integer)) and seed >= 0,
+         f"seed {seed!r} is not a non-negative integer")
+
+
+@dataclasses.dataclass(frozen=True)
+class Lesion:
+  box: tuple[int, int, int, int]  # x0, y0, x1, y1; x1 and y1 exclusive.
+  kind: str  # One of KINDS.
+
+  def to_json(self) -> dict:
+    return {"box": list(self.box), "kind": self.kind}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Phantom:
+  image: np.ndarray  # (H, W) float32 in [0, 1], dense tissue bright, air exactly 0.
+  breast: np.ndarray  # (H, W) bool, the tissue (muscle included).
+  lesions: tuple[Lesion, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticImage:
+  """One row of labels.csv."""
+
+  image_id: str
+  study_id: str
+  patient_id: str
+  laterality: str  # "L" / "R"
+  view: str  # "CC" / "MLO"
+  label: int  # 1 = malignant.
+  path: str  # Relative to the dataset folder.
+  width: int
+  height: int
+  photometric: str  # "MONOCHROME1" / "MONOCHROME2"
+  bits_stored: int
+  transfer_syntax: str  # UID.
+  lesions: tuple[Lesion, ...]
+
+  def row(self) -> dict[str, str]:
+    row = {c: str(getattr(self, c)) for c in LABEL_COLUMNS}
+    row["lesions"] = json.dumps([l.to_json() for l in self.lesions], separators=(",", ":"))
+    return row
+
+
+@dataclasses.dataclass(frozen=True)
+class _Finding:
+  kind: str
+  size: float  # Radius (masses) or cluster radius, as a fraction of the image height.
+  contrast: float  # Density added at the centre, in display units.
+  depth: float  # Distance from the chest wall as a fraction of the breast's depth.
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering.
+
+
+def _smoothstep(lo: float, hi: float, x: np.ndarray) -> np.ndarray:
+  t = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+  return t * t * (3.0 - 2.0 * t)
+
+
+def _power_law_noise(rng: np.random.Generator, h: int, w: int,
+                     betas: Sequence[float]) -> list[np.ndarray]:
+  """Unit-variance noises from one white field, each with a 1/f^beta power spectrum.
+
+  Breast tissue measures beta ~ 3 (the large structures); lower betas add the fine detail.
+  """
+  fy = np.fft.fftfreq(h).astype(np.float32)[:, None]
+  fx = np.fft.rfftfreq(w).astype(np.float32)[None, :]
+  # The low cut keeps the largest blobs at about a third of the image.
+  f = np.maximum(np.hypot(fy, fx), np.float32(3.0 / max(h, w)))
+  white = np.fft.rfft2(rng.standard_normal((h, w), dtype=np.float32))
+  noises = []
+  for beta in betas:
+    spectrum = white * f ** (-beta / 2)
+    spectrum[0, 0] = 0
+    noise = np.fft.irfft2(spectrum, s=(h, w))
+    noises.append((noise / noise.std()).astype(np.float32))
+  return noises
+
+
+def _draw_finding(rng: np.random.Generator, kind: str) -> _Finding:
+  size, contrast = {
+      SPICULATED_MASS: ((0.022, 0.045), (0.12, 0.24)),
+      ROUND_MASS: ((0.02, 0.04), (0.1, 0.22)),
+      CALCIFICATION_CLUSTER: ((0.015, 0.03), (0.35, 0.6)),
+  }[kind]
+  return _Finding(kind, rng.uniform(*size), rng.uniform(*contrast), rng.uniform(0.3, 0.75))
+
+
+def _round_mass(rng, dx, dy, radius, contrast):
+  rx, ry = radius * rng.uniform(0.85, 1.15, 2)
+  phi = rng.uniform(0, np.pi)
+  c, s = np.cos(phi), np.sin(phi)
+  q2 = ((dx * c + dy * s) / rx) ** 2 + ((dy * c - dx * s) / ry) ** 2
+  # Flat-topped dome with a sharp margin: benign masses are well circumscribed.
+  patch = contrast * np.clip(1.0 - q2, 0.0, 1.0) ** 0.35
+  hx, hy = np.hypot(rx * c, ry * s), np.hypot(rx * s, ry * c)
+  return patch, (-hx, -hy, hx, hy)
+
+
+def _spiculated_mass(rng, dx, dy, radius, contrast):
+  angle = np.arctan2(dy, dx)
+  k = np.arange(2, 12)
+  amp = rng.uniform(0.0, 0.22, k.size) / k**0.8
+  phase = rng.uniform(0, 2 * np.pi, k.size)
+  outline = np.ones_like(angle)
+  for ki, ai, pi in zip(k, amp, phase):
+    outline += ai * np.cos(ki * angle + pi)
+  outline *= radius
+  q = np.hypot(dx, dy) / outline
+  # A dense centre with an ill-defined margin, unlike the benign masses.
+  patch = contrast * (0.65 * np.sqrt(np.clip(1.0 - q * q, 0.0, 1.0))
+                      + 0.35 * (1.0 - _smoothstep(0.5, 1.25, q)))
+  spicules = np.zeros_like(patch)
+  n = rng.integers(10, 25)
+  for theta, length, width, bend, strength in zip(
+      rng.uniform(0, 2 * np.pi, n), radius * rng.uniform(1.5, 3.0, n),
+      np.maximum(0.6, radius * rng.uniform(0.04, 0.08, n)), rng.normal(0, 0.15, n),
+      rng.uniform(0.6, 1.0, n)):
+    frac = (dx * np.cos(theta) + dy * np.sin(theta)) / length
+    # Slightly curved: the offset grows with the square of the distance along the spicule.
+    perp = dy * np.cos(theta) - dx * np.sin(theta) - bend * length * frac * frac
+    taper = np.clip(1.0 - frac, 0.0, 1.0) * (frac > 0)
+    line = strength * np.exp(-(perp / (width * taper + 0.35)) ** 2) * np.sqrt(taper)
+    np.maximum(spicules, line, out=spicules)
+  np.maximum(patch, contrast * rng.uniform(0.6, 0.85) * spicules, out=patch)
+  # The box frames the core, as radiologists draw them; spicules reach beyond it.
+  r = float(outline.max())
+  return patch, (-r, -r, r, r)
+
+
+def _calcification_cluster(rng, dx, dy, radius, contrast, speck_sigma):
+  n = rng.integers(5, 21)
+  rho, theta = radius * np.sqrt(rng.uniform(0, 1, n)), rng.uniform(0, 2 * np.pi, n)
+  px, py = rho * np.cos(theta), rho * np.sin(theta)
+  sigma = speck_sigma * rng.uniform(0.8, 1.6, n)
+  patch = np.zeros_like(dx)
+  for x, y, s, a in zip(px, py, sigma, contrast * rng.uniform(0.6, 1.0, n)):
+    patch += a * np.exp(-((dx - x) ** 2 + (dy - y) ** 2) / (2 * s * s))
+  np.minimum(patch, 1.2 * contrast, out=patch)
+  m = 2 * sigma
+  return patch, (float((px - m).min()), float((py - m).min()),
+                 float((px + m).max()), float((py + m).max()))
+
+
+def _reach(finding: _Finding, h: int) -> float:
+  """Half-size of the window a finding draws into, in pixels."""
+  radius = _radius_px(finding, h)
+  return {SPICULATED_MASS: 3.2 * radius, ROUND_MASS: 1.25 * radius,
+          CALCIFICATION_CLUSTER: radius + 4 * _speck_sigma(h)}[finding.kind] + 2
+
+
+def _radius_px(finding: _Finding, h: int) -> float:
+  return max(4.0, finding.size * h)
+
+
+def _speck_sigma(h: int) -> float:
+  # Real specks are 0.1-0.5 mm; at small sizes they stay a pixel wide so they remain visible.
+  return max(0.6, 0.8 * h / 1500)
+
+
+def _place(rng, safe, stride, h, w, depth_x, box_half) -> tuple[float, float]:
+  """A centre whose box lies well inside ``safe`` (a strided mask), near x = depth_x."""
+  dist = ndimage.distance_transform_edt(safe) * stride
+  ok = dist > 1.45 * box_half + 2 * stride
+  if not ok.any():
+    # A breast too small for this lesion: take its deepest point rather than fail.
+    ok = dist >= dist.max()
+  ys, xs = np.nonzero(ok)
+  near = np.abs(xs * stride - depth_x) < 0.08 * w
+  if near.any():
+    ys, xs = ys[near], xs[near]
+  i = rng.integers(ys.size)
+  cy = min(ys[i] * stride + rng.uniform(0, stride), h - 1)
+  cx = min(xs[i] * stride + rng.uniform(0, stride), w - 1)
+  return float(cy), float(cx)
+
+
+def _render(rng: np.random.Generator, h: int, w: int, laterality: str, view: str,
+            findings: Sequence[_Finding], density: float) -> Phantom:
+  """Draws with the chest wall at the left edge (an R breast), then mirrors L breasts."""
+  y = np.arange(h, dtype=np.float32)[:, None]
+  x = np.arange(w, dtype=np.float32)[None, :]
+  depth = w * rng.uniform(0.62, 0.86)
+  if view == "CC":
+    cy = h * rng.uniform(0.45, 0.55)
+    half = h * rng.uniform(0.36, 0.45)
+    r = np.hypot(x / depth, (y - cy) / half)
+  else:
+    # MLO: a rounded lower bulge below the nipple line, and above it an outline that narrows
+    # to the axilla, which reaches the top edge.
+    cy = h * rng.uniform(0.52, 0.62)
+    half = (h - cy) * rng.uniform(0.75, 0.92)
+    top = depth * rng.uniform(0.3, 0.45)
+    width_at = top + (depth - top) * np.sqrt(np.clip(1 - ((cy - y) / cy) ** 2, 0, 1))
+    r = np.where(y < cy, x / width_at, np.hypot(x / depth, (y - cy) / half))
+  outline_angle = np.arctan2(y - cy, x + 1.0)
+  wobble = np.ones_like(outline_angle)
+  for k in range(2, 6):
+    wobble += rng.uniform(0, 0.025) * np.cos(k * outline_angle + rng.uniform(0, 2 * np.pi))
+  r = (r / wobble).astype(np.float32)
+  breast = r < 1.0
+
+  # Path length through the rounded, compressed edge: a quarter circle over the falloff band.
+  t = np.clip((1.0 - r) / rng.uniform(0.06, 0.12), 0.0, 1.0)
+  thickness = np.sqrt(t * (2.0 - t))
+
+  texture, fine = _power_law_noise(rng, h, w, betas=(3.0, 1.8))
+  # Ducts and Cooper's ligaments converge on the nipple: noise along the angle seen from it.
+  duct_profile = ndimage.gaussian_filter1d(rng.standard_normal(360), 1.0, mode="wrap")
+  ducts = np.interp(np.arctan2(y - cy, depth - x), np.linspace(-np.pi, np.pi, 360),
+                    duct_profile / duct_profile.std()).astype(np.float32)
+  u, v = x / depth, (y - cy) / (0.45 * h)
+  envelope = np.exp(-((u - 0.5) / 0.38) ** 2 - (v / 0.6) ** 2)
+  gland = expit(2.2 * (0.75 * texture + 0.45 * ducts + 0.15 * fine)
+                + 5.0 * (density - 0.5) + 4.0 * (envelope - 0.55))
+  gland *= np.clip((0.95 - r) / 0.25, 0.0, 1.0)  # Subcutaneous fat has no glands.
+  fat, dense = rng.uniform(0.2, 0.28), rng.uniform(0.24, 0.32)
+  image = thickness * (fat + dense * gland + 0.025 * fine * (0.4 + gland))
+  image += 0.05 * np.exp(-((r - 0.985) / 0.01) ** 2) * breast  # Skin line.
+
+  safe = r < 0.8
+  if view == "MLO":
+    pw, ph = top * rng.uniform(0.55, 0.8), h * rng.uniform(0.35, 0.6)
+    edge = x / pw + y / ph - 1.0 - rng.uniform(0.0, 0.3) * (x / pw) * (y / ph)
+    sharpness = 1.0 / (1.5 * np.hypot(1 / pw, 1 / ph))  # About 1.5 px of blur.
+    muscle = expit(-edge * sharpness)
+    level = rng.uniform(0.62, 0.74) + 0.03 * texture
+    image = image * (1 - muscle) + muscle * level * thickness
+    safe &= edge > 0.15
+
+  lesions = []
+  stride = max(1, -(-max(h, w) // 256))  # Placement works on a grid of <= 256 px.
+  safe_grid = safe[::stride, ::stride].copy()
+  for finding in findings:
+    radius, reach = _radius_px(finding, h), _reach(finding, h)
+    box_half = reach if finding.kind == CALCIFICATION_CLUSTER else 1.2 * radius
+    cy_l, cx_l = _place(rng, safe_grid, stride, h, w, finding.depth * depth, box_half)
+    x0, x1 = max(0, int(cx_l - reach)), min(w, int(cx_l + reach) + 1)
+    y0, y1 = max(0, int(cy_l - reach)), min(h, int(cy_l + reach) + 1)
+    dx = np.arange(x0, x1, dtype=np.float32)[None, :] - cx_l
+    dy = np.arange(y0, y1, dtype=np.float32)[:, None] - cy_l
+    dx, dy = np.broadcast_arrays(dx, dy)
+    if finding.kind == ROUND_MASS:
+      patch, ext = _round_mass(rng, dx, dy, radius, finding.contrast)
+    elif finding.kind == SPICULATED_MASS:
+      patch, ext = _spiculated_mass(rng, dx, dy, radius, finding.contrast)
+    else:
+      patch, ext = _calcification_cluster(rng, dx, dy, radius, finding.contrast, _speck_sigma(h))
+    region = image[y0:y1, x0:x1]
+    if finding.kind != CALCIFICATION_CLUSTER:
+      # A mass displaces fat: under it the tissue is at least fully glandular, so it shows
+      # against dense surroundings too.
+      glandular = thickness[y0:y1, x0:x1] * (fat + dense)
+      region += patch / finding.contrast * np.maximum(glandular - region, 0.0)
+    region += patch * thickness[y0:y1, x0:x1]
+    box = (max(0, int(np.floor(cx_l + ext[0]))), max(0, int(np.floor(cy_l + ext[1]))),
+           min(w, int(np.ceil(cx_l + ext[2])) + 1), min(h, int(np.ceil(cy_l + ext[3])) + 1))
+    lesions.append(Lesion(box, finding.kind))
+    # Keep a second finding off the first.
+    gx0, gy0 = max(0, int(cx_l - reach) // stride), max(0, int(cy_l - reach) // stride)
+    safe_grid[gy0:int(cy_l + reach) // stride + 1, gx0:int(cx_l + reach) // stride + 1] = False
+
+  # Quantum noise grows with the signal; air stays exactly black.
+  noise = rng.standard_normal((h, w), dtype=np.float32)
+  image += noise * (0.004 + 0.012 * np.sqrt(np.maximum(image, 0.0)))
+  image = np.where(breast, np.clip(image, 0.0, 1.0), 0.0).astype(np.float32)
+  if laterality == "L":
+    image, breast = image[:, ::-1].copy(), breast[:, ::-1].copy()
+    lesions = [Lesion((w - l.box[2], l.box[1], w - l.box[0], l.box[3]), l.kind) for l in lesions]
+  return Phantom(image, breast, tuple(lesions))
+
+
+def phantom(height: int, width: int | None = None, *, laterality: str = "R", view: str = "CC",
+            kinds: Sequence[str] = (), density: float = 0.5, seed: int = 0) -> Phantom:
+  """One image in memory, with a lesion of each of ``kinds``; width defaults to 0.8 x height."""
+  width = round(0.8 * height) if width is None else width
+  _check(height >= MIN_SIZE and 2 * width >= MIN_SIZE,
+         f"image {height} x {width} is too small (height >= {MIN_SIZE}, width >= {MIN_SIZE // 2})")
+  _check(laterality in _LATERALITIES, f"laterality {laterality!r} is not one of {_LATERALITIES}")
+  _check(view in _VIEWS, f"view {view!r} is not one of {_VIEWS}")
+  _check(all(k in KINDS for k in kinds), f"unknown lesion kind in {list(kinds)}; known: {KINDS}")
+  _check(0.0 <= density <= 1.0, f"density {density} is outside [0, 1]")
+  _check_seed(seed)
+  rng = np.random.default_rng([_SEED_TAG, seed])
+  findings = [_draw_finding(rng, k) for k in kinds]
+  return _render(rng, height, width, laterality, view, findings, density)
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM.
+
+
+def _hex_id(seed: int, *parts) -> str:
+  return hashlib.sha256("/".join(map(str, (MANUFACTURER, seed) + parts)).encode()).hexdigest()[:32]
+
+
+def _uid(seed: int, *parts) -> str:
+  # A UUID-derived UID (2.25.<int>) from a name-based UUID: stable for a seed, needs no root.
+  # pydicom's generate_uid ignores its entropy sources when the prefix is 2.25.
+  name = "/".join(map(str, (MANUFACTURER, seed) + parts))
+  return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, name).int}"
+
+
+def _code(value: str, meaning: str) -> Dataset:
+  item = Dataset()
+  item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "SCT", meaning
+  return item
+
+
+def _ds(value: float) -> str:
+  return f"{value:.10g}"
+
+
+def _stored(image: np.ndarray, photometric: str, bits: int, window: tuple[float, float]):
+  """Stored uint16 values and the (centre, width) that maps the tissue range back to display.
+
+  ``window`` is the part of the stored range, as fractions, that display 0..1 occupies.
+  """
+  top = 2**bits - 1
+  lo, hi = round(window[0] * top), round(window[1] * top)
+  values = np.rint(lo + image * (hi - lo)).astype(np.uint16)
+  if photometric == "MONOCHROME1":
+    values = (top - values).astype(np.uint16)
+    lo, hi = top - hi, top - lo
+  # DICOM's linear window maps [c - 0.5 - (w-1)/2, c - 0.5 + (w-1)/2] onto the output range.
+  return values, (lo + hi + 1) / 2, hi - lo + 1
+
+
+def _dataset(meta: SyntheticImage, pixels: np.ndarray, *, seed: int, study: int, instance: int,
+             study_date: str, window: tuple[float, float], spacing_mm: float) -> Dataset:
+  sop_uid = _uid(seed, "image", meta.image_id)
+  file_meta = FileMetaDataset()
+  file_meta.MediaStorageSOPClassUID = dcm_uid.DigitalMammographyXRayImageStorageForPresentation
+  file_meta.MediaStorageSOPInstanceUID = sop_uid
+  file_meta.TransferSyntaxUID = dcm_uid.ExplicitVRLittleEndian
+  file_meta.ImplementationClassUID = dcm_uid.PYDICOM_IMPLEMENTATION_UID
+
+  ds = Dataset()
+  ds.file_meta = file_meta
+  ds.SpecificCharacterSet = "ISO_IR 100"
+  ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
+  ds.SOPClassUID = dcm_uid.DigitalMammographyXRayImageStorageForPresentation
+  ds.SOPInstanceUID = sop_uid
+  ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = study_date
+  ds.StudyTime = ds.SeriesTime = ds.ContentTime = "093000"
+  ds.AccessionNumber = meta.study_id[:16]
+  ds.Modality = "MG"
+  ds.PresentationIntentType = "FOR PRESENTATION"
+  ds.Manufacturer = MANUFACTURER
+  ds.ManufacturerModelName = "breast phantom"
+  ds.ReferringPhysicianName = ""
+  ds.StudyDescription = "Screening mammography (synthetic)"
+  ds.PatientName = f"SYNTHETIC^{meta.patient_id[:8]}"
+  ds.PatientID = meta.patient_id
+  ds.PatientBirthDate = ""
+  ds.PatientSex = "F"
+  ds.BodyPartExamined = "BREAST"
+  ds.StudyInstanceUID = _uid(seed, "study", meta.study_id)
+  ds.SeriesInstanceUID = _uid(seed, "series", meta.study_id)
+  ds.StudyID = str(study + 1)
+  ds.SeriesNumber = 1
+  ds.InstanceNumber = instance
+  ds.PatientOrientation = _ORIENTATION[(meta.laterality, meta.view)]
+  ds.ImageLaterality = meta.laterality
+  ds.ViewPosition = meta.view
+  ds.AnatomicRegionSequence = [_code("76752008", "Breast")]
+  view = _code(*_VIEW_CODES[meta.view])
+  view.ViewModifierCodeSequence = []
+  ds.ViewCodeSequence = [view]
+  ds.OrganExposed = "BREAST"
+  ds.PositionerType = "MAMMOGRAPHIC"
+  ds.BreastImplantPresent = "NO"
+  ds.PartialView = "NO"
+  ds.DetectorType = "DIRECT"
+  ds.ImagerPixelSpacing = ds.PixelSpacing = [_ds(spacing_mm)] * 2
+  ds.AcquisitionContextSequence = []
+  ds.BurnedInAnnotation = "NO"
+  ds.LossyImageCompression = "00"
+
+  mono1 = meta.photometric == "MONOCHROME1"
+  values, center, width = _stored(pixels, meta.photometric, meta.bits_stored, window)
+  ds.SamplesPerPixel = 1
+  ds.PhotometricInterpretation = meta.photometric
+  ds.Rows, ds.Columns = values.shape
+  ds.BitsAllocated = 16
+  ds.BitsStored = meta.bits_stored
+  ds.HighBit = meta.bits_stored - 1
+  ds.PixelRepresentation = 0
+  ds.PixelIntensityRelationship = "LOG"
+  # +1: lower values are less X-ray intensity, i.e. denser tissue, which is MONOCHROME1.
+  ds.PixelIntensityRelationshipSign = 1 if mono1 else -1
+  ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
+  ds.PresentationLUTShape = "INVERSE" if mono1 else "IDENTITY"
+  ds.WindowCenter, ds.WindowWidth = _ds(center), _ds(width)
+  ds.WindowCenterWidthExplanation = "FULL RANGE" if window == (0.0, 1.0) else "TISSUE"
+  ds.VOILUTFunction = "LINEAR"
+  if meta.transfer_syntax == dcm_uid.JPEG2000Lossless:
+    ds.compress(dcm_uid.JPEG2000Lossless, values, generate_instance_uid=False)
+  else:
+    ds.PixelData = values.astype("<u2").tobytes()
+  return ds
+
+
+def _exact_mix(rng: np.random.Generator, n: int, rest, mix: Sequence[tuple[object, float]]):
+  """``n`` shuffled picks: round(fraction * n) of each value in ``mix``, then ``rest``.
+
+  Exact counts, unlike independent draws, guarantee every kind shows up in a short run.
+  """
+  picks = [value for value, fraction in mix for _ in range(round(fraction * n))]
+  picks += [rest] * (n - len(picks))
+  return [picks[i] for i in rng.permutation(n)]
+
+
+def _breast_kinds(rng: np.random.Generator, cls: str) -> list[str]:
+  """Lesion kinds of a "malignant", "benign" or "normal" breast."""
+  if cls == "malignant":
+    # One cancer (sometimes two), 60 % spiculated masses; a few carry a benign mass as well.
+    kinds = [MALIGNANT_KINDS[int(rng.uniform() < 0.4)] for _ in range(1 + (rng.uniform() < 0.2))]
+    return kinds + [ROUND_MASS] * int(rng.uniform() < 0.15)
+  if cls == "benign":
+    return [ROUND_MASS] * (1 + int(rng.uniform() < 0.2))
+  return []
+
+
+def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0,
+             size_range: tuple[int, int] = (600, 3000), malignant_fraction: float = 0.4,
+             benign_fraction: float = 0.2, jpeg2000_fraction: float = 0.3,
+             monochrome1_fraction: float = 0.3, windowed_fraction: float = 0.5,
+             progress: Callable[[int, int], None] | None = None) -> list[SyntheticImage]:
+  """Writes ``num_studies`` four-view studies and labels.csv into ``out_dir``.
+
+  ``size_range`` bounds the long (vertical) side in pixels, drawn per study; width is about 0.8
+  of it. Fractions are exact counts after rounding: ``malignant_fraction`` and
+  ``benign_fraction`` of the breasts, ``jpeg2000_fraction`` and ``windowed_fraction`` (VOI
+  window narrower than the stored range) of the images, ``monochrome1_fraction`` of the
+  studies. BitsStored is spread evenly over 12, 14 and 16 by study. ``progress(done, total)`` is
+  called after each image. Raises SyntheticError for bad arguments, a folder that already
+  holds a dataset, or a missing JPEG 2000 encoder.
+  """
+  lo, hi = size_range
+  _check(isinstance(num_studies, (int, np.integer)) and num_studies >= 1,
+         f"num_studies must be a positive integer, got {num_studies!r}")
+  _check_seed(seed)
+  _check(MIN_SIZE <= lo <= hi, f"size range {lo}..{hi} must satisfy {MIN_SIZE} <= min <= max")
+  for name, f in (("malignant_fraction", malignant_fraction), ("benign_fraction", benign_fraction),
+                  ("jpeg2000_fraction", jpeg2000_fraction),
+                  ("monochrome1_fraction", monochrome1_fraction),
+                  ("windowed_fraction", windowed_fraction)):
+    _check(0.0 <= f <= 1.0, f"{name} {f} is outside [0, 1]")
+  _check(malignant_fraction + benign_fraction <= 1.0,
+         f"malignant_fraction + benign_fraction = {malignant_fraction + benign_fraction} > 1")
+  encoder = get_encoder(dcm_uid.JPEG2000Lossless)
+  _check(jpeg2000_fraction == 0 or encoder.is_available,
+         "writing JPEG 2000 needs pylibjpeg and pylibjpeg-openjpeg (pip install pylibjpeg"
+         " pylibjpeg-openjpeg), or set jpeg2000_fraction to 0")
+  out = pathlib.Path(out_dir)
+  _check(not (out / "labels.csv").exists() and not (out / "images").exists(),
+         f"{out} already holds a dataset (labels.csv or images/); choose an empty folder")
+
+  rng = np.random.default_rng([_SEED_TAG, seed, 1])
+  n_images = 4 * num_studies
+  classes = _exact_mix(rng, 2 * num_studies, "normal",
+                       (("malignant", malignant_fraction), ("benign", benign_fraction)))
+  bits = [_BITS[i] for i in rng.permutation(num_studies) % len(_BITS)]
+  mono1 = _exact_mix(rng, num_studies, False, ((True, monochrome1_fraction),))
+  j2k = _exact_mix(rng, n_images, False, ((True, jpeg2000_fraction),))
+  windowed = _exact_mix(rng, n_images, False, ((True, windowed_fraction),))
+
+  images = []
+  for study in range(num_studies):
+    study_id, patient_id = _hex_id(seed, "study", study), _hex_id(seed, "patient", study)[:16]
+    height = int(rng.integers(lo, hi + 1))
+    width = round(height * _ASPECTS[rng.integers(len(_ASPECTS))])
+    study_date = (datetime.date(2020, 1, 1)
+                  + datetime.timedelta(days=int(rng.integers(0, 5 * 365)))).strftime("%Y%m%d")
+    patient_density = rng.beta(2.0, 2.0)
+    for b, laterality in enumerate(_LATERALITIES):
+      breast_rng = np.random.default_rng([_SEED_TAG, seed, 2, study, b])
+      cls = classes[2 * study + b]
+      findings = [_draw_finding(breast_rng, k) for k in _breast_kinds(breast_rng, cls)]
+      density = float(np.clip(patient_density + breast_rng.normal(0, 0.05), 0, 1))
+      for v, view in enumerate(_VIEWS):
+        index = len(images)
+        image_id = _hex_id(seed, "image", study, laterality, view)
+        image_rng = np.random.default_rng([_SEED_TAG, seed, 3, study, b, v])
+        ph = _render(image_rng, height, width, laterality, view, findings, density)
+        window = (0.0, 1.0)
+        if windowed[index]:
+          start = image_rng.uniform(0.05, 0.3)
+          window = (start, start + image_rng.uniform(0.3, 0.6))
+        meta = SyntheticImage(
+            image_id=image_id, study_id=study_id, patient_id=patient_id,
+            laterality=laterality, view=view, label=int(cls == "malignant"),
+            path=f"images/{study_id}/{image_id}.dcm", width=width, height=height,
+            photometric="MONOCHROME1" if mono1[study] else "MONOCHROME2",
+            bits_stored=bits[study],
+            transfer_syntax=(dcm_uid.JPEG2000Lossless if j2k[index]
+                             else dcm_uid.ExplicitVRLittleEndian),
+            lesions=ph.lesions)
+        ds = _dataset(meta, ph.image, seed=seed, study=study, instance=2 * b + v + 1,
+                      study_date=study_date, window=window,
+                      spacing_mm=_DETECTOR_HEIGHT_MM / height)
+        (out / meta.path).parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(out / meta.path, enforce_file_format=True)
+        images.append(meta)
+        if progress is not None:
+          progress(len(images), n_images)
+
+  with open(out / "labels.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=LABEL_COLUMNS)
+    writer.writeheader()
+    writer.writerows(im.row() for im in images)
+  return images
+
+
+def read_labels(out_dir: str | os.PathLike) -> list[SyntheticImage]:
+  """labels.csv of a generated dataset, back as SyntheticImage rows."""
+  with open(pathlib.Path(out_dir) / "labels.csv", newline="") as f:
+    return [SyntheticImage(
+        **{c: row[c] for c in ("image_id", "study_id", "patient_id", "laterality", "view", "path",
+                               "photometric", "transfer_syntax")},
+        label=int(row["label"]), width=int(row["width"]), height=int(row["height"]),
+        bits_stored=int(row["bits_stored"]),
+        lesions=tuple(Lesion(tuple(l["box"]), l["kind"]) for l in json.loads(row["lesions"])))
+        for row in csv.DictReader(f)]

@@ -12,7 +12,13 @@ Batches hold host numpy arrays:
 - ``label`` (B,) int32;
 - ``lesion_boxes`` (B, L, 4) float32 ``x0 y0 x1 y1`` and ``lesion_mask`` (B, L) bool;
 - ``proposals`` (B, K, 5) float32 ``cx cy w h score`` and ``proposal_mask`` (B, K) bool;
+- ``brightness``, ``contrast`` (B,) float32 jitter factors (1.0 without augmentation);
 - ``index`` (B,) int64, the record's index in the split, to look its ids up.
+
+Geometric augmentation (flips, proposal jitter) happens here, on the host, because boxes must
+follow the pixels. Intensity jitter only needs two numbers per image, so the host draws them and
+the accelerator applies them (``device_augment.intensity_jitter``): the host then never touches
+pixel values, and loading stays a decompress, a flip view and a copy.
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ def _corners_to_center(b: np.ndarray) -> np.ndarray:
 
 
 def augment(record: dict[str, Any], rng: np.random.Generator, cfg: PipelineConfig) -> dict:
-  """Flips, brightness/contrast jitter and proposal jitter, with boxes kept on the pixels."""
+  """Flips and proposal jitter with boxes kept on their pixels; draws the intensity factors."""
   image = np.asarray(record["image"])
   h, w = image.shape
   lesions = np.asarray(record["lesion_boxes"], np.float32).reshape(-1, 4)
@@ -87,20 +93,15 @@ def augment(record: dict[str, Any], rng: np.random.Generator, cfg: PipelineConfi
       image = np.flip(image, axis=axis)
       lesions = flip_boxes(lesions, size, axis)
       corners = flip_boxes(corners, size, axis)
-  values = image.astype(np.float32)
-  brightness = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
-  contrast = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
-  values = values * brightness
-  values = (values - values.mean()) * contrast + values.mean()
-  image = np.clip(values, 0, 65535).astype(np.uint16)
   center = _corners_to_center(corners)
   if len(center) and cfg.box_jitter > 0:
     size = np.maximum(center[:, 2:4], 1.0)
     center[:, :2] += rng.uniform(-cfg.box_jitter, cfg.box_jitter, (len(center), 2)) * size
     center[:, 2:4] *= 1 + rng.uniform(-cfg.box_jitter, cfg.box_jitter, (len(center), 2))
   props = np.concatenate([center, props[:, 4:5]], axis=1) if len(props) else props
-  return {**record, "image": np.ascontiguousarray(image), "lesion_boxes": lesions,
-          "proposals": props.astype(np.float32)}
+  return {**record, "image": image, "lesion_boxes": lesions, "proposals": props.astype(np.float32),
+          "brightness": np.float32(rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)),
+          "contrast": np.float32(rng.uniform(1 - cfg.contrast, 1 + cfg.contrast))}
 
 
 def to_fixed_shapes(record: dict[str, Any], index: int, cfg: PipelineConfig) -> dict:
@@ -122,6 +123,8 @@ def to_fixed_shapes(record: dict[str, Any], index: int, cfg: PipelineConfig) -> 
       "lesion_mask": lesion_mask,
       "proposals": props,
       "proposal_mask": prop_mask,
+      "brightness": np.float32(record.get("brightness", 1.0)),
+      "contrast": np.float32(record.get("contrast", 1.0)),
       "index": np.int64(index),
   }
 

@@ -165,6 +165,7 @@ def test_batches_have_fixed_shapes(rsna_prepared):
   assert batch["image"].shape == (2, 64, 64) and batch["image"].dtype == np.uint16
   assert batch["lesion_boxes"].shape == (2, 8, 4) and batch["proposals"].shape == (2, 16, 5)
   assert batch["image_hw"].shape == (2, 2) and batch["label"].dtype == np.int32
+  assert ((batch["brightness"] >= 0.9) & (batch["brightness"] <= 1.1)).all()
 
 
 def test_epochs_are_reshuffled_deterministically_and_hosts_are_disjoint(rsna_prepared):
@@ -225,3 +226,21 @@ def test_augmentation_keeps_boxes_on_their_pixels():
     assert (cx, cy, w, h) == ((x0 + x1) / 2, (y0 + y1) / 2, 10, 10)
     seen.add((x0, y0))
   assert seen == {(25, 10), (5, 10), (25, 40), (5, 40)}  # All four flip combinations.
+
+
+def test_intensity_jitter_on_device_matches_colorjitter_semantics():
+  import jax.numpy as jnp
+  from attend_jax.data import device_augment
+
+  rng = np.random.default_rng(0)
+  images = np.zeros((2, 8, 8), np.float32)
+  images[0, :5, :6] = rng.uniform(0.1, 0.9, (5, 6))
+  images[1, :8, :3] = rng.uniform(0.1, 0.9, (8, 3))
+  hw = np.array([[5, 6], [8, 3]], np.int32)
+  b, c = np.array([1.1, 0.9], np.float32), np.array([0.9, 1.1], np.float32)
+  out = np.asarray(device_augment.intensity_jitter(jnp.asarray(images), hw, b, c))
+  for i, (h, w) in enumerate(hw):
+    real = np.clip(images[i, :h, :w] * b[i], 0, 1)
+    real = np.clip(real.mean() + c[i] * (real - real.mean()), 0, 1)
+    np.testing.assert_allclose(out[i, :h, :w], real, atol=1e-6)
+    assert (out[i][~(np.arange(8)[:, None] < h) | ~(np.arange(8)[None] < w)] == 0).all()

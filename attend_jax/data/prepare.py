@@ -159,14 +159,18 @@ def _pool_context():
   return ctx
 
 
-def _work(args) -> tuple[str, str | None, float]:
-  """Runs in a worker process: decode, write the cache file atomically, report."""
+def _work(args) -> tuple[str, tuple[str, str] | None, float]:
+  """Runs in a worker process: decode, write the cache file atomically, report.
+
+  Returns (image path, (file at fault, reason) or None, seconds).
+  """
   ex, opts, path = args
   start = time.perf_counter()
   try:
     record = process_example(ex, opts)
   except DataError as e:
-    return ex.path, e.reason, time.perf_counter() - start
+    reason = e.reason if e.path == ex.path else f"{e.reason} (image {ex.path})"
+    return ex.path, (e.path, reason), time.perf_counter() - start
   tmp = path.with_suffix(".tmp.npz")
   # Uncompressed: the cache is temporary, and zlib here would cost more than the resize.
   np.savez(tmp, **{k: np.asarray(v) for k, v in record.items()})
@@ -226,19 +230,20 @@ def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike,
   workers = workers or os.cpu_count() or 1
   decode_start = time.perf_counter()
   worker_seconds = 0.0
+  failed: set[str] = set()
   if todo:
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
-      for path, reason, seconds in pool.map(_work, todo, chunksize=4):
+      for image_path, error, seconds in pool.map(_work, todo, chunksize=4):
         done += 1
         worker_seconds += seconds
-        if reason is not None:
-          bad.append((path, reason))
+        if error is not None:
+          bad.append(error)
+          failed.add(image_path)
         if progress:
           progress(done, total)
 
   decode_seconds = time.perf_counter() - decode_start
-  bad_paths = {p for p, _ in bad}
-  good = [ex for ex in listing.examples if ex.path not in bad_paths]
+  good = [ex for ex in listing.examples if ex.path not in failed]
   counts = {}
   for split in sorted({ex.split for ex in good}):
     members = [ex for ex in good if ex.split == split]

@@ -267,3 +267,41 @@ def test_synthetic_dicoms_prepare_end_to_end(tmp_path):
         np.testing.assert_allclose(back[0], lesion.box, atol=2.5)
         checked += 1
   assert checked >= 4
+
+
+def test_bad_proposal_files_are_listed_and_the_rest_prepared(tmp_path):
+  (tmp_path / "img" / "s").mkdir(parents=True)
+  (tmp_path / "props" / "s").mkdir(parents=True)
+  lines = ["im_path,laterality,cancer,view"]
+  for name, content in (("good", "30 40 20 20 0.9\n"), ("nan", "30 40 nan 20 0.9\n"),
+                        ("short", "30 40 20\n"), ("empty", "")):
+    write_mg(phantom(), tmp_path / "img" / "s", f"{name}.dicom")
+    (tmp_path / "props" / "s" / f"{name}_preds.txt").write_text(content)
+    lines.append(f"s/{name}.dicom,L,0,CC")
+  (tmp_path / "test.csv").write_text("\n".join(lines) + "\n")
+  result = prepare.prepare("csv", tmp_path / "img", tmp_path / "out", OPTS, workers=1,
+                           csv_dir=tmp_path, proposal_dir=tmp_path / "props")
+  assert result.counts == {"test": {"images": 1, "cancer": 0}}
+  reasons = {pathlib.Path(p).name: r for p, r in result.bad}
+  assert set(reasons) == {"nan_preds.txt", "short_preds.txt", "empty_preds.txt"}
+  assert "NaN" in reasons["nan_preds.txt"] and "is empty" in reasons["empty_preds.txt"]
+
+
+def test_worker_processes_load_everything_and_resume(rsna_prepared):
+  _, out, result = rsna_prepared
+  n = result.counts["train"]["images"]
+  cfg = _cfg(out, batch_size=1, num_epochs=1, worker_count=2)
+  it = iter(pipeline.make_dataset(cfg))
+  try:
+    first = [int(next(it)["index"][0]) for _ in range(3)]
+    state = it.get_state()
+    rest = [int(b["index"][0]) for b in it]
+  finally:
+    it.close()
+  assert sorted(first + rest) == list(range(n))
+  again = iter(pipeline.make_dataset(cfg))
+  try:
+    again.set_state(state)
+    assert [int(b["index"][0]) for b in again] == rest
+  finally:
+    again.close()

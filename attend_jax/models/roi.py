@@ -90,10 +90,10 @@ def normalize_rois(crops: jax.Array) -> jax.Array:
 
 def box_positions(boxes: jax.Array, image_hw: jax.Array) -> jax.Array:
   """(…, 4) ``cx cy w h`` -> (cx/W, cy/H, side/W, side/H); the crop padding is not included."""
-  hw = image_hw.astype(jnp.float32)
+  hw = image_hw.astype(jnp.float32)  # (..., 2), broadcastable against boxes[..., 0].
+  h, w = hw[..., 0], hw[..., 1]
   side = jnp.maximum(boxes[..., 2], boxes[..., 3])
-  return jnp.stack([boxes[..., 0] / hw[..., 1, None], boxes[..., 1] / hw[..., 0, None],
-                    side / hw[..., 1, None], side / hw[..., 0, None]], axis=-1)
+  return jnp.stack([boxes[..., 0] / w, boxes[..., 1] / h, side / w, side / h], axis=-1)
 
 
 def sine_embedding(positions: jax.Array, dims: int = 64, temperature: float = 10000.0

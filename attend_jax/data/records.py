@@ -79,3 +79,8 @@ def build(data_dir, config: str, cache_dir) -> None:
 def data_source(data_dir, config: str, split: str):
   """A random-access source of decoded records (dicts of numpy arrays and bytes)."""
   return builder(data_dir, config).as_data_source(split=split)
+
+
+def splits(data_dir, config: str) -> list[str]:
+  """The splits a prepared dataset has."""
+  return list(builder(data_dir, config).info.splits.keys())

@@ -4,7 +4,9 @@
 ``AttendModel.from_images`` crops them on the accelerator from prepared breast images and boxes.
 Both return ``(logits, aux)``; aux holds the RoI embeddings (``roi_embeddings``, after the
 aggregator), the backbone's CLS per RoI (``roi_features``), the pooled vector (``pooled``) and
-each aggregator block's attention (``attention``, a tuple of (B, L, L)).
+each aggregator block's attention (``attention``, a tuple of (B, L, L)); with a contrastive
+head, also the projections of the pooled vector and of each RoI (``projection``,
+``roi_projection``).
 
 Train/eval behaviour (dropout, BatchNorm statistics) follows ``model.train()`` / ``model.eval()``.
 """
@@ -34,6 +36,7 @@ class AttendConfig:
   num_classes: int = 1  # 1: one sigmoid logit; 2: softmax over {no cancer, cancer}.
   roi_size: int = 448
   head_hidden: int = 256
+  contrastive_dim: int = 0  # > 0 adds the projection head that the contrastive loss uses.
 
   @property
   def width(self) -> int:
@@ -64,6 +67,11 @@ class AttendModel(nnx.Module):
     self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
     self.fc1 = nnx.Linear(width, cfg.head_hidden, rngs=rngs)
     self.fc2 = nnx.Linear(cfg.head_hidden, cfg.num_classes, rngs=rngs)
+    if cfg.contrastive_dim:
+      self.projection = nnx.Sequential(nnx.Linear(width, width, rngs=rngs), jax.nn.relu,
+                                       nnx.Linear(width, cfg.contrastive_dim, rngs=rngs))
+    else:
+      self.projection = None
 
   def __call__(self, crops: jax.Array, positions: jax.Array):
     """crops (B, K, S, S, 3) ImageNet-normalised; positions (B, K, 4) normalised boxes."""
@@ -95,6 +103,10 @@ class AttendModel(nnx.Module):
       logits = logits[:, 0]
     aux = {"roi_embeddings": rois, "roi_features": features, "pooled": pooled,
            "attention": tuple(attention)}
+    if self.projection is not None:
+      unit = lambda t: t / jnp.maximum(jnp.linalg.norm(t, axis=-1, keepdims=True), 1e-12)
+      aux["projection"] = self.projection(unit(pooled))
+      aux["roi_projection"] = self.projection(unit(rois))
     return logits, aux
 
   def crops_from_images(self, images: jax.Array, image_hw: jax.Array, boxes: jax.Array):

@@ -110,3 +110,70 @@ def sine_embedding(positions: jax.Array, dims: int = 64, temperature: float = 10
   emb = jnp.where(even, jnp.sin(p), jnp.cos(p))
   x, y, w, h = emb[..., 0, :], emb[..., 1, :], emb[..., 2, :], emb[..., 3, :]
   return jnp.concatenate([y, x, w, h], axis=-1)
+
+
+PROPOSAL_SOURCES = ("files", "grid", "breast_only")
+
+
+def anchor_boxes(image_hw: jax.Array) -> jax.Array:
+  """(B, 4) ``cx cy w h`` covering each stored breast crop: the RoI anchor."""
+  hw = image_hw.astype(jnp.float32)
+  return jnp.stack([hw[:, 1] / 2, hw[:, 0] / 2, hw[:, 1], hw[:, 0]], axis=-1)
+
+
+def grid_boxes(image_hw: jax.Array, grid: int) -> jax.Array:
+  """(B, grid * grid, 4) tiles of the breast crop, row-major: proposals without a detector."""
+  hw = image_hw.astype(jnp.float32)
+  centers = (jnp.arange(grid, dtype=jnp.float32) + 0.5) / grid
+  cy, cx = jnp.meshgrid(centers, centers, indexing="ij")
+  h, w = hw[:, 0, None], hw[:, 1, None]
+  return jnp.stack([cx.ravel()[None] * w, cy.ravel()[None] * h,
+                    jnp.broadcast_to(w / grid, (hw.shape[0], grid * grid)),
+                    jnp.broadcast_to(h / grid, (hw.shape[0], grid * grid))], axis=-1)
+
+
+def make_rois(image_hw: jax.Array, proposals: jax.Array, proposal_mask: jax.Array, source: str,
+              topk: int, grid: int = 2) -> jax.Array:
+  """(B, topk, 4) RoIs: the breast anchor first, then ``topk - 1`` proposals.
+
+  ``files``: the stored detector proposals in score order; where an image has fewer valid ones
+  they are cycled, and with none at all the anchor repeats. ``grid``: ``grid`` x ``grid``
+  tiles. ``breast_only``: the anchor alone (topk must be 1).
+  """
+  anchor = anchor_boxes(image_hw)[:, None]
+  if source == "breast_only":
+    if topk != 1:
+      raise ValueError("proposals.source='breast_only' needs proposals.topk=1.")
+    return anchor
+  if source == "grid":
+    tiles = grid_boxes(image_hw, grid)
+    if tiles.shape[1] != topk - 1:
+      raise ValueError(f"proposals.source='grid' with grid={grid} gives {grid * grid} tiles;"
+                       f" set proposals.topk={grid * grid + 1}.")
+    return jnp.concatenate([anchor, tiles], axis=1)
+  if source != "files":
+    raise ValueError(f"proposals.source must be one of {PROPOSAL_SOURCES}, got {source!r}.")
+  need = topk - 1
+  count = jnp.sum(proposal_mask, axis=1)  # Valid proposals come first (prepare sorts them).
+  idx = jnp.arange(need)[None, :] % jnp.maximum(count, 1)[:, None]
+  picked = jnp.take_along_axis(proposals[..., :4], idx[..., None], axis=1)
+  picked = jnp.where((count > 0)[:, None, None], picked, anchor)
+  return jnp.concatenate([anchor, picked], axis=1)
+
+
+def lesion_hits(rois: jax.Array, lesion_boxes: jax.Array, lesion_mask: jax.Array,
+                min_coverage: float = 0.5) -> jax.Array:
+  """(B, K) True where a RoI covers at least ``min_coverage`` of some lesion's area.
+
+  Coverage of the lesion rather than IoU, because a RoI is often much larger than the small
+  lesion it contains. ``rois`` are ``cx cy w h``, ``lesion_boxes`` ``x0 y0 x1 y1``.
+  """
+  r0 = rois[..., :2] - rois[..., 2:4] / 2
+  r1 = rois[..., :2] + rois[..., 2:4] / 2
+  l0, l1 = lesion_boxes[..., :2], lesion_boxes[..., 2:4]
+  lo = jnp.maximum(r0[:, :, None], l0[:, None])
+  hi = jnp.minimum(r1[:, :, None], l1[:, None])
+  inter = jnp.prod(jnp.clip(hi - lo, 0, None), axis=-1)
+  area = jnp.prod(jnp.clip(l1 - l0, 0, None), axis=-1)[:, None]
+  coverage = inter / jnp.maximum(area, 1e-6)
+  return jnp.any((coverage >= min_coverage) & lesion_mask[:, None], axis=-1)

@@ -97,8 +97,22 @@ def _linear(din: int, dout: int, shard_out: bool, rngs: nnx.Rngs, dtype) -> nnx.
   )
 
 
+class LayerNorm(nnx.LayerNorm):
+  """nnx.LayerNorm (same parameters, same two-pass statistics) written out in plain jnp.
+
+  On XLA:CPU flax's version made the ViT-S/14 train step ~25% slower; the forward is unchanged.
+  """
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    centred = x32 - x32.mean(-1, keepdims=True)
+    var = jnp.mean(centred * centred, -1, keepdims=True)
+    y = centred * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+    return y.astype(self.dtype or x.dtype)
+
+
 def _layer_norm(width: int, rngs: nnx.Rngs, dtype) -> nnx.LayerNorm:
-  return nnx.LayerNorm(width, epsilon=1e-6, use_fast_variance=False, dtype=dtype, rngs=rngs)
+  return LayerNorm(width, epsilon=1e-6, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 class LayerScale(nnx.Module):
@@ -144,6 +158,9 @@ def _attend_chunked(q, k, v, chunk: int):
 
 def multihead_attention(q, k, v, chunk: int = 0):
   """Softmax attention over (B, N, H, D) inputs, optionally in blocks of ``chunk`` queries."""
+  if jax.default_backend() != "cpu" and not chunk:
+    # cuDNN's fused (flash) attention on GPUs where it applies, XLA's otherwise.
+    return jax.nn.dot_product_attention(q, k, v)
   b, n, h, d = q.shape
   # Head-major layout, with the scale folded into q (the smallest operand).
   q = (q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)).transpose(0, 2, 1, 3)

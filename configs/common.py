@@ -1,0 +1,72 @@
+"""Defaults shared by every config; each config file overrides what differs."""
+
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""  # Output folder of tools/prepare_data.py (TFDS data_dir).
+  c.data.name = ""  # Builder config written by prepare_data, e.g. "vindr_1024".
+  c.data.image_size = 1024  # Stored crops are padded to this square; = prepare's --long_side.
+  c.data.batch_size = 4  # Global, over all hosts and devices.
+  c.data.eval_batch_size = 8
+  c.data.worker_count = 2  # grain worker processes per host.
+  c.data.augment = True
+  c.data.eval_split = "val"
+  c.data.test_split = "test"
+  # Demo only: generate and prepare synthetic DICOMs into data.dir when it is empty.
+  c.data.synthetic = ml_collections.ConfigDict({"num_studies": 0, "min_size": 300,
+                                                "max_size": 400, "benign_fraction": 0.2})
+
+  c.proposals = ml_collections.ConfigDict()
+  c.proposals.source = "files"  # files | grid | breast_only
+  c.proposals.topk = 5  # RoIs per image, the breast anchor included.
+  c.proposals.grid = 2  # grid: g x g tiles of the breast after the anchor.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.variant = "vitb14"
+  c.model.registers = False
+  # Non-zero entries replace the variant's (e.g. a tiny ViT for tests and the demo).
+  c.model.vit_overrides = ml_collections.ConfigDict(
+      {"width": 0, "depth": 0, "num_heads": 0, "pretrained_grid": 0})
+  c.model.pretrained = ""  # A tools/convert_dinov2.py output folder; "" trains from scratch.
+  c.model.roi_size = 448
+  c.model.pool = "anchor"
+  c.model.pool_attn_block = 3
+  c.model.num_classes = 1
+  c.model.dropout = 0.25
+  c.model.freeze_blocks = 3  # Patch embedding and the first N ViT blocks; -1 freezes nothing.
+  c.model.dtype = "float32"  # Or "bfloat16" compute.
+  c.model.contrastive_dim = 128
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.pos_weight = 10.0
+  c.loss.label_smoothing = 0.0  # Softmax head only.
+  c.loss.repulsive_weight = 0.3
+  c.loss.contrastive_weight = 0.0
+  c.loss.temperature = 0.1
+  c.loss.beta = 1.0  # Hard-negative reweighting; 0 for plain SupCon.
+  c.loss.top_m = 0  # > 0: keep only the m hardest negatives instead.
+  c.loss.contrast_rois = True  # Add RoI embeddings (lesion hits vs the rest) to the contrast.
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-6
+  c.optim.weight_decay = 0.01
+  c.optim.schedule = "constant"  # constant | cosine
+  c.optim.warmup_steps = 0
+  c.optim.clip_norm = 0.0  # 0 disables clipping.
+  c.optim.grad_accum = 1
+  c.optim.layer_decay = 1.0  # < 1: ViT block i gets lr * decay ** (depth - i).
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 100_000
+  c.train.log_every = 50
+  c.train.eval_every = 1000
+  c.train.checkpoint_every = 1000
+  c.train.patience = 5  # Evaluations without a better validation AUC before stopping.
+
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+  return c

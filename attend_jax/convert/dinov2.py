@@ -33,6 +33,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from attend_jax.data.errors import DataError
 from attend_jax.models import vit
 
 META_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_{v}/dinov2_{v}{reg}_pretrain.pth"
@@ -40,13 +41,8 @@ CONFIG_FILE = "vit_config.json"
 STATE_DIR = "state"
 
 
-class CheckpointError(Exception):
+class CheckpointError(DataError):
   """A weights file that cannot be used; names the file and the reason."""
-
-  def __init__(self, path: str | os.PathLike, reason: str):
-    self.path = str(path)
-    self.reason = reason
-    super().__init__(f"{self.path}: {reason}")
 
 
 class WeightsDownloadError(CheckpointError):

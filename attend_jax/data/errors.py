@@ -6,7 +6,10 @@ import os
 
 
 class DataError(ValueError):
-  """A file or row that cannot be used. ``prepare_data`` lists these and carries on."""
+  """A file or row that cannot be used: a dataset file, a CSV row, a weights file.
+
+  ``prepare_data`` lists these and carries on; the CLIs print them as one line.
+  """
 
   def __init__(self, path: str | os.PathLike, reason: str):
     self.path = str(path)

@@ -83,3 +83,47 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
   with pytest.raises(trainer.TrainingDivergedError, match="step 4"):
     trainer.train_and_evaluate(_config(data_dir, loss__pos_weight=float("nan")), str(tmp_path))
   assert _latest_params(tmp_path)[0] == 3
+
+
+_WORKER = """
+import os, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+from configs import demo
+from attend_jax.train import trainer
+sys.path.insert(0, os.path.join(os.getcwd(), "tests", "train"))
+from test_trainer import _config
+trainer.log = lambda message, *args: print(message % args if args else message, flush=True)
+config = _config(sys.argv[1])
+config.train.steps, config.train.log_every = 4, 1
+trainer.train_and_evaluate(config, sys.argv[2])
+print("processes", jax.process_count(), "devices", jax.device_count(), flush=True)
+"""
+
+
+def test_two_processes_with_jax_distributed_train_in_step(data_dir, tmp_path):
+  import os
+  import socket
+  import subprocess
+  import sys
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  repo = pathlib.Path(__file__).resolve().parents[2]
+  procs = []
+  for i in range(2):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+           "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, str(data_dir),
+                                   str(tmp_path / "run")], cwd=repo, env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+    assert "processes 2 devices 2" in out
+  losses = [[l for l in out.splitlines() if l.startswith("step ") and "loss" in l] for out in outs]
+  assert len(losses[0]) == 4 and losses[0] == losses[1]  # The same global loss on both hosts.
+  assert (tmp_path / "run" / "checkpoints" / "4" / "state").is_dir()
+  assert (tmp_path / "run" / "eval" / "metrics.json").exists()

@@ -100,3 +100,15 @@ def test_two_class_head_and_bad_config():
                        (dict(pool_attn_block=4), "pool_attn_block 4")):
     with pytest.raises(ValueError, match=message):
       reference_checkpoint.create(dataclasses.replace(cfg, **bad))
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+  ref, ours = _pair("anchor")
+  crops, positions = _inputs()
+  f32, _ = ours(crops, positions)
+  cfg = dataclasses.replace(ours.cfg, vit=dataclasses.replace(ours.cfg.vit, dtype=jnp.bfloat16))
+  sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+  bf16_model = reference_checkpoint.load_reference(sd, cfg)
+  bf16, aux = bf16_model(crops, positions)
+  assert aux["roi_features"].dtype == jnp.float32  # The aggregator and head stay float32.
+  np.testing.assert_allclose(bf16, f32, atol=0.1)

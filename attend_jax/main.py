@@ -7,11 +7,15 @@ r"""Trains and evaluates the Attend classifier.
 Rerunning the same command on the same workdir resumes.
 """
 
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from attend_jax.data.errors import DataError
+from attend_jax.data.sources import DatasetNotFoundError
 from attend_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -25,7 +29,13 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Progress is printed; orbax's INFO is very chatty.
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (DatasetNotFoundError, DataError) as e:
+    # Missing or unusable data is the user's to fix, so a message, not a traceback.
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
 
 
 if __name__ == "__main__":

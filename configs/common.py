@@ -25,6 +25,9 @@ def base() -> ml_collections.ConfigDict:
   c.proposals.source = "files"  # files | grid | breast_only
   c.proposals.topk = 5  # RoIs per image, the breast anchor included.
   c.proposals.grid = 2  # grid: g x g tiles of the breast after the anchor.
+  # RoI 0 is the whole breast crop. False (files only): the top-k proposals as they are, as
+  # the reference does.
+  c.proposals.anchor = True
 
   c.model = ml_collections.ConfigDict()
   c.model.variant = "vitb14"
@@ -70,3 +73,24 @@ def base() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
   return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> None:
+  """Shrinks a config to a tiny from-scratch ViT and a few CPU steps; the data stay as they are.
+
+  For checking a prepared dataset and a config end to end before spending accelerator hours.
+  """
+  c.data.batch_size = 8
+  c.data.eval_batch_size = 8
+  c.data.worker_count = 0
+  c.model.variant = "vits14"
+  c.model.vit_overrides.update({"width": 32, "depth": 2, "num_heads": 2, "pretrained_grid": 4})
+  c.model.pretrained = ""
+  c.model.roi_size = 56
+  c.model.dtype = "float32"
+  c.model.freeze_blocks = -1
+  c.optim.lr = 1e-4
+  c.train.steps = 6
+  c.train.log_every = 2
+  c.train.eval_every = 3
+  c.train.checkpoint_every = 3

@@ -14,15 +14,17 @@ def get_config(arg: str = ""):
   c = common.base()
   smoke = arg == "smoke"
   c.data.dir = "workdirs/demo_data" if not smoke else "workdirs/smoke_data"
-  c.data.name = "synthetic_256"
-  c.data.image_size = 256
+  c.data.name = "synthetic_384"
+  c.data.image_size = 384
   c.data.synthetic.num_studies = 8 if smoke else 80
   c.data.synthetic.min_size, c.data.synthetic.max_size = 400, 500
   c.data.synthetic.benign_fraction = 0.0  # Cancer vs normal; benign masses make it much harder.
   c.data.batch_size = 8
   c.data.eval_batch_size = 8
   c.data.worker_count = 0
-  c.proposals.source = "grid"  # No detector yet: the breast and its 2 x 2 tiles.
+  # The synthetic source attaches simulate_detector's boxes: its lesions, jittered, plus
+  # false positives, 6 per image (see attend_jax/data/synthetic.py).
+  c.proposals.source = "files"
   c.proposals.topk = 5
   c.model.variant = "vits14"
   c.model.vit_overrides.update({"width": 64, "depth": 2, "num_heads": 4, "pretrained_grid": 4})

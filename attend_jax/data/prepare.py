@@ -127,6 +127,14 @@ def process_example(ex: Example, opts: PrepareOptions) -> dict:
     xyxy = xyxy * scale
     props = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2],
                             kept[:, 4:5]], 1).astype(np.float32)
+  elif ex.proposal_boxes:
+    given = np.asarray(ex.proposal_boxes, np.float64).reshape(-1, 5)
+    xyxy = to_stored(given[:, :4], crop, flipped, scale)
+    cxcywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2],
+                             given[:, 4:5]], 1)
+    kept, is_real = proposals.select_proposals(cxcywh[(cxcywh[:, 2] > 0) & (cxcywh[:, 3] > 0)],
+                                               opts.max_proposals, image_hw=stored.shape)
+    props = kept[is_real].astype(np.float32)
 
   return {
       "image": stored,

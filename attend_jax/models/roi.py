@@ -44,15 +44,19 @@ def _axis_weights(start: jax.Array, size: jax.Array, extent: jax.Array, out_size
   scale = size / out_size  # Crop pixels per output pixel.
   support = jnp.maximum(scale, 1.0)  # The triangle widens when downsampling (antialias).
   center = (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * scale  # In crop coordinates.
-  first = jnp.floor(center - support)
-  taps = first[:, None] + jnp.arange(num_taps, dtype=jnp.float32)[None, :]  # Crop coordinates.
-  w = jnp.maximum(0.0, 1.0 - jnp.abs(taps + 0.5 - center[:, None]) / support)
-  w = jnp.where((taps >= 0) & (taps < size), w, 0.0)
-  w = w / jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1e-12)
-  pixel = (taps + start).astype(jnp.int32)
-  w = jnp.where((pixel >= 0) & (pixel < extent), w, 0.0)
-  one_hot = pixel[:, :, None] == jnp.arange(in_size)[None, None, :]
-  return jnp.sum(jnp.where(one_hot, w[:, :, None], 0.0), axis=1)
+
+  def triangle(t):  # t: integer crop coordinates; zero outside the crop.
+    w = jnp.maximum(0.0, 1.0 - jnp.abs(t + 0.5 - center[:, None]) / support)
+    return jnp.where((t >= 0) & (t < size), w, 0.0)
+
+  # The normalisation sums over the crop's pixels, in or out of the image: a few taps each.
+  taps = jnp.floor(center - support)[:, None] + jnp.arange(num_taps, dtype=jnp.float32)[None]
+  norm = jnp.maximum(jnp.sum(triangle(taps), axis=1, keepdims=True), 1e-12)
+  # The weights themselves, densely over the image's pixels (``start`` is a whole number):
+  # (out_size, in_size) floats, not a one-hot over taps, so memory stays small at 4096 px.
+  pixel = jnp.arange(in_size, dtype=jnp.float32)[None, :]
+  w = triangle(pixel - start) / norm
+  return jnp.where(pixel < extent, w, 0.0)
 
 
 def crop_rois(image: jax.Array, image_hw: jax.Array, boxes: jax.Array, out_size: int,
@@ -133,32 +137,39 @@ def grid_boxes(image_hw: jax.Array, grid: int) -> jax.Array:
 
 
 def make_rois(image_hw: jax.Array, proposals: jax.Array, proposal_mask: jax.Array, source: str,
-              topk: int, grid: int = 2) -> jax.Array:
-  """(B, topk, 4) RoIs: the breast anchor first, then ``topk - 1`` proposals.
+              topk: int, grid: int = 2, anchor: bool = True) -> jax.Array:
+  """(B, topk, 4) RoIs ``cx cy w h``.
 
   ``files``: the stored detector proposals in score order; where an image has fewer valid ones
-  they are cycled, and with none at all the anchor repeats. ``grid``: ``grid`` x ``grid``
-  tiles. ``breast_only``: the anchor alone (topk must be 1).
+  they are cycled, and with none at all the whole image stands in. ``grid``: ``grid`` x
+  ``grid`` tiles. ``breast_only``: the whole breast crop alone (topk must be 1). With
+  ``anchor`` the breast crop is RoI 0 and ``topk - 1`` RoIs follow; without it (``files``
+  only) the ``topk`` proposals are taken as they are, as the reference does, whose first box
+  is usually the whole breast.
   """
-  anchor = anchor_boxes(image_hw)[:, None]
+  whole = anchor_boxes(image_hw)[:, None]
   if source == "breast_only":
     if topk != 1:
       raise ValueError("proposals.source='breast_only' needs proposals.topk=1.")
-    return anchor
+    return whole
   if source == "grid":
     tiles = grid_boxes(image_hw, grid)
-    if tiles.shape[1] != topk - 1:
-      raise ValueError(f"proposals.source='grid' with grid={grid} gives {grid * grid} tiles;"
-                       f" set proposals.topk={grid * grid + 1}.")
-    return jnp.concatenate([anchor, tiles], axis=1)
+    if tiles.shape[1] != topk - 1 or not anchor:
+      raise ValueError(f"proposals.source='grid' with grid={grid} gives {grid * grid} tiles"
+                       f" after the breast anchor; set proposals.topk={grid * grid + 1} and"
+                       " proposals.anchor=True.")
+    return jnp.concatenate([whole, tiles], axis=1)
   if source != "files":
     raise ValueError(f"proposals.source must be one of {PROPOSAL_SOURCES}, got {source!r}.")
-  need = topk - 1
+  need = topk - 1 if anchor else topk
+  if proposals.shape[1] < need:
+    raise ValueError(f"{need} proposals are needed per image but the batch holds"
+                     f" {proposals.shape[1]}.")
   count = jnp.sum(proposal_mask, axis=1)  # Valid proposals come first (prepare sorts them).
   idx = jnp.arange(need)[None, :] % jnp.maximum(count, 1)[:, None]
   picked = jnp.take_along_axis(proposals[..., :4], idx[..., None], axis=1)
-  picked = jnp.where((count > 0)[:, None, None], picked, anchor)
-  return jnp.concatenate([anchor, picked], axis=1)
+  picked = jnp.where((count > 0)[:, None, None], picked, whole)
+  return jnp.concatenate([whole, picked], axis=1) if anchor else picked
 
 
 def lesion_hits(rois: jax.Array, lesion_boxes: jax.Array, lesion_mask: jax.Array,

@@ -101,6 +101,34 @@ def ensure_data(config) -> None:
     multihost_utils.sync_global_devices("synthetic data ready")
 
 
+def require_prepared(config) -> None:
+  """DatasetNotFoundError naming the prepare command and the raw layout, if data is missing."""
+  from attend_jax.data import records
+  from attend_jax.data.sources import ORIGINS, DatasetNotFoundError
+
+  data_dir, name = pathlib.Path(config.data.dir), config.data.name
+  if list((data_dir / "mammograms" / name).glob("*/dataset_info.json")):
+    have = records.splits(data_dir, name)
+    missing = [s for s in ("train", config.data.eval_split) if s not in have]
+    if missing:
+      raise DatasetNotFoundError(
+          f"The prepared dataset {name!r} in {data_dir} has the splits {have}, not {missing};"
+          " set config.data.eval_split to one it has.")
+    return
+  dataset, _, long_side = name.rpartition("_")
+  where, layout = ORIGINS.get(dataset, ("", ""))
+  extra = {"csv": " --csv_dir REFERENCE_CSVS --proposals PROPOSAL_DIR --keep_orientation"}
+  lines = [f"No prepared dataset {name!r} in {data_dir.absolute()} (config.data.dir).",
+           "Prepare it once (it resumes if interrupted) with:",
+           f"  python tools/prepare_data.py --dataset {dataset or 'DATASET'} --root ROOT"
+           f" --out {config.data.dir or 'OUT'} --long_side {long_side or 'N'}"
+           f"{extra.get(dataset, '')}",
+           "or point --config.data.dir at the folder you prepared it into."]
+  if where:
+    lines += [f"The raw dataset comes from {where}; ROOT must look like:", layout]
+  raise DatasetNotFoundError("\n".join(lines))
+
+
 def _pipeline_config(config, split: str, train: bool) -> pipeline.PipelineConfig:
   batch = config.data.batch_size if train else config.data.eval_batch_size
   if batch % jax.process_count():
@@ -139,7 +167,8 @@ def _forward(model: attend.AttendModel, batch: dict, config, train: bool):
     images = device_augment.intensity_jitter(images, batch["image_hw"], batch["brightness"],
                                              batch["contrast"])
   rois = roi.make_rois(batch["image_hw"], batch["proposals"], batch["proposal_mask"],
-                       config.proposals.source, config.proposals.topk, config.proposals.grid)
+                       config.proposals.source, config.proposals.topk, config.proposals.grid,
+                       config.proposals.anchor)
   logits, aux = model.from_images(images, batch["image_hw"], rois)
   return logits, aux, rois
 
@@ -247,6 +276,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # --- input ---------------------------------------------------------------------------------
   ensure_data(config)
+  require_prepared(config)
   train_iter = iter(pipeline.make_dataset(_pipeline_config(config, "train", train=True)))
 
   # --- model and sharding --------------------------------------------------------------------

@@ -81,3 +81,26 @@ def test_sine_embedding_equals_reference():
 def test_box_positions_normalise_by_width_and_height():
   pos = roi.box_positions(jnp.array([[50.0, 20.0, 10.0, 30.0]]), jnp.array([200, 100]))
   np.testing.assert_allclose(pos, [[0.5, 0.1, 0.3, 0.15]])
+
+
+def test_make_rois_anchor_files_grid_and_padding():
+  hw = jnp.array([[100, 80], [60, 40]])
+  props = jnp.arange(2 * 3 * 5, dtype=jnp.float32).reshape(2, 3, 5) + 1
+  mask = jnp.array([[True, True, False], [False, False, False]])
+  whole = np.array([[40, 50, 80, 100], [20, 30, 40, 60]], np.float32)
+
+  rois = np.asarray(roi.make_rois(hw, props, mask, "files", topk=4))
+  np.testing.assert_array_equal(rois[:, 0], whole)
+  # Two valid proposals are cycled in score order; none at all falls back on the whole image.
+  np.testing.assert_array_equal(rois[0, 1:], np.asarray(props[0, [0, 1, 0], :4]))
+  np.testing.assert_array_equal(rois[1, 1:], np.repeat(whole[1:], 3, 0))
+
+  plain = np.asarray(roi.make_rois(hw, props, mask, "files", topk=3, anchor=False))
+  np.testing.assert_array_equal(plain[0], np.asarray(props[0, [0, 1, 0], :4]))
+
+  grid = np.asarray(roi.make_rois(hw, props, mask, "grid", topk=5, grid=2))
+  np.testing.assert_array_equal(grid[0, 1], [20, 25, 40, 50])
+  with pytest.raises(ValueError, match="topk=5"):
+    roi.make_rois(hw, props, mask, "grid", topk=4, grid=2)
+  with pytest.raises(ValueError, match="proposals are needed"):
+    roi.make_rois(hw, props, mask, "files", topk=5, anchor=False)

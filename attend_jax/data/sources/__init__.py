@@ -11,4 +11,9 @@ SOURCES = {
     "synthetic": synthetic.list_examples,
 }
 
-__all__ = ["SOURCES", "DatasetNotFoundError", "Example", "Listing"]
+# Where each dataset comes from and the layout its ROOT must have, for error messages.
+ORIGINS = {name: (module.WHERE, module.LAYOUT) for name, module in (
+    ("cbis_ddsm", cbis_ddsm), ("vindr", vindr), ("rsna", rsna), ("csv", reference_csv),
+    ("synthetic", synthetic))}
+
+__all__ = ["ORIGINS", "SOURCES", "DatasetNotFoundError", "Example", "Listing"]

@@ -31,6 +31,8 @@ class Example:
   # ROI mask DICOMs (CBIS-DDSM); boxes are read from them while preparing.
   mask_paths: tuple[str, ...] = ()
   proposals_path: str | None = None  # Reference-format detector proposals, if any.
+  # Or proposals given directly: x0 y0 x1 y1 score in original pixels (the synthetic source).
+  proposal_boxes: tuple[tuple[float, float, float, float, float], ...] = ()
 
   @property
   def breast_id(self) -> str:

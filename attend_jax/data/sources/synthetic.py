@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from attend_jax.data import synthetic
 from attend_jax.data.errors import LabelError
 from attend_jax.data.sources.base import Example, Listing, read_csv, require_dir, split_by_key
 
@@ -12,7 +13,9 @@ LAYOUT = """  ROOT/labels.csv   (image_id,study_id,patient_id,laterality,view,la
 WHERE = "python tools/make_synthetic.py --out ROOT"
 
 
-def list_examples(root, val_fraction: float = 0.15, test_fraction: float = 0.15) -> Listing:
+def list_examples(root, val_fraction: float = 0.15, test_fraction: float = 0.15,
+                  simulated_proposals: int = 6) -> Listing:
+  """``simulated_proposals`` > 0 attaches that many proposals from ``simulate_detector``."""
   root = require_dir(root, "Synthetic dataset", WHERE, LAYOUT)
   csv_path = root / "labels.csv"
   examples, bad = [], []
@@ -26,9 +29,20 @@ def list_examples(root, val_fraction: float = 0.15, test_fraction: float = 0.15)
     except (ValueError, KeyError, TypeError) as e:
       bad.append(LabelError(csv_path, f"line {line}: unreadable lesions column ({e})"))
       continue
+    proposals = ()
+    if simulated_proposals > 0:
+      try:
+        size = int(row["width"]), int(row["height"])
+      except (KeyError, ValueError) as e:
+        bad.append(LabelError(csv_path, f"line {line}: simulated proposals need the width and"
+                              f" height columns ({e})"))
+        continue
+      proposals = tuple(map(tuple, synthetic.simulate_detector(
+          lesions, *size, row["laterality"], count=simulated_proposals, key=row["image_id"])))
     examples.append(Example(
         image_id=row["image_id"], study_id=row["study_id"],
         patient_id=row.get("patient_id") or row["study_id"], laterality=row["laterality"],
         view=row["view"], label=int(row["label"]), path=str(root / row["path"]),
-        split=split_by_key(row["study_id"], val_fraction, test_fraction), lesion_boxes=lesions))
+        split=split_by_key(row["study_id"], val_fraction, test_fraction), lesion_boxes=lesions,
+        proposal_boxes=proposals))
   return Listing(examples, bad)

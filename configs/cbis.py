@@ -1,0 +1,47 @@
+r"""CBIS-DDSM: malignant vs benign/normal from the TCIA release, boxes from the ROI masks.
+
+  python tools/prepare_data.py --dataset cbis_ddsm --root /data/CBIS-DDSM --out data/cbis \
+      --long_side 2048
+  python tools/convert_dinov2.py --variant vitb14 --out weights/dinov2_vitb14
+  python -m attend_jax.main --config=configs/cbis.py --workdir=workdirs/cbis
+
+An image is positive when any of its abnormalities is MALIGNANT. CBIS-DDSM's own train/test
+split is kept; validation is split off the training patients. Until a detector has written
+proposals (issue P4), the RoIs are the breast and its 2 x 2 tiles. ``:smoke`` runs a tiny ViT
+for a few steps on any prepared folder:
+
+  python -m attend_jax.main --config=configs/cbis.py:smoke --workdir=/tmp/cbis \
+      --config.data.dir=data/cbis
+"""
+
+from configs import common
+
+
+def get_config(arg: str = ""):
+  c = common.base()
+  c.data.dir = "data/cbis"
+  c.data.name = "cbis_ddsm_2048"
+  c.data.image_size = 2048
+  c.data.batch_size = 16
+  c.data.eval_batch_size = 16
+  c.data.worker_count = 8
+  c.proposals.source = "grid"
+  c.proposals.topk = 5
+  c.model.variant = "vitb14"
+  c.model.pretrained = "weights/dinov2_vitb14"
+  c.model.dtype = "bfloat16"
+  c.model.freeze_blocks = 3
+  c.loss.pos_weight = 1.5  # About 40 % of CBIS-DDSM images hold a malignant finding.
+  c.loss.contrastive_weight = 0.1
+  c.optim.lr = 2e-5
+  c.optim.schedule = "cosine"
+  c.optim.warmup_steps = 300
+  c.optim.clip_norm = 1.0
+  c.optim.layer_decay = 0.8
+  c.train.steps = 3_000  # About 20 epochs of 2,400 training images at batch 16.
+  c.train.eval_every = 150
+  c.train.checkpoint_every = 150
+  c.train.patience = 5
+  if arg == "smoke":
+    common.smoke(c)
+  return c

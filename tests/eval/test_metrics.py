@@ -194,3 +194,44 @@ def test_summary_breast_level_can_be_single_class_alone():
   summary = metrics.summary([0, 1, 1, 0], [0.1, 0.2, 0.3, 0.4], groups=["a", "a", "b", "b"],
                             num_bootstrap=10)
   assert summary["auc"] is not None and summary["breast"]["auc"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Against scikit-learn, on random data with many ties.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_metrics_match_scikit_learn(seed):
+  from sklearn import metrics as sk
+
+  labels, scores = _tied_data(seed, n=300)
+  assert metrics.auc(labels, scores) == pytest.approx(sk.roc_auc_score(labels, scores), abs=1e-12)
+
+  fpr, tpr, thresholds = metrics.roc_curve(labels, scores)
+  sk_fpr, sk_tpr, sk_thr = sk.roc_curve(labels, scores, drop_intermediate=False)
+  np.testing.assert_allclose(fpr, sk_fpr)
+  np.testing.assert_allclose(tpr, sk_tpr)
+  np.testing.assert_array_equal(thresholds[1:], sk_thr[1:])  # sklearn >= 1.3 leads with inf too.
+
+  # Best F1 over thresholds: sklearn's precision-recall curve holds the same operating points.
+  precision, recall, pr_thr = sk.precision_recall_curve(labels, scores)
+  f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+  f1_value, f1_threshold = metrics.best_f1(labels, scores)
+  assert f1_value == pytest.approx(f1[:-1].max(), abs=1e-12)
+  best = pr_thr[np.flatnonzero(np.isclose(f1[:-1], f1[:-1].max(), atol=1e-12))]
+  assert f1_threshold == best.max()
+  assert f1_value == pytest.approx(sk.f1_score(labels, scores >= f1_threshold), abs=1e-12)
+
+  # Sensitivity at an FPR that is an operating point is the TPR sklearn gives there.
+  for k in (len(sk_fpr) // 4, len(sk_fpr) // 2):
+    assert metrics.sensitivity_at_fpr(labels, scores, sk_fpr[k]) == pytest.approx(
+        sk_tpr[sk_fpr == sk_fpr[k]].max())
+  # Between operating points it follows the segment joining sklearn's neighbouring points.
+  for target in (0.1, 0.3, 0.5):
+    i = np.searchsorted(sk_fpr, target, side="right") - 1
+    if sk_fpr[i] == target:
+      continue
+    expected = sk_tpr[i] + (target - sk_fpr[i]) * (sk_tpr[i + 1] - sk_tpr[i]) / (
+        sk_fpr[i + 1] - sk_fpr[i])
+    assert metrics.sensitivity_at_fpr(labels, scores, target) == pytest.approx(expected)

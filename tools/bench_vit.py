@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import statistics
 import time
 from typing import Callable
 
@@ -32,6 +31,7 @@ from flax import nnx
 
 from attend_jax.convert import dinov2 as conv
 from attend_jax.models import vit
+from bench_util import forward_flops, interleaved
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["224", "448"], "Square image sizes, multiples of 14.")
@@ -57,15 +57,6 @@ class Case:
   variant: str
   size: int
   dtype: str
-
-
-def forward_flops(cfg: vit.ViTConfig, size: int, batch: int) -> float:
-  """Multiply-adds x2 of the matmuls and attention; norms and activations are ignored."""
-  grid = size // vit.PATCH_SIZE
-  n, t, d = grid * grid, 1 + cfg.num_registers + grid * grid, cfg.width
-  mlp_in = 2 * cfg.mlp_hidden if cfg.mlp == "swiglu" else cfg.mlp_hidden
-  per_block = 2 * t * d * (3 * d + d + mlp_in + cfg.mlp_hidden) + 2 * 2 * t * t * d
-  return batch * (2 * n * vit.PATCH_SIZE**2 * 3 * d + cfg.depth * per_block)
 
 
 def _random_hf_model(cfg: vit.ViTConfig) -> transformers.Dinov2Model:
@@ -176,21 +167,6 @@ def _torch_fns(hf: transformers.Dinov2Model, x: torch.Tensor, dtype: str,
   return {"forward": forward, "train": train}
 
 
-def _interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int) -> dict:
-  """Median seconds per framework; the order within each repetition alternates."""
-  for fn in fns.values():
-    for _ in range(warmup):
-      fn()
-  times = {name: [] for name in fns}
-  names = list(fns)
-  for r in range(reps):
-    for name in names if r % 2 == 0 else names[::-1]:
-      start = time.perf_counter()
-      fns[name]()
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
-
-
 def _gemm_rates(n: int, reps: int, device: str) -> dict[str, float]:
   a = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
   ja = jax.device_put(a)
@@ -203,7 +179,7 @@ def _gemm_rates(n: int, reps: int, device: str) -> dict[str, float]:
     sync()
 
   fns = {"torch": tmm, "jax": lambda: jmm(ja).block_until_ready()}
-  return {k: 2 * n**3 / t for k, t in _interleaved(fns, reps, 1).items()}
+  return {k: 2 * n**3 / t for k, t in interleaved(fns, reps, 1).items()}
 
 
 def run_case(case: Case, device: str | None, parts: list[str]):
@@ -226,7 +202,7 @@ def run_case(case: Case, device: str | None, parts: list[str]):
     compile_s = time.perf_counter() - start
     fns = {"torch": tfns[part]} if tfns else {}
     fns["jax"] = jfns[part]
-    med = _interleaved(fns, FLAGS.reps, FLAGS.warmup)
+    med = interleaved(fns, FLAGS.reps, FLAGS.warmup)
     work = flops * (3 if part == "train" else 1)
     yield case, part, med, work, compile_s
 

@@ -28,11 +28,13 @@ memory. The same seed gives byte-identical files with the same numpy and openjpe
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import dataclasses
 import datetime
 import hashlib
 import json
+import multiprocessing
 import os
 import pathlib
 import uuid
@@ -508,7 +510,8 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
              size_range: tuple[int, int] = (600, 3000), malignant_fraction: float = 0.4,
              benign_fraction: float = 0.2, jpeg2000_fraction: float = 0.3,
              monochrome1_fraction: float = 0.3, windowed_fraction: float = 0.5,
-             progress: Callable[[int, int], None] | None = None) -> list[SyntheticImage]:
+             progress: Callable[[int, int], None] | None = None,
+             workers: int | None = None) -> list[SyntheticImage]:
   """Writes ``num_studies`` four-view studies and labels.csv into ``out_dir``.
 
   ``size_range`` bounds the long (vertical) side in pixels, drawn per study; width is about 0.8
@@ -516,8 +519,9 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
   ``benign_fraction`` of the breasts, ``jpeg2000_fraction`` and ``windowed_fraction`` (VOI
   window narrower than the stored range) of the images, ``monochrome1_fraction`` of the
   studies. BitsStored is spread evenly over 12, 14 and 16 by study. ``progress(done, total)`` is
-  called after each image. Raises SyntheticError for bad arguments, a folder that already
-  holds a dataset, or a missing JPEG 2000 encoder.
+  called after each image. ``workers`` processes render in parallel (default: every core); the
+  files are the same for any number. Raises SyntheticError for bad arguments, a folder that
+  already holds a dataset, or a missing JPEG 2000 encoder.
   """
   lo, hi = size_range
   _check(isinstance(num_studies, (int, np.integer)) and num_studies >= 1,
@@ -548,7 +552,9 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
   j2k = _exact_mix(rng, n_images, False, ((True, jpeg2000_fraction),))
   windowed = _exact_mix(rng, n_images, False, ((True, windowed_fraction),))
 
-  images = []
+  # Study-level draws come from one sequential stream, here; each image then renders from its
+  # own seeded stream, so the pool's order cannot change a pixel.
+  jobs = []
   for study in range(num_studies):
     study_id, patient_id = _hex_id(seed, "study", study), _hex_id(seed, "patient", study)[:16]
     height = int(rng.integers(lo, hi + 1))
@@ -562,14 +568,8 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
       findings = [_draw_finding(breast_rng, k) for k in _breast_kinds(breast_rng, cls)]
       density = float(np.clip(patient_density + breast_rng.normal(0, 0.05), 0, 1))
       for v, view in enumerate(_VIEWS):
-        index = len(images)
+        index = len(jobs)
         image_id = _hex_id(seed, "image", study, laterality, view)
-        image_rng = np.random.default_rng([_SEED_TAG, seed, 3, study, b, v])
-        ph = _render(image_rng, height, width, laterality, view, findings, density)
-        window = (0.0, 1.0)
-        if windowed[index]:
-          start = image_rng.uniform(0.05, 0.3)
-          window = (start, start + image_rng.uniform(0.3, 0.6))
         meta = SyntheticImage(
             image_id=image_id, study_id=study_id, patient_id=patient_id,
             laterality=laterality, view=view, label=int(cls == "malignant"),
@@ -578,21 +578,64 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
             bits_stored=bits[study],
             transfer_syntax=(dcm_uid.JPEG2000Lossless if j2k[index]
                              else dcm_uid.ExplicitVRLittleEndian),
-            lesions=ph.lesions)
-        ds = _dataset(meta, ph.image, seed=seed, study=study, instance=2 * b + v + 1,
-                      study_date=study_date, window=window,
-                      spacing_mm=_DETECTOR_HEIGHT_MM / height)
-        (out / meta.path).parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(out / meta.path, enforce_file_format=True)
+            lesions=())
+        jobs.append(_ImageJob(out, meta, (_SEED_TAG, seed, 3, study, b, v), findings, density,
+                              windowed[index], seed, study, 2 * b + v + 1, study_date))
+
+  images = []
+  workers = min(workers or os.cpu_count() or 1, len(jobs))
+  if workers > 1:
+    # forkserver: callers (the trainer) may hold JAX threads, which do not survive a fork.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+      for meta in pool.map(_write_image, jobs, chunksize=2):
         images.append(meta)
         if progress is not None:
           progress(len(images), n_images)
+  else:
+    for job in jobs:
+      images.append(_write_image(job))
+      if progress is not None:
+        progress(len(images), n_images)
 
   with open(out / "labels.csv", "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=LABEL_COLUMNS)
     writer.writeheader()
     writer.writerows(im.row() for im in images)
   return images
+
+
+@dataclasses.dataclass(frozen=True)
+class _ImageJob:
+  out: pathlib.Path
+  meta: SyntheticImage  # Lesions are filled in once rendered.
+  seed_words: tuple[int, ...]
+  findings: list[_Finding]
+  density: float
+  windowed: bool
+  seed: int
+  study: int
+  instance: int
+  study_date: str
+
+
+def _write_image(job: _ImageJob) -> SyntheticImage:
+  image_rng = np.random.default_rng(list(job.seed_words))
+  meta = job.meta
+  ph = _render(image_rng, meta.height, meta.width, meta.laterality, meta.view, job.findings,
+               job.density)
+  window = (0.0, 1.0)
+  if job.windowed:
+    start = image_rng.uniform(0.05, 0.3)
+    window = (start, start + image_rng.uniform(0.3, 0.6))
+  meta = dataclasses.replace(meta, lesions=ph.lesions)
+  ds = _dataset(meta, ph.image, seed=job.seed, study=job.study, instance=job.instance,
+                study_date=job.study_date, window=window,
+                spacing_mm=_DETECTOR_HEIGHT_MM / meta.height)
+  (job.out / meta.path).parent.mkdir(parents=True, exist_ok=True)
+  ds.save_as(job.out / meta.path, enforce_file_format=True)
+  return meta
 
 
 def read_labels(out_dir: str | os.PathLike) -> list[SyntheticImage]:

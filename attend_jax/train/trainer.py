@@ -195,6 +195,32 @@ def _losses(logits, aux, rois, batch, config) -> dict[str, jax.Array]:
   return out
 
 
+def make_train_step(config, train_def, tx: optax.GradientTransformation, dropout_key: jax.Array):
+  """The jitted update ``(params, stats, opt_state, rngs, step, batch) -> (..., terms)``.
+
+  Parameters, BatchNorm statistics and optimiser state are donated: updated in place.
+  """
+
+  def train_step(params, stats, opt_state, rngs, step, batch):
+    m = nnx.merge(train_def, params, stats, rngs)
+    # Dropout keys come from the seed and the step, so a resumed run draws the same ones.
+    nnx.reseed(m, default=jax.random.fold_in(dropout_key, step))
+
+    def loss_fn(m):
+      logits, aux, rois = _forward(m, batch, config, train=True)
+      terms = _losses(logits, aux, rois, batch, config)
+      return terms["loss"], terms
+
+    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)
+    (_, terms), grads = grad_fn(m)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    terms["grad_norm"] = optax.global_norm(grads)
+    return params, nnx.state(m, nnx.BatchStat), opt_state, terms
+
+  return jax.jit(train_step, donate_argnums=(0, 1, 2))
+
+
 def probabilities(logits: jax.Array, num_classes: int) -> jax.Array:
   return jax.nn.sigmoid(logits) if num_classes == 1 else jax.nn.softmax(logits)[:, 1]
 
@@ -301,24 +327,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   dropout_key = jax.random.key(config.seed + 1)
 
   # --- update step ---------------------------------------------------------------------------
-  def train_step(params, stats, opt_state, rngs, step, batch):
-    m = nnx.merge(train_def, params, stats, rngs)
-    # Dropout keys come from the seed and the step, so a resumed run draws the same ones.
-    nnx.reseed(m, default=jax.random.fold_in(dropout_key, step))
-
-    def loss_fn(m):
-      logits, aux, rois = _forward(m, batch, config, train=True)
-      terms = _losses(logits, aux, rois, batch, config)
-      return terms["loss"], terms
-
-    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)
-    (_, terms), grads = grad_fn(m)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    terms["grad_norm"] = optax.global_norm(grads)
-    return params, nnx.state(m, nnx.BatchStat), opt_state, terms
-
-  train_step = jax.jit(train_step, donate_argnums=(0, 1, 2))
+  train_step = make_train_step(config, train_def, tx, dropout_key)
 
   @jax.jit
   def eval_step(state, batch):

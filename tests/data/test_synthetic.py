@@ -214,3 +214,12 @@ def test_cli(tmp_path):
   bad = subprocess.run(tool + ["--out", str(tmp_path / "e"), "--min_size", "400",
                                "--max_size", "300"], capture_output=True, text=True, timeout=120)
   assert bad.returncode == 1 and "error: size range 400..300" in bad.stderr
+
+
+def test_parallel_rendering_writes_the_same_files(tmp_path):
+  one = S.generate(tmp_path / "one", 2, seed=3, size_range=(120, 160), workers=1)
+  two = S.generate(tmp_path / "two", 2, seed=3, size_range=(120, 160), workers=2)
+  assert one == two
+  for im in one:
+    assert (tmp_path / "one" / im.path).read_bytes() == (tmp_path / "two" / im.path).read_bytes()
+  assert (tmp_path / "one" / "labels.csv").read_text() == (tmp_path / "two" / "labels.csv").read_text()

@@ -10,7 +10,7 @@ import torch
 
 from attend_jax.convert import reference_checkpoint
 from attend_jax.models import attend, roi, vit
-from reference_model import ReferenceAttend, randomize_
+from torch_reference import ReferenceAttend, randomize_
 from torch_refs import hf_dinov2
 
 WIDTH, DEPTH, HEADS, SIZE = 64, 2, 4, 56

@@ -127,3 +127,95 @@ def test_two_processes_with_jax_distributed_train_in_step(data_dir, tmp_path):
   assert len(losses[0]) == 4 and losses[0] == losses[1]  # The same global loss on both hosts.
   assert (tmp_path / "run" / "checkpoints" / "4" / "state").is_dir()
   assert (tmp_path / "run" / "eval" / "metrics.json").exists()
+
+
+_RUN = """
+import os, sys, time
+sys.path.insert(0, os.path.join(os.getcwd(), "tests", "train"))
+from attend_jax.train import trainer
+from test_trainer import _config
+data_dir, workdir, steps, mesh_data, mesh_fsdp, pause_at = sys.argv[1:7]
+printed = trainer.log
+def log(message, *args):
+  printed(message, *args)
+  if pause_at != "0" and message.startswith("step %d/%d") and args[0] == int(pause_at):
+    time.sleep(120)  # Holds still here until the test kills it.
+trainer.log = log
+config = _config(data_dir, train__steps=int(steps), train__log_every=1)
+config.mesh.data, config.mesh.fsdp = int(mesh_data), int(mesh_fsdp)
+trainer.train_and_evaluate(config, workdir)
+"""
+
+
+def _start(data_dir, workdir, steps=6, devices=8, mesh=(-1, 1), pause_at=0):
+  import os
+  import subprocess
+  import sys
+
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  return subprocess.Popen(
+      [sys.executable, "-c", _RUN, str(data_dir), str(workdir), str(steps), str(mesh[0]),
+       str(mesh[1]), str(pause_at)], cwd=pathlib.Path(__file__).resolve().parents[2], env=env,
+      text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _finish(proc):
+  out = proc.communicate(timeout=600)[0]
+  assert proc.returncode == 0, out[-3000:]
+  return [l for l in out.splitlines() if l.startswith("step ") and "loss" in l]
+
+
+def test_sigkill_then_the_same_command_resumes_exactly(data_dir, tmp_path):
+  import signal
+  import time
+
+  straight = tmp_path / "straight"
+  _finish(_start(data_dir, straight))
+  killed = tmp_path / "killed"
+  proc = _start(data_dir, killed, pause_at=4)
+  deadline = time.time() + 300
+  # Checkpoint 3 is written asynchronously; it counts once orbax has committed it.
+  while not (killed / "checkpoints" / "3" / "_CHECKPOINT_METADATA").exists():
+    assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (killed / "eval").exists()
+  _finish(_start(data_dir, killed))  # The very same command.
+  step_a, a = _latest_params(straight)
+  step_b, b = _latest_params(killed)
+  assert step_a == step_b == 6
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_eight_devices_train_like_one(data_dir, tmp_path):
+  """A 2 x 4 data x fsdp mesh against a single device: losses, gradients, parameters.
+
+  Summation order differs between the two, so results agree to float32 rounding, and Adam
+  amplifies that for parameters whose gradient is ~0 (m / sqrt(v) is then sign-like): those
+  may differ by up to lr per step. Everything else must match closely.
+  """
+  one = _start(data_dir, tmp_path / "one", steps=3, devices=1)
+  eight = _start(data_dir, tmp_path / "eight", steps=3, devices=8, mesh=(2, 4))
+  _finish(one), _finish(eight)
+
+  def train_rows(run):
+    lines = [json.loads(l) for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    return [l for l in lines if l["split"] == "train"]
+
+  a, b = train_rows("one"), train_rows("eight")
+  assert len(a) == len(b) == 3
+  # Step 1 starts from the same parameters: the forward and the global-batch gradient.
+  assert b[0]["loss"] == pytest.approx(a[0]["loss"], rel=1e-6)
+  assert b[0]["grad_norm"] == pytest.approx(a[0]["grad_norm"], rel=1e-5)
+  np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-4)
+  _, pa = _latest_params(tmp_path / "one")
+  _, pb = _latest_params(tmp_path / "eight")
+  lr = _config(data_dir).optim.lr
+  diffs = np.concatenate([np.abs(np.asarray(x) - np.asarray(y)).ravel()
+                          for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb))])
+  assert diffs.max() <= 3 * 2 * lr
+  assert np.mean(diffs > 1e-5) < 1e-3, np.mean(diffs > 1e-5)

@@ -1,4 +1,5 @@
-"""A PyTorch model of the reference architecture, written from DESIGN.md, for parity tests.
+"""A PyTorch model of the reference architecture, written from DESIGN.md: parity tests and
+tools/bench_train.py (dev-only; torch is not a runtime dependency).
 
 State-dict names are the authors' (``vision_model.*``, ``fc_positions``,
 ``transformer_block{1,2,3}.attention_layer.{q,k,v,out}_proj``, ``layer_norm1``, ``mlp_layer``,

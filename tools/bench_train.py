@@ -1,0 +1,195 @@
+r"""Times one training step of the Attend model: ours in JAX against the reference's in PyTorch.
+
+JAX runs the trainer's own step (``trainer.make_train_step``): RoI crops cut on device from
+the breast image, the DINOv2 ViT on every RoI, the aggregator and head, BCE (pos_weight 10)
++ 0.3 x repulsive, AdamW with the patch embedding and first 3 blocks frozen. PyTorch runs the
+same model written from DESIGN.md (``tools/torch_reference.py``, transformers' Dinov2Model)
+on the same loss and optimiser, in float32 as the reference trains, and again under
+autocast. Torch gets its crops ready-made (the reference cuts them in its data loader), so
+JAX does strictly more work per step. Repetitions alternate between frameworks, so
+background load hits all alike. It also prints the token-reduction figures: the tokens and
+ViT FLOPs of one whole mammogram at patch 14 against K RoIs.
+
+  .venv/bin/python tools/bench_train.py                 # CPU: a tiny ViT, a few seconds
+  python tools/bench_train.py --preset=gpu              # ViT-B/14, 448 px, K=5, batch 32, bf16
+
+``--preset=gpu`` reports MFU against --peak_tflops; the FLOPs are the ViT's matmuls and
+attention (3x the forward for a train step), counting frozen blocks as if trained.
+"""
+
+from __future__ import annotations
+
+import math
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from flax import nnx
+
+from attend_jax.models import attend, vit
+from attend_jax.train import optim, trainer
+from bench_util import forward_flops, interleaved
+from configs import common
+from torch_reference import ReferenceAttend
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("preset", "cpu", ["cpu", "gpu"], "cpu: tiny shapes; gpu: the paper's shapes.")
+flags.DEFINE_integer("batch", None, "Images per step (default 4 on cpu, 32 on gpu).")
+flags.DEFINE_integer("reps", 5, "Timed steps per framework, alternating.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps per framework after compiling.")
+flags.DEFINE_float("peak_tflops", 989.0, "Accelerator dense bf16 peak for MFU (H100/H200).")
+
+transformers.logging.set_verbosity_error()
+
+PRESETS = {
+    # A tiny ViT at 112 px so that a CPU step takes well under a second.
+    "cpu": {"variant": "vits14", "roi_size": 112, "image_size": 512, "topk": 5, "batch": 4,
+            "dtype": "float32",
+            "overrides": {"width": 96, "depth": 4, "num_heads": 3, "pretrained_grid": 8}},
+    "gpu": {"variant": "vitb14", "roi_size": 448, "image_size": 3072, "topk": 5, "batch": 32,
+            "dtype": "bfloat16", "overrides": {}},
+}
+MAMMOGRAM_HW = (3000, 2400)  # A full-field mammogram, as DESIGN.md counts it.
+
+
+def make_config(preset: dict):
+  c = common.base()
+  c.model.variant = preset["variant"]
+  c.model.vit_overrides.update(preset["overrides"])
+  c.model.roi_size = preset["roi_size"]
+  c.model.dtype = preset["dtype"]
+  c.model.freeze_blocks = 3
+  c.data.image_size = preset["image_size"]
+  c.proposals.source, c.proposals.topk = "files", preset["topk"]
+  c.loss.contrastive_weight = 0.0  # The reference's loss: BCE + 0.3 x repulsive.
+  c.optim.lr = 1e-6
+  return c
+
+
+def make_batch(config, batch: int, seed: int = 0) -> dict:
+  """Random breast images and proposals with the pipeline's shapes and dtypes."""
+  rng = np.random.default_rng(seed)
+  s, k = config.data.image_size, config.proposals.topk
+  hw = np.stack([rng.integers(s // 2, s + 1, batch), rng.integers(s // 3, s // 2, batch)], 1)
+  side = rng.uniform(0.1, 0.4, (batch, k, 1)) * hw[:, None, :1]
+  centre = rng.uniform(0.3, 0.7, (batch, k, 2)) * hw[:, None, ::-1]
+  return {
+      "image": rng.integers(0, 65535, (batch, s, s), dtype=np.uint16),
+      "image_hw": hw.astype(np.int32),
+      "proposals": np.concatenate([centre, side, side, rng.uniform(0, 1, (batch, k, 1))],
+                                  -1).astype(np.float32),
+      "proposal_mask": np.ones((batch, k), bool),
+      "lesion_boxes": np.zeros((batch, 8, 4), np.float32),
+      "lesion_mask": np.zeros((batch, 8), bool),
+      "label": (np.arange(batch) % 2).astype(np.int32),
+      "brightness": np.ones(batch, np.float32),
+      "contrast": np.ones(batch, np.float32),
+  }
+
+
+def jax_step(config, batch: dict):
+  """A callable running the trainer's jitted step on ``batch``, blocking until done."""
+  model_cfg = trainer.attend_config(config)
+  model = attend.AttendModel(model_cfg, rngs=nnx.Rngs(0))
+  model.train()
+  train_def, params, stats, rngs = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+  tx = optim.make(config, params, model_cfg.vit.depth)
+  step_fn = trainer.make_train_step(config, train_def, tx, jax.random.key(1))
+  state = {"params": params, "stats": stats, "opt": jax.jit(tx.init)(params)}
+  device_batch = jax.device_put(batch)
+
+  def run():
+    state["params"], state["stats"], state["opt"], terms = step_fn(
+        state["params"], state["stats"], state["opt"], rngs, jnp.int32(0), device_batch)
+    jax.block_until_ready(terms["loss"])
+
+  return run, model_cfg
+
+
+def torch_step(model_cfg: attend.AttendConfig, batch: dict, device: str, autocast: bool):
+  """The reference's step: forward on host-cut crops, BCE + 0.3 x repulsive, AdamW."""
+  v = model_cfg.vit
+  hf = transformers.Dinov2Model(transformers.Dinov2Config(
+      hidden_size=v.width, num_hidden_layers=v.depth, num_attention_heads=v.num_heads,
+      intermediate_size=v.mlp_hidden, patch_size=vit.PATCH_SIZE,
+      image_size=v.pretrained_grid * vit.PATCH_SIZE, layerscale_value=1.0))
+  model = ReferenceAttend(hf, v.width).to(device).train()
+  for p in list(hf.embeddings.parameters()) + [
+      p for layer in hf.encoder.layer[:3] for p in layer.parameters()]:
+    p.requires_grad_(False)
+  opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+  b, k, s = batch["label"].shape[0], batch["proposals"].shape[1], model_cfg.roi_size
+  gen = torch.Generator().manual_seed(0)
+  crops = torch.randn(b, k, 3, s, s, generator=gen).to(device)
+  positions = torch.rand(b, k, 4, generator=gen).to(device)
+  labels = torch.from_numpy(batch["label"]).float().to(device)
+  pos_weight = torch.tensor(10.0, device=device)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  dtype = torch.bfloat16
+
+  def run():
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=device, dtype=dtype, enabled=autocast):
+      logits, rois = model(crops, positions)
+      cls = F.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=pos_weight)
+      emb = F.normalize(rois[:, 1:].float(), dim=-1)
+      sim = emb @ emb.transpose(1, 2)
+      off = sim - torch.diag_embed(torch.diagonal(sim, dim1=1, dim2=2))
+      repulsive = (off ** 2).sum((1, 2)) / (emb.shape[1] * (emb.shape[1] - 1))
+      loss = cls + 0.3 * repulsive.mean()
+    loss.backward()
+    opt.step()
+    sync()
+
+  return run
+
+
+def token_reduction(cfg: vit.ViTConfig, roi_size: int, k: int) -> None:
+  h, w = (math.ceil(x / vit.PATCH_SIZE) * vit.PATCH_SIZE for x in MAMMOGRAM_HW)
+  full_tokens = (h // vit.PATCH_SIZE) * (w // vit.PATCH_SIZE)
+  roi_tokens = k * (roi_size // vit.PATCH_SIZE) ** 2
+  # forward_flops assumes a square; a whole image of the same token count is close enough
+  # for the matmuls and exact for attention, which depends only on the count.
+  full_flops = forward_flops(cfg, math.isqrt(full_tokens) * vit.PATCH_SIZE, 1)
+  roi_flops = forward_flops(cfg, roi_size, k)
+  print(f"token reduction ({MAMMOGRAM_HW[0]} x {MAMMOGRAM_HW[1]} mammogram, patch 14):"
+        f" {full_tokens:,} tokens and {full_flops / 1e12:.2f} TFLOP per forward for the whole"
+        f" image, against {k} x {roi_size}px RoIs = {roi_tokens:,} tokens and"
+        f" {roi_flops / 1e12:.2f} TFLOP: {full_tokens / roi_tokens:.1f}x fewer tokens,"
+        f" {full_flops / roi_flops:.1f}x fewer FLOPs.")
+
+
+def main(argv):
+  del argv
+  preset = dict(PRESETS[FLAGS.preset])
+  if FLAGS.batch:
+    preset["batch"] = FLAGS.batch
+  gpu = jax.default_backend() == "gpu"
+  device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
+  config = make_config(preset)
+  batch = make_batch(config, preset["batch"])
+  step, model_cfg = jax_step(config, batch)
+  fns = {"jax": step, "torch fp32": torch_step(model_cfg, batch, device, autocast=False),
+         "torch autocast": torch_step(model_cfg, batch, device, autocast=True)}
+  print(f"{FLAGS.preset}: {preset['variant']} {preset['overrides'] or ''} RoIs {preset['topk']}"
+        f" x {preset['roi_size']} px, batch {preset['batch']}, JAX {preset['dtype']};"
+        f" jax on {jax.devices()[0].platform}, torch on {device}")
+  seconds = interleaved(fns, FLAGS.reps, FLAGS.warmup)
+  flops = 3 * forward_flops(model_cfg.vit, preset["roi_size"], preset["batch"] * preset["topk"])
+  for name, sec in seconds.items():
+    line = (f"  {name:15s} {sec * 1e3:9.1f} ms/step  {preset['batch'] / sec:8.2f} images/s"
+            f"  {flops / sec / 1e12:7.3f} TFLOP/s")
+    if gpu:
+      line += f"  MFU {100 * flops / sec / 1e12 / FLAGS.peak_tflops:5.1f} %"
+    print(line)
+  for name in ("torch fp32", "torch autocast"):
+    print(f"  JAX speed-up over {name}: {seconds[name] / seconds['jax']:.2f}x")
+  token_reduction(vit.config_for("vitb14"), 448, 5)  # The paper's backbone and RoIs.
+
+
+if __name__ == "__main__":
+  app.run(main)

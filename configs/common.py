@@ -19,7 +19,8 @@ def base() -> ml_collections.ConfigDict:
   c.data.test_split = "test"
   # Demo only: generate and prepare synthetic DICOMs into data.dir when it is empty.
   c.data.synthetic = ml_collections.ConfigDict({"num_studies": 0, "min_size": 300,
-                                                "max_size": 400, "benign_fraction": 0.2})
+                                                "max_size": 400, "benign_fraction": 0.2,
+                                                "conspicuity": 1.0})
 
   c.proposals = ml_collections.ConfigDict()
   c.proposals.source = "files"  # files | grid | breast_only

@@ -6,6 +6,7 @@ attend_jax.main``, exactly as the configs' docstrings tell users, with the ``:sm
 
 import importlib
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -21,8 +22,10 @@ SHARED = REPO.parent / "shared" / "data" / "vindr_reference"
 
 
 def _run(*args, timeout=900):
+  # One CPU device, as a user has: not the 8 simulated ones the rest of the suite uses.
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout)
+                        timeout=timeout, env=env)
   return proc.returncode, proc.stdout + proc.stderr
 
 

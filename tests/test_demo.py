@@ -17,3 +17,21 @@ def test_demo_runs_and_writes_attention_plot(tmp_path):
   assert "cls (2, 384), patch_tokens (2, 16, 384)" in out.stdout
   png = tmp_path / "attention.png"
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_demo_learns(tmp_path):
+  """configs/demo.py:ci, from DICOM generation to the test split, as a user would run it."""
+  import json
+
+  out = subprocess.run(
+      [sys.executable, "-m", "attend_jax.main", "--config=configs/demo.py:ci",
+       f"--workdir={tmp_path / 'work'}", f"--config.data.dir={tmp_path / 'data'}"],
+      capture_output=True, text=True, cwd=REPO, timeout=1200,
+      # One CPU device, as a user has: not the 8 simulated ones the rest of the suite uses.
+      env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  lines = [json.loads(l) for l in (tmp_path / "work" / "metrics.jsonl").read_text().splitlines()]
+  val = [l["auc"] for l in lines if l["split"] == "val"]
+  assert max(val) >= 0.85, val
+  test = json.loads((tmp_path / "work" / "eval" / "metrics.json").read_text())
+  assert test["num_positive"] > 20 and test["auc"] >= 0.8, test

@@ -510,6 +510,7 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
              size_range: tuple[int, int] = (600, 3000), malignant_fraction: float = 0.4,
              benign_fraction: float = 0.2, jpeg2000_fraction: float = 0.3,
              monochrome1_fraction: float = 0.3, windowed_fraction: float = 0.5,
+             conspicuity: float = 1.0,
              progress: Callable[[int, int], None] | None = None,
              workers: int | None = None) -> list[SyntheticImage]:
   """Writes ``num_studies`` four-view studies and labels.csv into ``out_dir``.
@@ -518,7 +519,8 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
   of it. Fractions are exact counts after rounding: ``malignant_fraction`` and
   ``benign_fraction`` of the breasts, ``jpeg2000_fraction`` and ``windowed_fraction`` (VOI
   window narrower than the stored range) of the images, ``monochrome1_fraction`` of the
-  studies. BitsStored is spread evenly over 12, 14 and 16 by study. ``progress(done, total)`` is
+  studies. BitsStored is spread evenly over 12, 14 and 16 by study. ``conspicuity`` scales
+  every lesion's contrast (1: about as subtle as real findings against the texture). ``progress(done, total)`` is
   called after each image. ``workers`` processes render in parallel (default: every core); the
   files are the same for any number. Raises SyntheticError for bad arguments, a folder that
   already holds a dataset, or a missing JPEG 2000 encoder.
@@ -533,6 +535,7 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
                   ("monochrome1_fraction", monochrome1_fraction),
                   ("windowed_fraction", windowed_fraction)):
     _check(0.0 <= f <= 1.0, f"{name} {f} is outside [0, 1]")
+  _check(conspicuity > 0, f"conspicuity must be positive, got {conspicuity}")
   _check(malignant_fraction + benign_fraction <= 1.0,
          f"malignant_fraction + benign_fraction = {malignant_fraction + benign_fraction} > 1")
   encoder = get_encoder(dcm_uid.JPEG2000Lossless)
@@ -565,7 +568,8 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
     for b, laterality in enumerate(_LATERALITIES):
       breast_rng = np.random.default_rng([_SEED_TAG, seed, 2, study, b])
       cls = classes[2 * study + b]
-      findings = [_draw_finding(breast_rng, k) for k in _breast_kinds(breast_rng, cls)]
+      findings = [dataclasses.replace(f, contrast=f.contrast * conspicuity)
+                  for f in (_draw_finding(breast_rng, k) for k in _breast_kinds(breast_rng, cls))]
       density = float(np.clip(patient_density + breast_rng.normal(0, 0.05), 0, 1))
       for v, view in enumerate(_VIEWS):
         index = len(jobs)

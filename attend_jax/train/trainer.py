@@ -92,7 +92,7 @@ def ensure_data(config) -> None:
       log("Writing %d synthetic studies to %s", syn.num_studies, dicoms)
       synthetic.generate(dicoms, syn.num_studies, seed=config.seed,
                          size_range=(syn.min_size, syn.max_size),
-                         benign_fraction=syn.benign_fraction)
+                         benign_fraction=syn.benign_fraction, conspicuity=syn.conspicuity)
     log("Preparing %s into %s", dicoms, data_dir)
     prepare.prepare("synthetic", dicoms, data_dir,
                     prepare.PrepareOptions(long_side=config.data.image_size))

@@ -67,3 +67,34 @@ class Checkpoints:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+
+
+def restore_weights(directory: str | os.PathLike, target: dict):
+  """(step, {"params", "stats"}) from the newest checkpoint in ``directory``, or None.
+
+  For inference: whatever else the checkpoint holds (optimizer state, counters) is not read.
+  """
+  directory = pathlib.Path(directory).absolute()
+  if not directory.is_dir():
+    return None
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False,
+                                                                                  read_only=True))
+  step = manager.latest_step()
+  if step is None:
+    return None
+  abstract = _abstract(target)
+  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+      partial_restore=True)))
+  manager.close()
+  return step, {k: out["state"][k] for k in target}
+
+
+def save_weights(directory: str | os.PathLike, state: dict, step: int = 0) -> None:
+  """A standalone weights checkpoint (parameters and BatchNorm statistics), e.g. a converted
+  reference model, in the layout ``restore_weights`` reads."""
+  manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(),
+                                  options=ocp.CheckpointManagerOptions(create=True))
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+  manager.wait_until_finished()
+  manager.close()

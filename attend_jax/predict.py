@@ -1,0 +1,74 @@
+r"""Cancer probabilities for your own DICOM files, per image, per breast and per exam.
+
+  python -m attend_jax.predict --workdir=workdirs/cbis /data/new_exams/ --out=preds --overlays
+  python -m attend_jax.predict --checkpoint=weights/reference one.dcm two.dcm \
+      --proposals=/data/focal_rois --out=preds
+
+INPUT is any mix of DICOM files and folders (scanned recursively for *.dcm / *.dicom). The
+model and its preprocessing come from the run's saved config: nothing to re-type. Writes to
+--out: predictions.csv and predictions.json (per image: probability, laterality, view, RoIs
+in DICOM pixels with detector score and attention weight), breasts.csv (CC + MLO of one side
+of one study: mean and max), exams.csv (per study: the most suspicious breast), bad_files.csv
+(every file that could not be used, with the reason), and with --overlays a PNG per image.
+"""
+
+import pathlib
+import sys
+
+from absl import app, flags, logging
+
+from attend_jax import inference
+from attend_jax.data.errors import DataError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (its best checkpoint).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Or a converted checkpoint folder.")
+_OUT = flags.DEFINE_string("out", "predictions", "Output folder.")
+_OVERLAYS = flags.DEFINE_bool("overlays", False, "Also draw a PNG per image.")
+_PROPOSALS = flags.DEFINE_string("proposals", None,
+                                 "Folder of <image>_preds.txt detector proposals, for models"
+                                 " trained on proposal files.")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Images per accelerator batch.")
+_WORKERS = flags.DEFINE_integer("workers", None, "Decoding processes (default: all cores).")
+
+
+def main(argv):
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  inputs = argv[1:]
+  if not inputs:
+    raise app.UsageError("Give DICOM files or folders to predict on.")
+  if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
+    raise app.UsageError("Pass exactly one of --workdir and --checkpoint.")
+  try:
+    loaded = inference.load(_WORKDIR.value or _CHECKPOINT.value)
+  except inference.ModelNotFoundError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  paths, missing = inference.find_dicoms(inputs)
+  if not paths:
+    print(f"error: no DICOM files (*.dcm, *.dicom) in {inputs}", file=sys.stderr)
+    return 1
+  out = pathlib.Path(_OUT.value)
+  print(f"{len(paths)} files; model {loaded.source}", file=sys.stderr)
+  hook = None
+  if _OVERLAYS.value:
+    hook = lambda pred, record: inference.draw_overlay(  # noqa: E731
+        pred, record, out / "overlays" / f"{pred['image_id']}.png")
+  try:
+    images, bad = inference.predict(loaded, paths, _PROPOSALS.value, _BATCH.value,
+                                    _WORKERS.value, inference.Progress(), hook)
+  except (ValueError, DataError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  summary = inference.write_outputs(out, images, missing + bad, loaded.source)
+  print(f"{len(images)} images, {len(summary['breasts'])} breasts, {len(summary['exams'])}"
+        f" exams -> {out}/predictions.csv, breasts.csv, exams.csv"
+        + (f", overlays/" if _OVERLAYS.value else ""))
+  if summary["bad_files"]:
+    print(f"{len(summary['bad_files'])} files could not be used: see {out}/bad_files.csv",
+          file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,108 @@
+"""python -m attend_jax.predict on DICOM folders: outputs, bad files, overlays, aggregation."""
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from attend_jax import inference
+from attend_jax.data import prepare, synthetic
+from attend_jax.train import trainer
+from configs import demo
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A tiny model trained for a few steps on synthetic DICOMs with grid RoIs."""
+  root = tmp_path_factory.mktemp("predict")
+  synthetic.generate(root / "dicom", 6, seed=0, size_range=(200, 260), jpeg2000_fraction=0.25)
+  prepare.prepare("synthetic", root / "dicom", root / "data",
+                  prepare.PrepareOptions(long_side=96), workers=1)
+  c = demo.get_config("smoke")
+  c.data.dir, c.data.name, c.data.image_size = str(root / "data"), "synthetic_96", 96
+  c.data.synthetic.num_studies = 0
+  c.proposals.source = "grid"
+  c.model.vit_overrides.update({"width": 32, "depth": 1, "num_heads": 2, "pretrained_grid": 2})
+  c.model.roi_size = 28
+  c.train.steps, c.train.eval_every, c.train.checkpoint_every = 4, 2, 2
+  trainer.train_and_evaluate(c, str(root / "work"))
+  return root
+
+
+def _rows(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def test_predict_cli_on_a_folder_with_a_corrupt_file(run, tmp_path):
+  inputs = tmp_path / "in"
+  (inputs / "nested").mkdir(parents=True)
+  for i, src in enumerate(sorted((run / "dicom" / "images").rglob("*.dcm"))):
+    (inputs / ("nested" if i % 2 else "") / src.name).write_bytes(src.read_bytes())
+  (inputs / "broken.dcm").write_bytes(b"DICM" + bytes(200))
+  out = tmp_path / "out"
+  proc = subprocess.run(
+      [sys.executable, "-m", "attend_jax.predict", f"--workdir={run / 'work'}", str(inputs),
+       str(tmp_path / "missing.dcm"), f"--out={out}", "--overlays", "--batch_size=4"],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+  images = _rows(out / "predictions.csv")
+  assert len(images) == 24  # 6 studies x 4 views; the corrupt file is not among them.
+  assert all(0.0 <= float(r["probability"]) <= 1.0 for r in images)
+  assert {(r["laterality"], r["view"]) for r in images} == {(l, v) for l in "LR"
+                                                            for v in ("CC", "MLO")}
+  rois = json.loads(images[0]["rois"])
+  assert len(rois) == 5 and rois[0]["anchor"] and abs(sum(r["attention"] for r in rois) - 1) < 1e-4
+  bad = {pathlib.Path(r["path"]).name: r["reason"] for r in _rows(out / "bad_files.csv")}
+  assert set(bad) == {"broken.dcm", "missing.dcm"}
+  assert bad["missing.dcm"] == "no such file or folder"
+  assert len(list((out / "overlays").glob("*.png"))) == 24
+
+  # Breast level: the mean and max of each side's views, from the per-image table.
+  by_breast = {}
+  for r in images:
+    by_breast.setdefault((r["study_id"], r["laterality"]), []).append(float(r["probability"]))
+  breasts = _rows(out / "breasts.csv")
+  assert len(breasts) == 12
+  for b in breasts:
+    probs = by_breast[(b["study_id"], b["laterality"])]
+    assert float(b["probability_mean"]) == pytest.approx(np.mean(probs), abs=1e-6)
+    assert float(b["probability_max"]) == pytest.approx(max(probs), abs=1e-6)
+  assert len(_rows(out / "exams.csv")) == 6
+
+  # The same preprocessing and weights as the trainer's own test-split evaluation.
+  trained = {r["image_id"]: float(r["probability"])
+             for r in _rows(run / "work" / "eval" / "predictions.csv")}
+  ours = {r["image_id"]: float(r["probability"]) for r in images}
+  assert trained and all(ours[k] == pytest.approx(p, abs=1e-5) for k, p in trained.items())
+
+
+def test_aggregation_on_a_hand_made_case():
+  images = [
+      {"study_id": "s1", "laterality": "L", "probability": 0.2},
+      {"study_id": "s1", "laterality": "L", "probability": 0.6},
+      {"study_id": "s1", "laterality": "R", "probability": 0.3},
+      {"study_id": "s2", "laterality": "R", "probability": 0.9},
+      {"study_id": "s2", "laterality": "", "probability": 0.99},  # No side: image level only.
+  ]
+  breasts, exams = inference.aggregate(images)
+  assert [(b["study_id"], b["laterality"], b["views"]) for b in breasts] == [
+      ("s1", "L", 2), ("s1", "R", 1), ("s2", "R", 1)]
+  assert breasts[0]["probability_mean"] == pytest.approx(0.4)
+  assert breasts[0]["probability_max"] == pytest.approx(0.6)
+  assert [(e["study_id"], e["side"]) for e in exams] == [("s1", "L"), ("s2", "R")]
+  assert exams[0]["probability"] == pytest.approx(0.4)
+
+
+def test_clear_errors_for_a_folder_without_a_model(tmp_path):
+  with pytest.raises(inference.ModelNotFoundError, match="config.json"):
+    inference.load(tmp_path)

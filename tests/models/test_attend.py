@@ -112,3 +112,38 @@ def test_bfloat16_compute_stays_close_to_float32():
   bf16, aux = bf16_model(crops, positions)
   assert aux["roi_features"].dtype == jnp.float32  # The aggregator and head stay float32.
   np.testing.assert_allclose(bf16, f32, atol=0.1)
+
+
+def test_convert_reference_cli_output_loads_for_predict(tmp_path):
+  import os
+  import subprocess
+  import sys
+
+  from attend_jax import inference
+
+  ref, _ = _pair("attn", seed=2)
+  torch.save(ref.state_dict(), tmp_path / "model_epoch_7.pt")
+  repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+  proc = subprocess.run(
+      [sys.executable, "tools/convert_reference.py", f"--checkpoint={tmp_path / 'model_epoch_7.pt'}",
+       f"--out={tmp_path / 'out'}", "--config.model.pool=attn", f"--config.model.roi_size={SIZE}",
+       f"--config.model.vit_overrides.width={WIDTH}", f"--config.model.vit_overrides.depth={DEPTH}",
+       f"--config.model.vit_overrides.num_heads={HEADS}",
+       "--config.model.vit_overrides.pretrained_grid=4"],
+      cwd=repo, capture_output=True, text=True, timeout=300,
+      env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  loaded = inference.load(tmp_path / "out")
+  assert loaded.source.endswith("step 0")
+  crops, positions = _inputs(seed=4)
+  with torch.no_grad():
+    ref_logits, _ = ref(torch.from_numpy(crops).permute(0, 1, 4, 2, 3), torch.from_numpy(positions))
+  logits, _ = loaded.model(jnp.asarray(crops), jnp.asarray(positions))
+  np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4, rtol=0)
+
+  # A state dict of another architecture is refused with the file named.
+  torch.save({"fc1.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
+  proc = subprocess.run(
+      [sys.executable, "tools/convert_reference.py", f"--checkpoint={tmp_path / 'other.pt'}",
+       f"--out={tmp_path / 'o2'}"], cwd=repo, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and "other.pt" in proc.stderr and "Traceback" not in proc.stderr

@@ -219,3 +219,15 @@ def test_eight_devices_train_like_one(data_dir, tmp_path):
                           for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb))])
   assert diffs.max() <= 3 * 2 * lr
   assert np.mean(diffs > 1e-5) < 1e-3, np.mean(diffs > 1e-5)
+
+
+def test_bfloat16_compute_with_gradient_accumulation_trains(data_dir, tmp_path):
+  summary = trainer.train_and_evaluate(
+      _config(data_dir, model__dtype="bfloat16", optim__grad_accum=2, train__steps=4),
+      str(tmp_path))
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  losses = [l["loss"] for l in lines if l["split"] == "train"]
+  assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+  assert summary["num_examples"] > 0
+  step, params = _latest_params(tmp_path)
+  assert step == 4 and all(x.dtype == np.float32 for x in jax.tree.leaves(params))  # f32 master.

@@ -1,6 +1,6 @@
 r"""The built-in demo: synthetic mammogram DICOMs, a small ViT trained from scratch, on CPU.
 
-  python -m attend_jax.main --config=configs/demo.py --workdir=workdirs/demo      # ~5 min
+  python -m attend_jax.main --config=configs/demo.py --workdir=workdirs/demo      # ~4 min
   python -m attend_jax.main --config=configs/demo.py:ci --workdir=/tmp/demo_ci    # ~3 min
   python -m attend_jax.main --config=configs/demo.py:smoke --workdir=/tmp/smoke   # seconds
 

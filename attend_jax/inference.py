@@ -138,7 +138,8 @@ def preprocess(paths: Sequence[pathlib.Path], config, proposal_dir: str | None =
       pool.shutdown()
 
 
-def _predict_fn(model: attend.AttendModel, config):
+def predict_fn(model: attend.AttendModel, config):
+  """A jitted ``batch -> (probabilities, RoIs, attention of the pooled token over the RoIs)``."""
   graph, state = nnx.split(model)
   pool_row = config.proposals.topk if config.model.pool == "cls" else 0
   block = config.model.pool_attn_block - 1
@@ -185,7 +186,7 @@ def predict(loaded: Loaded, paths: Sequence[pathlib.Path], proposal_dir: str | N
         " --proposals DIR with <image>_preds.txt files (cx cy w h score per line).")
   cfg = pipeline.PipelineConfig(data_dir="", config="", image_size=config.data.image_size,
                                 num_proposals=max(config.proposals.topk, 1))
-  run = _predict_fn(loaded.model, config)
+  run = predict_fn(loaded.model, config)
   anchor = config.proposals.anchor or config.proposals.source != "files"
   images, bad, pending = [], [], []
 

@@ -106,3 +106,33 @@ def test_aggregation_on_a_hand_made_case():
 def test_clear_errors_for_a_folder_without_a_model(tmp_path):
   with pytest.raises(inference.ModelNotFoundError, match="config.json"):
     inference.load(tmp_path)
+
+
+def test_evaluate_writes_every_artefact(run, tmp_path):
+  env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"}
+  out = tmp_path / "eval"
+  proc = subprocess.run(
+      [sys.executable, "-m", "attend_jax.evaluate", f"--workdir={run / 'work'}", "--split=train",
+       f"--out={out}", "--gallery=2"], cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  metrics = json.loads((out / "metrics.json").read_text())
+  for key in ("auc", "auc_ci_low", "auc_ci_high", "best_f1", "sens_at_fpr_0.1",
+              "sens_at_fpr_0.3", "sens_at_fpr_0.5", "num_examples", "num_positive", "breast",
+              "confusion_at_best_f1"):
+    assert key in metrics
+  c = metrics["confusion_at_best_f1"]
+  assert c["tp"] + c["fn"] == metrics["num_positive"]
+  from attend_jax.data import records
+  total = len(records.data_source(run / "data", "synthetic_96", "train"))
+  assert c["tp"] + c["fn"] + c["fp"] + c["tn"] == metrics["num_examples"] == total
+  for name in ("roc.png", "pr.png", "calibration.png", "gallery.png"):
+    assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert f"({name})" in (out / "report.md").read_text()
+  assert len(_rows(out / "predictions.csv")) == total
+
+  proc = subprocess.run(
+      [sys.executable, "-m", "attend_jax.evaluate", f"--workdir={run / 'work'}", "--split=nope",
+       f"--out={tmp_path / 'x'}"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 1 and "no 'nope' split" in proc.stderr
+  assert "Traceback" not in proc.stderr

@@ -3,6 +3,7 @@
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 from attend_jax.data import sources
@@ -136,4 +137,25 @@ def test_synthetic_labels_csv(tmp_path):
          "b,s1,p1,L,MLO,0,images/s1/b.dcm,[]\n")
   listing = synthetic.list_examples(tmp_path)
   assert [ex.lesion_boxes for ex in listing.examples] == [((1, 2, 30, 40),), ()]
+  assert [ex.proposal_boxes for ex in listing.examples] == [(), ()]  # No image size given.
   assert listing.examples[0].split == listing.examples[1].split
+
+
+def test_simulated_detector_finds_every_lesion_and_hides_the_label_in_count_and_size():
+  from attend_jax.data import synthetic as generator
+
+  lesion = (300, 400, 360, 470)
+  with_lesion = generator.simulate_detector([lesion], 800, 1000, "R", count=6, key="a")
+  without = generator.simulate_detector([], 800, 1000, "L", count=6, key="b")
+  assert with_lesion.shape == without.shape == (6, 5)
+  assert np.all(np.diff(with_lesion[:, 4]) <= 0)  # Sorted by score.
+  # The lesion's box is there: it overlaps the lesion by more than half.
+  x0, y0 = np.maximum(with_lesion[:, 0], lesion[0]), np.maximum(with_lesion[:, 1], lesion[1])
+  x1, y1 = np.minimum(with_lesion[:, 2], lesion[2]), np.minimum(with_lesion[:, 3], lesion[3])
+  cover = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None) / (60 * 70)
+  assert cover.max() > 0.5
+  # False positives sit inside the image, on the breast's side (L breasts are on the right).
+  assert np.all(without[:, [0, 2]] >= 0) and np.all(without[:, [0, 2]] <= 800)
+  assert np.all((without[:, 0] + without[:, 2]) / 2 > 800 * 0.4)
+  np.testing.assert_array_equal(
+      generator.simulate_detector([], 800, 1000, "L", count=6, key="b"), without)  # Seeded.

@@ -15,7 +15,8 @@ WHERE = "python tools/make_synthetic.py --out ROOT"
 
 def list_examples(root, val_fraction: float = 0.15, test_fraction: float = 0.15,
                   simulated_proposals: int = 6) -> Listing:
-  """``simulated_proposals`` > 0 attaches that many proposals from ``simulate_detector``."""
+  """``simulated_proposals`` > 0 attaches that many proposals from ``simulate_detector`` to
+  each row that has the image's width and height (the generator always writes them)."""
   root = require_dir(root, "Synthetic dataset", WHERE, LAYOUT)
   csv_path = root / "labels.csv"
   examples, bad = [], []
@@ -30,12 +31,11 @@ def list_examples(root, val_fraction: float = 0.15, test_fraction: float = 0.15,
       bad.append(LabelError(csv_path, f"line {line}: unreadable lesions column ({e})"))
       continue
     proposals = ()
-    if simulated_proposals > 0:
+    if simulated_proposals > 0 and row.get("width") and row.get("height"):
       try:
         size = int(row["width"]), int(row["height"])
-      except (KeyError, ValueError) as e:
-        bad.append(LabelError(csv_path, f"line {line}: simulated proposals need the width and"
-                              f" height columns ({e})"))
+      except ValueError as e:
+        bad.append(LabelError(csv_path, f"line {line}: width and height must be integers ({e})"))
         continue
       proposals = tuple(map(tuple, synthetic.simulate_detector(
           lesions, *size, row["laterality"], count=simulated_proposals, key=row["image_id"])))

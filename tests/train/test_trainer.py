@@ -217,8 +217,11 @@ def test_eight_devices_train_like_one(data_dir, tmp_path):
   lr = _config(data_dir).optim.lr
   diffs = np.concatenate([np.abs(np.asarray(x) - np.asarray(y)).ravel()
                           for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb))])
-  assert diffs.max() <= 3 * 2 * lr
-  assert np.mean(diffs > 1e-5) < 1e-3, np.mean(diffs > 1e-5)
+  spread = {q: float(np.quantile(diffs, q)) for q in (0.5, 0.99)}
+  # A wrong gradient (a per-device BatchNorm, loss or contrastive term) moves most parameters
+  # by ~lr; rounding moves the median by ~1e-7 and only a tail by more.
+  assert diffs.max() <= 3 * 2 * lr, spread
+  assert spread[0.5] < 1e-6 and spread[0.99] < lr / 10, spread
 
 
 def test_bfloat16_compute_with_gradient_accumulation_trains(data_dir, tmp_path):

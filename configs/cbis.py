@@ -19,29 +19,12 @@ from configs import common
 
 def get_config(arg: str = ""):
   c = common.base()
-  c.data.dir = "data/cbis"
-  c.data.name = "cbis_ddsm_2048"
-  c.data.image_size = 2048
-  c.data.batch_size = 16
-  c.data.eval_batch_size = 16
-  c.data.worker_count = 8
-  c.proposals.source = "grid"
-  c.proposals.topk = 5
-  c.model.variant = "vitb14"
-  c.model.pretrained = "weights/dinov2_vitb14"
-  c.model.dtype = "bfloat16"
-  c.model.freeze_blocks = 3
+  common.finetune(c, "cbis_ddsm", batch_size=16)
   c.loss.pos_weight = 1.5  # About 40 % of CBIS-DDSM images hold a malignant finding.
-  c.loss.contrastive_weight = 0.1
-  c.optim.lr = 2e-5
-  c.optim.schedule = "cosine"
   c.optim.warmup_steps = 300
-  c.optim.clip_norm = 1.0
-  c.optim.layer_decay = 0.8
   c.train.steps = 3_000  # About 20 epochs of 2,400 training images at batch 16.
   c.train.eval_every = 150
   c.train.checkpoint_every = 150
-  c.train.patience = 5
   if arg == "smoke":
     common.smoke(c)
   return c

@@ -76,6 +76,29 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
+def finetune(c: ml_collections.ConfigDict, dataset: str, batch_size: int) -> None:
+  """Our recipe on a real dataset, beyond the reference: pretrained ViT-B/14 in bf16, cosine lr
+  with warmup, layer decay, clipping, the contrastive term; breast + 2 x 2 tiles as RoIs until
+  the detector writes proposals. Prepared at --long_side 2048 into data/<dataset>."""
+  c.data.dir = f"data/{dataset.split('_')[0]}"
+  c.data.name = f"{dataset}_2048"
+  c.data.image_size = 2048
+  c.data.batch_size = c.data.eval_batch_size = batch_size
+  c.data.worker_count = 8
+  c.proposals.source = "grid"
+  c.proposals.topk = 5
+  c.model.variant = "vitb14"
+  c.model.pretrained = "weights/dinov2_vitb14"
+  c.model.dtype = "bfloat16"
+  c.model.freeze_blocks = 3
+  c.loss.contrastive_weight = 0.1
+  c.optim.lr = 2e-5
+  c.optim.schedule = "cosine"
+  c.optim.clip_norm = 1.0
+  c.optim.layer_decay = 0.8
+  c.train.patience = 5
+
+
 def smoke(c: ml_collections.ConfigDict) -> None:
   """Shrinks a config to a tiny from-scratch ViT and a few CPU steps; the data stay as they are.
 

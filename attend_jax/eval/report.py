@@ -1,4 +1,5 @@
-"""Evaluation figures (PNG) and tables (markdown) built on ``attend_jax.eval.metrics``.
+"""Evaluation figures (PNG) and tables (markdown) built on ``attend_jax.eval.metrics`` and
+``attend_jax.eval.detection``.
 
 Figures are drawn on bare ``matplotlib.figure.Figure`` objects rather than through pyplot, so
 they never touch a display or pyplot's global list of open figures, whatever backend the
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from attend_jax.eval import metrics
+from attend_jax.eval import detection, metrics
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -92,6 +93,40 @@ def plot_calibration(labels, probabilities, path: str | os.PathLike, bins: int =
               label=["Negative", "Positive"], color=["C0", "C3"])
   bottom.set(xlabel="Predicted probability", ylabel="Count")
   bottom.legend(loc="upper center", fontsize=8)
+  return _save(fig, path)
+
+
+_FROC_MAX_FPS = 8.0  # The FROC x axis stops here unless the marked points lie further out.
+
+
+def plot_froc(fps, sens, path: str | os.PathLike, points=(0.5, 1, 2),
+              title: str | None = None) -> Path:
+  """FROC curve, e.g. from ``detection.froc``, with the sensitivity marked at ``points`` false
+  positives per image.
+
+  The curve is drawn as the best sensitivity reachable at each rate, a staircase that holds its
+  last value to the right edge, so the marks (``detection.sensitivity_at_fps``) sit on it. The
+  linear x axis runs from 0 to 8 false positives per image, or to where the curve ends if that is
+  sooner, and always a little past the largest point.
+  """
+  fps, sens = np.asarray(fps, dtype=np.float64), np.asarray(sens, dtype=np.float64)
+  at = detection.sensitivity_at_fps(fps, sens, points)
+  curve_end = float(fps.max()) if fps.size else 0.0
+  x_max = max(min(curve_end, _FROC_MAX_FPS), 1.25 * max(at, default=0.0)) or 1.0
+  fig = Figure(figsize=(5.5, 5))
+  ax = fig.subplots()
+  if fps.size:
+    ax.plot(np.r_[fps, max(x_max, curve_end)], np.r_[sens, sens[-1]], drawstyle="steps-post",
+            color="C0", label="FROC")
+  ax.scatter(list(at), list(at.values()), color="C0", zorder=3,
+             label="Sensitivity at " + ", ".join(f"{p:g}" for p in at) + " FP/image")
+  for point, sensitivity in at.items():
+    ax.annotate(f"{sensitivity:.2f}", (point, sensitivity), textcoords="offset points",
+                xytext=(4, -12), color="C0", fontsize=8)
+  ax.grid(color="0.9", linewidth=0.8)
+  ax.set(xlim=(0, x_max), ylim=(0, 1.01), xlabel="False positives per image",
+         ylabel="Lesion sensitivity", title=title or "FROC")
+  ax.legend(loc="lower right", fontsize=8)
   return _save(fig, path)
 
 

@@ -35,13 +35,16 @@ def predict_split(loaded: inference.Loaded, split: str) -> dict:
   """Probabilities, RoIs and attention for every record of ``split`` (one host)."""
   config = loaded.config
   cfg = trainer._pipeline_config(config, split, train=False)
-  run = inference.predict_fn(loaded.model, config)
+  if trainer.task(config) != "classify":
+    raise ValueError(f"{loaded.source} is a detector: its evaluation (recall, FROC, mAP) is in"
+                     " WORKDIR/eval/metrics.json, written at the end of training.")
+  run = inference.predict_fn(loaded.model, config, loaded.proposer)
   keys = ("prob", "label", "index", "rois", "attention", "valid")
   out = {k: [] for k in keys}
   for batch in pipeline.make_dataset(cfg):
     batch = trainer._pad_batch(batch, cfg.batch_size)
     valid = batch.pop("valid")
-    probs, rois, attention = (np.asarray(x) for x in run(batch))
+    probs, rois, attention, _ = (np.asarray(x) for x in run(batch))
     for k, v in zip(keys, (probs, batch["label"], batch["index"], rois, attention, valid)):
       out[k].append(v)
   out = {k: np.concatenate(v) for k, v in out.items()}

@@ -25,7 +25,7 @@ from flax import nnx
 from attend_jax.data import dicom, pipeline, prepare, proposals
 from attend_jax.data.errors import DataError
 from attend_jax.data.sources.base import Example
-from attend_jax.models import attend
+from attend_jax.models import attend, detector
 from attend_jax.train import checkpoint, trainer
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -39,12 +39,16 @@ class ModelNotFoundError(FileNotFoundError):
 @dataclasses.dataclass
 class Loaded:
   config: ml_collections.ConfigDict
-  model: attend.AttendModel  # In eval mode.
+  model: attend.AttendModel | detector.Detector  # In eval mode.
   source: str  # Which checkpoint, for the outputs.
+  # proposals.source="detector": batch -> batch with the run's own detector's proposals.
+  proposer: Callable[[dict], dict] | None = None
 
 
 def load(directory: str | os.PathLike) -> Loaded:
-  """The model of a training workdir (best checkpoint, else the latest) or of a weights export.
+  """The model of a training workdir (best checkpoint, else the latest) or of a weights export:
+  a classifier, with the detector that proposes its RoIs if it was trained with one, or a
+  detector.
 
   The config comes from ``DIR/config.json``, so predictions use the run's own preprocessing.
   """
@@ -55,7 +59,7 @@ def load(directory: str | os.PathLike) -> Loaded:
                              " (python -m attend_jax.main --workdir) or a converted checkpoint.")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   config.model.pretrained = ""  # The checkpoint holds the backbone too.
-  model = attend.AttendModel(trainer.attend_config(config), rngs=nnx.Rngs(0))
+  model = trainer.build_model(config)
   graph, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
   target = {"params": params, "stats": stats}
   for sub in (checkpoint.BEST, checkpoint.LATEST, WEIGHTS):
@@ -64,7 +68,8 @@ def load(directory: str | os.PathLike) -> Loaded:
       step, state = restored
       model = nnx.merge(graph, state["params"], state["stats"], rest)
       model.eval()
-      return Loaded(config, model, f"{directory / sub} step {step}")
+      proposer = trainer.make_proposer(config, directory)
+      return Loaded(config, model, f"{directory / sub} step {step}", proposer)
   raise ModelNotFoundError(f"{directory}: no checkpoint in {checkpoint.BEST}/,"
                            f" {checkpoint.LATEST}/ or {WEIGHTS}/ yet.")
 
@@ -138,8 +143,10 @@ def preprocess(paths: Sequence[pathlib.Path], config, proposal_dir: str | None =
       pool.shutdown()
 
 
-def predict_fn(model: attend.AttendModel, config):
-  """A jitted ``batch -> (probabilities, RoIs, attention of the pooled token over the RoIs)``."""
+def predict_fn(model: attend.AttendModel, config, proposer: Callable[[dict], dict] | None = None):
+  """A jitted ``batch -> (probabilities, RoIs, attention of the pooled token over the RoIs,
+  the proposals they were drawn from)``; ``proposer`` (``Loaded.proposer``) first replaces the
+  batch's proposals by a detector's."""
   graph, state = nnx.split(model)
   pool_row = config.proposals.topk if config.model.pool == "cls" else 0
   block = config.model.pool_attn_block - 1
@@ -149,17 +156,21 @@ def predict_fn(model: attend.AttendModel, config):
     m = nnx.merge(graph, state)
     logits, aux, rois = trainer._forward(m, batch, config, train=False)
     attention = aux["attention"][block][:, pool_row, : rois.shape[1]]
-    return trainer.probabilities(logits, config.model.num_classes), rois, attention
+    return (trainer.probabilities(logits, config.model.num_classes), rois, attention,
+            batch["proposals"])
 
-  return lambda batch: run(state, batch)
+  if proposer is None:
+    return lambda batch: run(state, batch)
+  return lambda batch: run(state, proposer(batch))
 
 
-def _roi_rows(rois: np.ndarray, attention: np.ndarray, record: dict, anchor: bool) -> list:
+def _roi_rows(rois: np.ndarray, attention: np.ndarray, record: dict, anchor: bool,
+              props: np.ndarray) -> list:
   """RoIs of one image in original DICOM pixels, with detector score and attention weight."""
   xyxy = np.concatenate([rois[:, :2] - rois[:, 2:] / 2, rois[:, :2] + rois[:, 2:] / 2], 1)
   original = prepare.to_original(xyxy, record["crop_box"], bool(record["flipped"]),
                                  float(record["scale"]))
-  props = np.asarray(record["proposals"]).reshape(-1, 5)
+  props = np.asarray(props).reshape(-1, 5)
   rows = []
   for i, (box, weight) in enumerate(zip(original, attention)):
     score = None
@@ -180,14 +191,17 @@ def predict(loaded: Loaded, paths: Sequence[pathlib.Path], proposal_dir: str | N
   ``on_image(prediction, record)`` is called for each image (the overlays hook).
   """
   config = loaded.config
+  if trainer.task(config) != "classify":
+    raise ValueError(f"{loaded.source} is a {trainer.task(config)!r} model; predict needs a"
+                     " classifier (write a detector's boxes with tools/export_proposals.py).")
   if config.proposals.source == "files" and not proposal_dir:
     raise ValueError(
         "This model was trained on detector proposals (proposals.source='files'): pass"
         " --proposals DIR with <image>_preds.txt files (cx cy w h score per line).")
   cfg = pipeline.PipelineConfig(data_dir="", config="", image_size=config.data.image_size,
                                 num_proposals=max(config.proposals.topk, 1))
-  run = predict_fn(loaded.model, config)
-  anchor = config.proposals.anchor or config.proposals.source != "files"
+  run = predict_fn(loaded.model, config, loaded.proposer)
+  anchor = config.proposals.anchor or config.proposals.source not in ("files", "detector")
   images, bad, pending = [], [], []
 
   def flush():
@@ -196,13 +210,14 @@ def predict(loaded: Loaded, paths: Sequence[pathlib.Path], proposal_dir: str | N
     batch = {k: np.stack([f[k] for f in fixed] + [np.zeros_like(fixed[0][k])] * (batch_size - n))
              for k in fixed[0]}
     batch["image_hw"][n:] = 1
-    probs, rois, attention = jax.device_get(run({k: jnp.asarray(v) for k, v in batch.items()}))
+    probs, rois, attention, props = jax.device_get(
+        run({k: jnp.asarray(v) for k, v in batch.items()}))
     for j, (path, record) in enumerate(pending):
       out = {"path": path, "image_id": str(record["image_id"]),
              "study_id": str(record["study_id"]), "patient_id": str(record["patient_id"]),
              "laterality": str(record["laterality"]), "view": str(record["view"]),
              "probability": float(probs[j]),
-             "rois": _roi_rows(rois[j], attention[j], record, anchor)}
+             "rois": _roi_rows(rois[j], attention[j], record, anchor, props[j])}
       images.append(out)
       if on_image:
         on_image(out, record)

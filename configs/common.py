@@ -6,6 +6,7 @@ import ml_collections
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.task = "classify"  # classify (the Attend model) | detect (the RoI detector)
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""  # Output folder of tools/prepare_data.py (TFDS data_dir).
@@ -23,7 +24,8 @@ def base() -> ml_collections.ConfigDict:
                                                 "conspicuity": 1.0})
 
   c.proposals = ml_collections.ConfigDict()
-  c.proposals.source = "files"  # files | grid | breast_only
+  c.proposals.source = "files"  # files | detector | grid | breast_only
+  c.proposals.detector = ""  # source=detector: a detector workdir (config.json + checkpoints).
   c.proposals.topk = 5  # RoIs per image, the breast anchor included.
   c.proposals.grid = 2  # grid: g x g tiles of the breast after the anchor.
   # RoI 0 is the whole breast crop. False (files only): the top-k proposals as they are, as
@@ -73,6 +75,23 @@ def base() -> ml_collections.ConfigDict:
   c.train.patience = 5  # Evaluations without a better validation AUC before stopping.
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+
+  # task=detect: the RoI detector (attend_jax/models/detector.py); its backbone is c.model's.
+  c.detector = ml_collections.ConfigDict()
+  c.detector.input_size = 518  # The whole breast crop is resized to this square (37 patches).
+  c.detector.fpn_dim = 256
+  c.detector.head_convs = 2
+  c.detector.strides = (7, 14, 28)
+  c.detector.object_scale = 3.0  # Lesions go to the level whose stride is ~ size / 3.
+  c.detector.center_radius = 1.5  # Positives: points within 1.5 strides of a lesion centre.
+  c.detector.focal_alpha = 0.25
+  c.detector.focal_gamma = 2.0
+  c.detector.giou_weight = 2.0
+  c.detector.l1_weight = 1.0
+  c.detector.pre_nms = 300
+  c.detector.nms_iou = 0.5
+  c.detector.max_detections = 100
+  c.detector.select_metric = "recall@5_iou0.3"  # Picks the best checkpoint.
   return c
 
 

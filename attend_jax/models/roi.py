@@ -116,7 +116,9 @@ def sine_embedding(positions: jax.Array, dims: int = 64, temperature: float = 10
   return jnp.concatenate([y, x, w, h], axis=-1)
 
 
-PROPOSAL_SOURCES = ("files", "grid", "breast_only")
+# "detector" boxes are put into the batch's proposals on device (trainer.make_proposer) and are
+# then taken like "files".
+PROPOSAL_SOURCES = ("files", "detector", "grid", "breast_only")
 
 
 def anchor_boxes(image_hw: jax.Array) -> jax.Array:
@@ -159,7 +161,7 @@ def make_rois(image_hw: jax.Array, proposals: jax.Array, proposal_mask: jax.Arra
                        f" after the breast anchor; set proposals.topk={grid * grid + 1} and"
                        " proposals.anchor=True.")
     return jnp.concatenate([whole, tiles], axis=1)
-  if source != "files":
+  if source not in ("files", "detector"):
     raise ValueError(f"proposals.source must be one of {PROPOSAL_SOURCES}, got {source!r}.")
   need = topk - 1 if anchor else topk
   if proposals.shape[1] < need:

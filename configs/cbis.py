@@ -6,9 +6,14 @@ r"""CBIS-DDSM: malignant vs benign/normal from the TCIA release, boxes from the 
   python -m attend_jax.main --config=configs/cbis.py --workdir=workdirs/cbis
 
 An image is positive when any of its abnormalities is MALIGNANT. CBIS-DDSM's own train/test
-split is kept; validation is split off the training patients. Until a detector has written
-proposals (issue P4), the RoIs are the breast and its 2 x 2 tiles. ``:smoke`` runs a tiny ViT
-for a few steps on any prepared folder:
+split is kept; validation is split off the training patients. The RoIs are the breast and its
+2 x 2 tiles; ``:detector`` takes the breast and the top 4 boxes of the detector trained with
+configs/detector_cbis.py instead (the two-stage recipe, see the README):
+
+  python -m attend_jax.main --config=configs/detector_cbis.py --workdir=workdirs/detector_cbis
+  python -m attend_jax.main --config=configs/cbis.py:detector --workdir=workdirs/cbis_det
+
+``:smoke`` runs a tiny ViT for a few steps on any prepared folder:
 
   python -m attend_jax.main --config=configs/cbis.py:smoke --workdir=/tmp/cbis \
       --config.data.dir=data/cbis
@@ -27,4 +32,8 @@ def get_config(arg: str = ""):
   c.train.checkpoint_every = 150
   if arg == "smoke":
     common.smoke(c)
+  elif arg == "detector":
+    common.two_stage(c, "workdirs/detector_cbis")
+  elif arg:
+    raise ValueError(f"configs/cbis.py takes '', 'smoke' or 'detector', got {arg!r}")
   return c

@@ -6,8 +6,14 @@ r"""VinDr-Mammo with what we add: contrastive term, bf16, cosine schedule, large
   python -m attend_jax.main --config=configs/vindr.py --workdir=workdirs/vindr
 
 Cancer = breast BI-RADS 4 or 5, as the paper; the official test split, validation split off
-the training studies. Until a detector has written proposals (issue P4), the RoIs are the
-breast and its 2 x 2 tiles. ``:smoke`` runs a tiny ViT for a few steps on any prepared folder:
+the training studies. The RoIs are the breast and its 2 x 2 tiles; ``:detector`` takes the
+breast and the top 4 boxes of the detector trained with configs/detector_vindr.py instead (the
+two-stage recipe, see the README):
+
+  python -m attend_jax.main --config=configs/detector_vindr.py --workdir=workdirs/detector_vindr
+  python -m attend_jax.main --config=configs/vindr.py:detector --workdir=workdirs/vindr_det
+
+``:smoke`` runs a tiny ViT for a few steps on any prepared folder:
 
   python -m attend_jax.main --config=configs/vindr.py:smoke --workdir=/tmp/vindr \
       --config.data.dir=data/vindr
@@ -26,4 +32,8 @@ def get_config(arg: str = ""):
   c.train.checkpoint_every = 400
   if arg == "smoke":
     common.smoke(c)
+  elif arg == "detector":
+    common.two_stage(c, "workdirs/detector_vindr")
+  elif arg:
+    raise ValueError(f"configs/vindr.py takes '', 'smoke' or 'detector', got {arg!r}")
   return c

@@ -38,7 +38,8 @@ def _train(config, workdir, *overrides):
   return metrics, out
 
 
-@pytest.mark.parametrize("name", ["demo", "cbis", "vindr", "vindr_reference"])
+@pytest.mark.parametrize("name", ["demo", "cbis", "vindr", "vindr_reference", "detector_synthetic",
+                                  "detector_cbis", "detector_vindr"])
 def test_every_config_documents_its_command_and_has_a_smoke_variant(name):
   module = importlib.import_module(f"configs.{name}")
   assert f"--config=configs/{name}.py" in module.__doc__
@@ -97,6 +98,38 @@ def test_cbis_config_runs_end_to_end_on_the_real_layout(tmp_path):
                       f"--config.data.dir={tmp_path / 'data'}")
   assert metrics["split"] == "test" and metrics["num_examples"] == 16  # 8 test patients x 2 views.
   assert 0 < metrics["num_positive"] < 16 and metrics["auc"] is not None
+
+  # The two-stage recipe on the same prepared data: the detector learns from the ROI masks' boxes,
+  # then the classifier takes its boxes on the fly.
+  code, out = _run("-m", "attend_jax.main", "--config=configs/detector_cbis.py:smoke",
+                   f"--workdir={tmp_path / 'det'}", f"--config.data.dir={tmp_path / 'data'}")
+  assert code == 0, out[-4000:]
+  det = json.loads((tmp_path / "det" / "eval" / "metrics.json").read_text())
+  assert det["split"] == "test" and det["num_images"] == 16
+  assert det["num_lesions"] == 16  # One mask per image.
+  assert det["recall@10_iou0.3"] is not None and 0 <= det["froc_sens@2fp"] <= 1
+  assert (tmp_path / "det" / "eval" / "froc.png").exists()
+  metrics, out = _train("configs/cbis.py:smoke", tmp_path / "cls_det",
+                        f"--config.data.dir={tmp_path / 'data'}",
+                        "--config.proposals.source=detector",
+                        f"--config.proposals.detector={tmp_path / 'det'}")
+  assert metrics["num_examples"] == 16
+  assert "Proposals: the detector of" in out
+  # The run keeps its own copy of the detector, so prediction needs no other folder.
+  assert (tmp_path / "cls_det" / "detector" / "config.json").exists()
+  import shutil
+
+  shutil.rmtree(tmp_path / "det")
+  dicoms = sorted((tmp_path / "CBIS" / "CBIS-DDSM").glob("*/*/1.000000-full mammogram/1-1.dcm"))
+  code, out = _run("-m", "attend_jax.predict", f"--workdir={tmp_path / 'cls_det'}",
+                   f"--out={tmp_path / 'pred'}", "--workers=1", *map(str, dicoms[:3]))
+  assert code == 0, out[-3000:]
+  images = json.loads((tmp_path / "pred" / "predictions.json").read_text())["images"]
+  assert len(images) == 3
+  for image in images:
+    assert len(image["rois"]) == 5 and image["rois"][0]["anchor"]
+    # The four RoIs after the anchor are the detector's boxes, with its scores.
+    assert all(r["detector_score"] is not None for r in image["rois"][1:]), image["rois"]
 
 
 def _fake_reference(root: pathlib.Path, count: int = 16) -> None:

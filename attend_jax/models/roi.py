@@ -174,19 +174,43 @@ def make_rois(image_hw: jax.Array, proposals: jax.Array, proposal_mask: jax.Arra
   return jnp.concatenate([whole, picked], axis=1) if anchor else picked
 
 
-def lesion_hits(rois: jax.Array, lesion_boxes: jax.Array, lesion_mask: jax.Array,
-                min_coverage: float = 0.5) -> jax.Array:
-  """(B, K) True where a RoI covers at least ``min_coverage`` of some lesion's area.
-
-  Coverage of the lesion rather than IoU, because a RoI is often much larger than the small
-  lesion it contains. ``rois`` are ``cx cy w h``, ``lesion_boxes`` ``x0 y0 x1 y1``.
-  """
+def _lesion_overlap(rois: jax.Array, lesion_boxes: jax.Array) -> tuple[jax.Array, jax.Array,
+                                                                        jax.Array]:
+  """(B, K, L) intersection areas, RoI areas and lesion areas (broadcastable)."""
   r0 = rois[..., :2] - rois[..., 2:4] / 2
   r1 = rois[..., :2] + rois[..., 2:4] / 2
   l0, l1 = lesion_boxes[..., :2], lesion_boxes[..., 2:4]
   lo = jnp.maximum(r0[:, :, None], l0[:, None])
   hi = jnp.minimum(r1[:, :, None], l1[:, None])
   inter = jnp.prod(jnp.clip(hi - lo, 0, None), axis=-1)
-  area = jnp.prod(jnp.clip(l1 - l0, 0, None), axis=-1)[:, None]
-  coverage = inter / jnp.maximum(area, 1e-6)
+  roi_area = jnp.prod(jnp.clip(r1 - r0, 0, None), axis=-1)[:, :, None]
+  lesion_area = jnp.prod(jnp.clip(l1 - l0, 0, None), axis=-1)[:, None]
+  return inter, roi_area, lesion_area
+
+
+def lesion_iou(rois: jax.Array, lesion_boxes: jax.Array, lesion_mask: jax.Array) -> jax.Array:
+  """(B, K) each RoI's best IoU with a lesion of its image (0 without lesions).
+
+  ``rois`` are ``cx cy w h``, ``lesion_boxes`` ``x0 y0 x1 y1``, ``lesion_mask`` (B, L).
+  """
+  inter, roi_area, lesion_area = _lesion_overlap(rois, lesion_boxes)
+  iou = inter / jnp.maximum(roi_area + lesion_area - inter, 1e-6)
+  return jnp.max(jnp.where(lesion_mask[:, None], iou, 0.0), axis=-1, initial=0.0)
+
+
+def lesion_hits(rois: jax.Array, lesion_boxes: jax.Array, lesion_mask: jax.Array,
+                min_coverage: float = 0.5, min_iou: float = 0.0) -> jax.Array:
+  """(B, K) True where a RoI hits a known lesion.
+
+  By default a hit covers at least ``min_coverage`` of some lesion's area: coverage of the
+  lesion rather than IoU, because a RoI is often much larger than the small lesion it
+  contains. With ``min_iou > 0`` a hit is an IoU of at least ``min_iou`` instead, the rule of
+  detection metrics. On a cancer image the RoIs that miss every lesion, above all a detector's
+  confident false positives, are the hard negatives of the contrastive loss.
+  ``rois`` are ``cx cy w h``, ``lesion_boxes`` ``x0 y0 x1 y1``.
+  """
+  if min_iou > 0:
+    return lesion_iou(rois, lesion_boxes, lesion_mask) >= min_iou
+  inter, _, lesion_area = _lesion_overlap(rois, lesion_boxes)
+  coverage = inter / jnp.maximum(lesion_area, 1e-6)
   return jnp.any((coverage >= min_coverage) & lesion_mask[:, None], axis=-1)

@@ -232,9 +232,12 @@ def _losses(logits, aux, rois, batch, config) -> dict[str, jax.Array]:
     if config.loss.contrast_rois and rois.shape[1] > 1:
       # RoIs on a lesion of a cancer are positives; every other RoI, above all a detector's
       # false positives on a cancer image, is a hard negative.
-      hits = roi.lesion_hits(rois[:, 1:], batch["lesion_boxes"], batch["lesion_mask"])
+      hits = roi.lesion_hits(rois[:, 1:], batch["lesion_boxes"], batch["lesion_mask"],
+                             min_iou=config.loss.get("hit_iou", 0.0))
+      cancer = labels[:, None] == 1
       items.append(aux["roi_projection"][:, 1:].reshape(-1, aux["projection"].shape[-1]))
-      classes.append((hits & (labels[:, None] == 1)).astype(labels.dtype).reshape(-1))
+      classes.append((hits & cancer).astype(labels.dtype).reshape(-1))
+      out["hard_negatives"] = jnp.sum(~hits & cancer).astype(jnp.float32)
     out["contrastive"] = losses.hard_negative_supcon(
         jnp.concatenate(items), jnp.concatenate(classes), temperature=config.loss.temperature,
         beta=config.loss.beta, top_m=config.loss.top_m)
@@ -548,7 +551,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
       _, val = evaluate(config.data.eval_split)
       writer.write(step, "val", {k: v for k, v in val.items() if isinstance(v, (int, float))})
       value = val.get(metric)
-      value = -1.0 if value is None else value
+      if value is None:
+        log("The %s split gives no %s (%s); no best checkpoint is chosen from it.",
+            config.data.eval_split, metric,
+            "it holds no lesion" if task(config) == "detect" else "it holds one class only")
+        value = -1.0
       log("step %d  %s %s %.4f (best so far %.4f)", step, config.data.eval_split, metric, value,
           max(value, counters["best_metric"]))
       if value > counters["best_metric"]:

@@ -104,3 +104,24 @@ def test_make_rois_anchor_files_grid_and_padding():
     roi.make_rois(hw, props, mask, "grid", topk=4, grid=2)
   with pytest.raises(ValueError, match="proposals are needed"):
     roi.make_rois(hw, props, mask, "files", topk=5, anchor=False)
+
+
+def test_lesion_hits_by_coverage_and_by_iou():
+  # One image, one 10 x 10 lesion at x 0..10, y 0..10; a second lesion slot that is masked off.
+  lesions = jnp.array([[[0.0, 0.0, 10.0, 10.0], [100.0, 100.0, 110.0, 110.0]]])
+  mask = jnp.array([[True, False]])
+  rois = jnp.array([[
+      [5.0, 5.0, 10.0, 10.0],      # The lesion itself: coverage 1, IoU 1.
+      [10.0, 5.0, 40.0, 40.0],     # Covers x 0..10 of it fully, y 0..10: coverage 1, IoU 100/1600.
+      [12.5, 5.0, 5.0, 10.0],      # x 10..15: touches the edge only, coverage 0.
+      [105.0, 105.0, 10.0, 10.0],  # On the masked-off slot: no hit at all.
+      [2.5, 5.0, 5.0, 10.0],       # Left half: coverage 0.5, IoU 50/100.
+  ]])
+  iou = np.asarray(roi.lesion_iou(rois, lesions, mask))[0]
+  np.testing.assert_allclose(iou, [1.0, 100 / 1600, 0.0, 0.0, 0.5], atol=1e-6)
+  by_cover = np.asarray(roi.lesion_hits(rois, lesions, mask))[0]
+  assert by_cover.tolist() == [True, True, False, False, True]
+  by_iou = np.asarray(roi.lesion_hits(rois, lesions, mask, min_iou=0.3))[0]
+  assert by_iou.tolist() == [True, False, False, False, True]
+  no_lesions = roi.lesion_iou(rois, lesions, jnp.zeros_like(mask))
+  assert not np.any(np.asarray(no_lesions))

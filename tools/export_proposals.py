@@ -1,0 +1,280 @@
+r"""Writes a trained RoI detector's boxes as the reference's proposal files, one per image.
+
+  python tools/export_proposals.py --detector workdirs/det_vindr --out data/proposals/vindr
+  python tools/export_proposals.py --detector workdirs/det_vindr --dataset vindr_2048 \
+      --data_dir data/prepared --splits train,val,test --batch_size 8 --out data/proposals/vindr
+
+Every record of the chosen splits of a prepared dataset (default: the detector's own
+config.data.name in its config.data.dir, all the splits it has) goes through the detector
+(best checkpoint of WORKDIR, jitted, in padded batches). Each image gets
+``OUT/<study_id>/<image_id>_preds.txt`` in the reference's format: one box per line,
+``cx cy w h score``, best score first, the detector's valid boxes only, in pixels of the breast
+crop at the original resolution and in the original orientation (not flipped). That is the
+layout of the reference's own proposal folders, so both consumers find the files:
+
+  python tools/prepare_data.py --dataset csv ... --proposals OUT   (<im_path stem>_preds.txt)
+  python -m attend_jax.predict --workdir=CLASSIFIER --proposals=OUT DICOMS...
+      (<dicom stem>_preds.txt in OUT or in OUT/<dicom's folder>/)
+
+--layout=flat writes ``OUT/<image_id>_preds.txt`` instead (predict only, for DICOM folders not
+named by study). An image where the detector finds nothing gets one line, the whole crop with
+score 0 (what the classifier falls back on anyway; the reference's reader rejects an empty
+file). OUT/manifest.json, written last, records the checkpoint, dataset, splits, counts
+and the convention.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+
+from attend_jax import inference
+from attend_jax.data import breast, pipeline, records
+from attend_jax.data.errors import DataError
+from attend_jax.data.sources import ORIGINS, DatasetNotFoundError
+from attend_jax.train import trainer
+
+_DETECTOR = flags.DEFINE_string("detector", None, "A detector's training workdir (config.task ="
+                                " 'detect'); its best checkpoint, else the latest.",
+                                required=True)
+_OUT = flags.DEFINE_string("out", None, "Folder for the proposal files and manifest.json.",
+                           required=True)
+_DATASET = flags.DEFINE_string("dataset", None, "Prepared builder config, e.g. vindr_2048"
+                               " (default: the detector's config.data.name).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Where it was prepared (tools/prepare_data.py"
+                                " --out; default: the detector's config.data.dir).")
+_SPLITS = flags.DEFINE_list("splits", None, "Splits to export (default: all the dataset has).")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Images per detector batch.")
+_LAYOUT = flags.DEFINE_enum("layout", "study", ["study", "flat"],
+                            "study: OUT/<study_id>/<image_id>_preds.txt (the reference's);"
+                            " flat: OUT/<image_id>_preds.txt.")
+
+SUFFIX = "_preds.txt"
+MANIFEST = "manifest.json"
+NAMING = {"study": f"<study_id>/<image_id>{SUFFIX}", "flat": f"<image_id>{SUFFIX}"}
+CONVENTION = (
+    "cx cy w h score per line, best score first, the detector's valid boxes after its NMS;"
+    " pixels of the breast crop (the record's crop_box) at original resolution and in original"
+    " orientation, as the reference's proposal files: stored box / scale, un-flipped with the"
+    " crop width when the record is flipped. An image without any box gets one line, the whole"
+    " crop with score 0.")
+
+
+def proposal_file(out: str | os.PathLike, image_id: str, study_id: str,
+                  layout: str = "study") -> pathlib.Path:
+  """Where an image's file goes: ``OUT/<study_id>/<image_id>_preds.txt`` (or flat)."""
+  names = {"image_id": image_id} if layout == "flat" else {"study_id": study_id,
+                                                           "image_id": image_id}
+  for what, name in names.items():
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+      hint = " (use --layout=flat)" if what == "study_id" else ""
+      raise ValueError(f"image {image_id!r}: its {what} {name!r} cannot be a file name{hint}.")
+  folder = pathlib.Path(out) if layout == "flat" else pathlib.Path(out) / study_id
+  return folder / f"{image_id}{SUFFIX}"
+
+
+def to_reference(boxes_xyxy: np.ndarray, crop_box: Sequence[int], flipped: bool,
+                 scale: float) -> np.ndarray:
+  """Stored-image ``x0 y0 x1 y1`` boxes -> the reference's (N, 4) ``cx cy w h``.
+
+  The exact inverse of what ``prepare.process_example`` does to a proposal file's boxes
+  (un-flip with the crop width, then multiply by ``scale``): divide by ``scale``, then un-flip.
+  ``prepare.to_original`` is the same plus the crop's offset in the DICOM.
+  """
+  boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4) / float(scale)
+  if flipped:
+    boxes = breast.unflip_boxes(boxes, int(crop_box[2]) - int(crop_box[0]))
+  return np.concatenate([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1)
+
+
+def proposal_rows(boxes: np.ndarray, scores: np.ndarray, valid: np.ndarray, record: dict
+                  ) -> np.ndarray:
+  """One image's detections -> float32 (N, 5) ``cx cy w h score``, best first, valid only."""
+  valid = np.asarray(valid, bool)
+  boxes, scores = np.asarray(boxes)[valid], np.asarray(scores, np.float32)[valid]
+  order = np.argsort(-scores, kind="stable")
+  crop_box = np.asarray(record["crop_box"])
+  if not len(order):
+    w, h = float(crop_box[2] - crop_box[0]), float(crop_box[3] - crop_box[1])
+    return np.array([[w / 2, h / 2, w, h, 0.0]], np.float32)
+  cxcywh = to_reference(boxes[order], crop_box, bool(record["flipped"]), float(record["scale"]))
+  return np.concatenate([cxcywh, scores[order, None]], 1).astype(np.float32)
+
+
+def format_rows(rows: np.ndarray) -> str:
+  """The reference's text: float32 values in their shortest exact form, space separated."""
+  return "".join(" ".join(str(v) for v in row) + "\n" for row in np.asarray(rows, np.float32))
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+GEOMETRY = ("image_id", "study_id", "crop_box", "flipped", "scale")
+
+
+def _geometry(source, index: int) -> dict:
+  """What the file needs of a record: its ids and the stored -> original mapping."""
+  record = source[index]
+  return {k: record[k] for k in GEOMETRY}
+
+
+def _long_side(dataset: str) -> int | None:
+  tail = dataset.rpartition("_")[2]
+  return int(tail) if tail.isdigit() else None
+
+
+def require_detector(loaded: inference.Loaded) -> None:
+  if trainer.task(loaded.config) != "detect":
+    raise ValueError(f"{loaded.source} is a {trainer.task(loaded.config)!r} model, not a detector"
+                     " (train one with config.task='detect', e.g. configs/detector_vindr.py).")
+
+
+def resolve_dataset(config, dataset: str, data_dir: str, splits: Sequence[str] | None
+                    ) -> list[str]:
+  """The splits to export; DatasetNotFoundError if the dataset or a split is not prepared."""
+  if not list((pathlib.Path(data_dir) / records.NAME / dataset).glob("*/dataset_info.json")):
+    source, _, long_side = dataset.rpartition("_")
+    where, layout = ORIGINS.get(source, ("", ""))
+    extra = {"csv": " --csv_dir REFERENCE_CSVS --keep_orientation"}
+    lines = [(f"No prepared dataset {dataset!r} in {pathlib.Path(data_dir).absolute()}"
+              " (--data_dir, default: the detector's config.data.dir)."),
+             "Prepare it once (it resumes if interrupted) with:",
+             (f"  python tools/prepare_data.py --dataset {source or 'DATASET'} --root ROOT"
+              f" --out {data_dir} --long_side {long_side or config.data.image_size}"
+              f"{extra.get(source, '')}"),
+             "or pass --data_dir (and --dataset, e.g. vindr_2048) where you prepared it."]
+    if where:
+      lines += [f"The raw dataset comes from {where}; ROOT must look like:", layout]
+    raise DatasetNotFoundError("\n".join(lines))
+  have = records.splits(data_dir, dataset)
+  missing = [s for s in splits or () if s not in have]
+  if missing:
+    raise DatasetNotFoundError(f"The prepared dataset {dataset!r} in {data_dir} has the splits"
+                               f" {have}, not {missing}; pass --splits among those.")
+  return list(splits) if splits else have
+
+
+def export(loaded: inference.Loaded, out: str | os.PathLike, dataset: str, data_dir: str,
+           splits: Sequence[str], batch_size: int = 8, layout: str = "study",
+           progress: Callable[[int, int], None] | None = None) -> dict:
+  """Runs the detector over ``splits`` and writes the files and manifest; returns the manifest."""
+  config = loaded.config
+  require_detector(loaded)
+  if batch_size < 1:
+    raise ValueError(f"--batch_size must be at least 1, got {batch_size}.")
+  size = config.data.image_size
+  long_side = _long_side(dataset)
+  if long_side is not None and long_side > size:
+    raise ValueError(f"{dataset!r} stores breast crops up to {long_side} px, but the detector"
+                     f" was trained on crops of at most {size} px (config.data.image_size); export"
+                     f" from a dataset prepared with --long_side {size}.")
+  if long_side is not None and long_side < size:
+    print(f"warning: {dataset!r} stores crops of at most {long_side} px; the detector was"
+          f" trained on {size} px, so it sees lesions smaller than it learned.", file=sys.stderr)
+  start = time.perf_counter()
+  out = pathlib.Path(out)
+  graph, state = nnx.split(loaded.model)
+
+  @jax.jit
+  def detect(state, image, image_hw):
+    return trainer.eval_outputs(nnx.merge(graph, state), {"image": image, "image_hw": image_hw},
+                                config)
+
+  sources = {s: records.data_source(data_dir, dataset, s) for s in splits}
+  total = sum(len(source) for source in sources.values())
+  written: dict[pathlib.Path, str] = {}
+  counts = {}
+  done = 0
+  # The batches carry no ids or crop geometry: those records are read again, by these threads
+  # while the device runs the batch.
+  with concurrent.futures.ThreadPoolExecutor(4) as readers:
+    for split, source in sources.items():
+      cfg = pipeline.PipelineConfig(
+          data_dir=str(data_dir), config=dataset, split=split, batch_size=batch_size,
+          image_size=size, num_proposals=1, seed=0, shuffle=False, num_epochs=1,
+          drop_remainder=False, augment=False, worker_count=0)
+      c = counts[split] = {"images": 0, "boxes": 0, "no_detections": 0}
+      for batch in pipeline.make_dataset(cfg):
+        batch = trainer._pad_batch(batch, batch_size)
+        det = detect(state, batch["image"], batch["image_hw"])  # Runs while the host reads below.
+        indices = [int(i) for i in batch["index"][batch["valid"]]]
+        geometry = list(readers.map(lambda i, source=source: _geometry(source, i), indices))
+        det = jax.device_get(det)
+        for j, record in enumerate(geometry):
+          image_id, study_id = _text(record["image_id"]), _text(record["study_id"])
+          path = proposal_file(out, image_id, study_id, layout)
+          if path in written:
+            raise ValueError(f"{split} image {image_id!r} (study {study_id!r}) and {written[path]}"
+                             f" both map to {path}; image ids must be unique.")
+          written[path] = f"{split} image {image_id!r} (study {study_id!r})"
+          rows = proposal_rows(det["boxes"][j], det["scores"][j], det["valid"][j], record)
+          path.parent.mkdir(parents=True, exist_ok=True)
+          tmp = path.with_name(path.name + ".tmp")
+          tmp.write_text(format_rows(rows))
+          os.replace(tmp, path)
+          empty = not np.any(det["valid"][j])
+          c["images"] += 1
+          c["boxes"] += 0 if empty else len(rows)
+          c["no_detections"] += int(empty)
+        done += len(geometry)
+        if progress:
+          progress(done, total)
+  manifest = {
+      "detector": loaded.source,
+      "dataset": dataset,
+      "data_dir": str(pathlib.Path(data_dir).absolute()),
+      "splits": counts,
+      "images": sum(c["images"] for c in counts.values()),
+      "boxes": sum(c["boxes"] for c in counts.values()),
+      "no_detections": sum(c["no_detections"] for c in counts.values()),
+      "files": NAMING[layout],
+      "format": CONVENTION,
+      "image_size": size,
+      "max_detections": loaded.model.cfg.max_detections,
+      "nms_iou": loaded.model.cfg.nms_iou,
+      "seconds": round(time.perf_counter() - start, 1),
+  }
+  out.mkdir(parents=True, exist_ok=True)
+  (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+  return manifest
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    loaded = inference.load(_DETECTOR.value)
+    require_detector(loaded)
+    dataset = _DATASET.value or loaded.config.data.name
+    data_dir = _DATA_DIR.value or loaded.config.data.dir
+    splits = resolve_dataset(loaded.config, dataset, data_dir, _SPLITS.value)
+    print(f"{dataset} in {data_dir}, splits {', '.join(splits)}; detector {loaded.source}",
+          file=sys.stderr)
+    manifest = export(loaded, _OUT.value, dataset, data_dir, splits, _BATCH.value,
+                      _LAYOUT.value, inference.Progress("images"))
+  except (DatasetNotFoundError, DataError, ValueError, OSError) as e:
+    # ModelNotFoundError and DatasetNotFoundError are OSErrors: the message names the path.
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  per_split = ", ".join(f"{s} {c['images']}" for s, c in manifest["splits"].items())
+  print(f"{manifest['images']} images ({per_split}), {manifest['boxes']} boxes,"
+        f" {manifest['no_detections']} without any, in {manifest['seconds']:.0f} s ->"
+        f" {_OUT.value}/{manifest['files']} and {_OUT.value}/{MANIFEST}")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -64,8 +64,10 @@ class DetectorConfig:
     bad = [s for s in self.strides if s not in _LEVEL_SCALE]
     if bad or not self.strides:
       raise ValueError(f"detector strides must be among {STRIDES}, got {self.strides}.")
-    if self.center_radius < 0.5:
-      raise ValueError("detector center_radius must be >= 0.5 so every lesion has a positive"
+    # A centre is at most half a stride from its nearest point on each axis, and positives are
+    # strictly nearer than center_radius strides: 0.5 itself leaves border centres without one.
+    if self.center_radius <= 0.5:
+      raise ValueError("detector center_radius must be > 0.5 so every lesion has a positive"
                        f" point; got {self.center_radius}.")
     if self.max_detections > self.pre_nms:
       raise ValueError(f"max_detections ({self.max_detections}) exceeds pre_nms"

@@ -72,6 +72,14 @@ class DetectorConfig:
     if self.max_detections > self.pre_nms:
       raise ValueError(f"max_detections ({self.max_detections}) exceeds pre_nms"
                        f" ({self.pre_nms}).")
+    if self.pre_nms > self.num_points:
+      raise ValueError(f"detector pre_nms ({self.pre_nms}) exceeds its {self.num_points} points"
+                       f" at input_size {self.input_size} and strides {self.strides}: lower"
+                       " pre_nms (and max_detections) or raise input_size.")
+
+  @property
+  def num_points(self) -> int:
+    return sum(n * n for n in self.level_sizes())
 
   @property
   def grid(self) -> int:

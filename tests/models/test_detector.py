@@ -36,11 +36,17 @@ def test_level_sizes_of_the_dinov2_grid():
   assert _cfg(518, strides=(7, 14, 28, 56)).level_sizes() == (74, 37, 19, 10)
   # 56 px = 4 patches: 8, 4, 2.
   assert _cfg(56).level_sizes() == (8, 4, 2)
+  assert _cfg(56).num_points == 64 + 16 + 4
+
+
+def test_more_points_into_nms_than_the_detector_has_is_a_clear_error():
+  with pytest.raises(ValueError, match=r"pre_nms \(300\) exceeds its 84 points at input_size 56"):
+    _cfg(56, pre_nms=300)
 
 
 @pytest.mark.parametrize("strides", [(7, 14, 28), (14, 28, 56), (28,)])
 def test_points_are_cell_centres_level_after_level(strides):
-  cfg = _cfg(112, strides=strides)
+  cfg = _cfg(112, strides=strides, pre_nms=10)
   xy, st = map(np.asarray, detector.points(cfg))
   sizes = cfg.level_sizes()
   assert xy.shape == (sum(n * n for n in sizes), 2) and st.shape == (xy.shape[0],)

@@ -208,9 +208,11 @@ def test_eight_devices_train_like_one(data_dir, tmp_path):
 
   a, b = train_rows("one"), train_rows("eight")
   assert len(a) == len(b) == 3
-  # Step 1 starts from the same parameters: the forward and the global-batch gradient.
-  assert b[0]["loss"] == pytest.approx(a[0]["loss"], rel=1e-6)
-  assert b[0]["grad_norm"] == pytest.approx(a[0]["grad_norm"], rel=1e-5)
+  # Step 1 starts from the same parameters: the forward and the global-batch gradient. Sharded
+  # matmuls and reductions sum in another order: a few dozen float32 ulps apart (2e-6 relative
+  # seen on one CI machine), where a per-device loss or BatchNorm is off by percents.
+  assert b[0]["loss"] == pytest.approx(a[0]["loss"], rel=1e-5)
+  assert b[0]["grad_norm"] == pytest.approx(a[0]["grad_norm"], rel=1e-4)
   np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-4)
   _, pa = _latest_params(tmp_path / "one")
   _, pb = _latest_params(tmp_path / "eight")

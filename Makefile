@@ -9,7 +9,9 @@ BIN := $(VENV)/bin
 #   make test TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cpu
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-PYTEST_ARGS ?=
+# One pytest worker per core (at most 4), a test file per worker: the suite is mostly XLA
+# compiles and subprocess start-ups, which run on one core each (2 cores: 30 -> ~24 min).
+PYTEST_ARGS ?= -n auto --maxprocesses=4 --dist=loadfile
 
 .PHONY: demo test bench clean
 

@@ -1,6 +1,7 @@
 # Two entry points, each self-contained on a fresh machine with Python 3.10+:
 #   make demo   installs the package into .venv and runs the demo on built-in synthetic data
 #   make test   also installs the test tools (torch CPU, transformers, pytest) and runs the suite
+# and, for the inner loop, make test-fast: the unit tests only (not the `slow` marker).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ TORCH_INDEX ?=
 # compiles and subprocess start-ups, which run on one core each (2 cores: 30 -> ~24 min).
 PYTEST_ARGS ?= -n auto --maxprocesses=4 --dist=loadfile
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
+
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not slow" tests
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python tools/bench_vit.py

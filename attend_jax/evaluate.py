@@ -11,19 +11,16 @@ with their RoIs coloured by attention and the lesion boxes in green) and report.
 links them all.
 """
 
-import json
 import pathlib
-import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
-from attend_jax import inference
-from attend_jax.data import pipeline, records
-from attend_jax.data.errors import DataError
-from attend_jax.data.sources import DatasetNotFoundError
+from attend_jax import cli, run, tasks
+from attend_jax.data import pipeline, prepared, records
+from attend_jax.eval import loop as eval_loop
 from attend_jax.eval import metrics, report
-from attend_jax.train import trainer
+from attend_jax.progress import Progress
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir.", required=True)
 _SPLIT = flags.DEFINE_string("split", "test", "Split of the run's prepared dataset.")
@@ -31,28 +28,15 @@ _OUT = flags.DEFINE_string("out", None, "Output folder (default WORKDIR/evaluate
 _GALLERY = flags.DEFINE_integer("gallery", 4, "Images per gallery row.")
 
 
-def predict_split(loaded: inference.Loaded, split: str) -> dict:
-  """Probabilities, RoIs and attention for every record of ``split`` (one host)."""
-  config = loaded.config
-  cfg = trainer._pipeline_config(config, split, train=False)
-  if trainer.task(config) != "classify":
+def predict_split(loaded: run.Loaded, split: str) -> dict:
+  """Probabilities, RoIs and attention for every record of ``split``."""
+  if tasks.name(loaded.config) != "classify":
     raise ValueError(f"{loaded.source} is a detector: its evaluation (recall, FROC, mAP) is in"
                      " WORKDIR/eval/metrics.json, written at the end of training.")
-  run = inference.predict_fn(loaded.model, config, loaded.proposer)
-  keys = ("prob", "label", "index", "rois", "attention", "valid")
-  out = {k: [] for k in keys}
-  for batch in pipeline.make_dataset(cfg):
-    batch = trainer._pad_batch(batch, cfg.batch_size)
-    valid = batch.pop("valid")
-    probs, rois, attention, _ = (np.asarray(x) for x in run(batch))
-    for k, v in zip(keys, (probs, batch["label"], batch["index"], rois, attention, valid)):
-      out[k].append(v)
-  out = {k: np.concatenate(v) for k, v in out.items()}
-  keep = out.pop("valid")
-  out = {k: v[keep] for k, v in out.items()}
-  out["ids"] = pipeline.record_ids(cfg, out["index"])
-  out["breast"] = [f"{i['study_id']}/{i['laterality']}" for i in out["ids"]]
-  return out
+  step = eval_loop.model_step(loaded.task, loaded.model, detail=True, proposer=loaded.proposer)
+  return eval_loop.predict_split(step, pipeline.for_split(loaded.config, split, train=False),
+                                 host_keys=loaded.task.host_keys,
+                                 progress=Progress(f"evaluating {split}", "img"))
 
 
 def _gallery_picks(labels, probs, k: int) -> dict[str, np.ndarray]:
@@ -97,27 +81,19 @@ def plot_gallery(pred: dict, config, split: str, path: pathlib.Path, k: int) -> 
 
 
 def evaluate(workdir: str, split: str, out: pathlib.Path, gallery: int = 4) -> dict:
-  loaded = inference.load(workdir)
+  loaded = run.load(workdir)
   config = loaded.config
-  trainer.require_prepared(config)
-  if split not in records.splits(config.data.dir, config.data.name):
-    raise DatasetNotFoundError(f"The prepared dataset {config.data.name!r} in"
-                               f" {config.data.dir} has no {split!r} split.")
+  prepared.require(config.data.dir, config.data.name, (split,), flag="the run's config.data.dir",
+                   instead="move the prepared folder back there",
+                   split_advice="pass --split among those")
   pred = predict_split(loaded, split)
   labels, probs = pred["label"], pred["prob"]
-  out.mkdir(parents=True, exist_ok=True)
-  summary = metrics.summary(labels, probs, groups=pred["breast"])
-  summary.update(split=split, model=loaded.source)
   both = 0 < labels.sum() < len(labels)
+  extra = {"model": loaded.source}
   if both:
-    summary["confusion_at_best_f1"] = metrics.confusion_at(labels, probs,
-                                                           summary["best_f1_threshold"])
-  (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-  with open(out / "predictions.csv", "w") as f:
-    f.write("image_id,study_id,laterality,view,label,probability\n")
-    for ids, y, p in zip(pred["ids"], labels, probs):
-      f.write(f"{ids['image_id']},{ids['study_id']},{ids['laterality']},{ids['view']},{y},"
-              f"{p:.6f}\n")
+    extra["confusion_at_best_f1"] = metrics.confusion_at(labels, probs,
+                                                         metrics.best_f1(labels, probs)[1])
+  summary = loaded.task.write(pred, out, split, extra)
   lines = [f"# Evaluation: {split} split", "", f"Model: `{loaded.source}`",
            f"Data: `{config.data.dir}` ({config.data.name}), {len(labels)} images,"
            f" {int(labels.sum())} cancers.", "", "| metric | image | breast |", "|---|---:|---:|"]
@@ -127,9 +103,6 @@ def evaluate(workdir: str, split: str, out: pathlib.Path, gallery: int = 4) -> d
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     lines.append(f"| {key} | {fmt(summary.get(key))} | {fmt(breast.get(key))} |")
   if both:
-    groups, scores, blabels = metrics.aggregate(probs, labels, pred["breast"])
-    report.plot_roc(labels, probs, out / "roc.png", title=f"{split}: image and breast level",
-                    breast=(blabels, scores))
     report.plot_pr(labels, probs, out / "pr.png", title=f"{split}: precision-recall")
     report.plot_calibration(labels, probs, out / "calibration.png", title=f"{split}")
     plot_gallery(pred, config, split, out / "gallery.png", gallery)
@@ -150,18 +123,13 @@ def evaluate(workdir: str, split: str, out: pathlib.Path, gallery: int = 4) -> d
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   out = pathlib.Path(_OUT.value or pathlib.Path(_WORKDIR.value) / f"evaluate_{_SPLIT.value}")
-  try:
-    summary = evaluate(_WORKDIR.value, _SPLIT.value, out, _GALLERY.value)
-  except (inference.ModelNotFoundError, DatasetNotFoundError, DataError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  out.mkdir(parents=True, exist_ok=True)
+  cli.setup_logging(out)
+  summary = evaluate(_WORKDIR.value, _SPLIT.value, out, _GALLERY.value)
   print(f"{_SPLIT.value}: AUC {summary.get('auc')}  ({summary['num_examples']} images) -> "
         f"{out}/report.md")
-  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.main(main, errors=(run.ModelNotFoundError,)))

@@ -6,72 +6,24 @@ per-breast and per-exam aggregation, and overlay pictures.
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
-import dataclasses
 import json
 import os
 import pathlib
-import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from flax import nnx
 
-from attend_jax.data import dicom, pipeline, prepare, proposals
+from attend_jax import box_ops, run, tasks
+from attend_jax.data import dicom, pipeline, prepare
+from attend_jax.data import pool as pool_lib
 from attend_jax.data.errors import DataError
 from attend_jax.data.sources.base import Example
-from attend_jax.models import attend, detector
-from attend_jax.train import checkpoint, trainer
+from attend_jax.eval import loop as eval_loop
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
-WEIGHTS = "weights"  # A standalone export: DIR/config.json + DIR/weights (params, stats).
-
-
-class ModelNotFoundError(FileNotFoundError):
-  """The run or checkpoint folder holds no usable model; the message says what is missing."""
-
-
-@dataclasses.dataclass
-class Loaded:
-  config: ml_collections.ConfigDict
-  model: attend.AttendModel | detector.Detector  # In eval mode.
-  source: str  # Which checkpoint, for the outputs.
-  # proposals.source="detector": batch -> batch with the run's own detector's proposals.
-  proposer: Callable[[dict], dict] | None = None
-
-
-def load(directory: str | os.PathLike) -> Loaded:
-  """The model of a training workdir (best checkpoint, else the latest) or of a weights export:
-  a classifier, with the detector that proposes its RoIs if it was trained with one, or a
-  detector.
-
-  The config comes from ``DIR/config.json``, so predictions use the run's own preprocessing.
-  """
-  directory = pathlib.Path(directory).absolute()
-  config_path = directory / "config.json"
-  if not config_path.exists():
-    raise ModelNotFoundError(f"{directory}: no config.json; pass a training workdir"
-                             " (python -m attend_jax.main --workdir) or a converted checkpoint.")
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  config.model.pretrained = ""  # The checkpoint holds the backbone too.
-  model = trainer.build_model(config)
-  graph, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-  target = {"params": params, "stats": stats}
-  for sub in (checkpoint.BEST, checkpoint.LATEST, WEIGHTS):
-    restored = checkpoint.restore_weights(directory / sub, target)
-    if restored is not None:
-      step, state = restored
-      model = nnx.merge(graph, state["params"], state["stats"], rest)
-      model.eval()
-      proposer = trainer.make_proposer(config, directory)
-      return Loaded(config, model, f"{directory / sub} step {step}", proposer)
-  raise ModelNotFoundError(f"{directory}: no checkpoint in {checkpoint.BEST}/,"
-                           f" {checkpoint.LATEST}/ or {WEIGHTS}/ yet.")
 
 
 def find_dicoms(inputs: Sequence[str | os.PathLike]) -> tuple[list[pathlib.Path], list]:
@@ -93,7 +45,8 @@ def find_dicoms(inputs: Sequence[str | os.PathLike]) -> tuple[list[pathlib.Path]
   return unique, missing
 
 
-def _example(path: pathlib.Path, proposal_dir: str | None) -> Example:
+def example(path: pathlib.Path, proposal_dir: str | None = None) -> Example:
+  """A DICOM file as the source of one prediction: its ids from the header."""
   header = dicom.read_header(path)
   study = str(header.get("StudyInstanceUID", "") or path.parent.name)
   props = None
@@ -113,7 +66,7 @@ def _example(path: pathlib.Path, proposal_dir: str | None) -> Example:
 def _preprocess(args) -> tuple[str, dict | None, str | None]:
   path, opts, proposal_dir = args
   try:
-    return str(path), prepare.process_example(_example(path, proposal_dir), opts), None
+    return str(path), prepare.process_example(example(path, proposal_dir), opts), None
   except DataError as e:
     return str(path), None, e.reason
 
@@ -126,12 +79,12 @@ def preprocess(paths: Sequence[pathlib.Path], config, proposal_dir: str | None =
       long_side=config.data.image_size,
       normalize_orientation=not config.data.get("keep_orientation", False))
   jobs = [(p, opts, proposal_dir) for p in paths]
-  workers = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
+  workers = pool_lib.worker_count(workers, len(jobs))
   if workers <= 1:
     results = map(_preprocess, jobs)
     pool = None
   else:
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=prepare._pool_context())
+    pool = pool_lib.process_pool(workers, [prepare.__name__])
     results = pool.map(_preprocess, jobs, chunksize=2)
   try:
     for done, item in enumerate(results, start=1):
@@ -143,46 +96,18 @@ def preprocess(paths: Sequence[pathlib.Path], config, proposal_dir: str | None =
       pool.shutdown()
 
 
-def predict_fn(model: attend.AttendModel, config, proposer: Callable[[dict], dict] | None = None):
-  """A jitted ``batch -> (probabilities, RoIs, attention of the pooled token over the RoIs,
-  the proposals they were drawn from)``; ``proposer`` (``Loaded.proposer``) first replaces the
-  batch's proposals by a detector's."""
-  graph, state = nnx.split(model)
-  pool_row = config.proposals.topk if config.model.pool == "cls" else 0
-  block = config.model.pool_attn_block - 1
-
-  @jax.jit
-  def run(state, batch):
-    m = nnx.merge(graph, state)
-    logits, aux, rois = trainer._forward(m, batch, config, train=False)
-    attention = aux["attention"][block][:, pool_row, : rois.shape[1]]
-    return (trainer.probabilities(logits, config.model.num_classes), rois, attention,
-            batch["proposals"])
-
-  if proposer is None:
-    return lambda batch: run(state, batch)
-  return lambda batch: run(state, proposer(batch))
-
-
-def _roi_rows(rois: np.ndarray, attention: np.ndarray, record: dict, anchor: bool,
-              props: np.ndarray) -> list:
+def _roi_rows(rois: np.ndarray, attention: np.ndarray, scores: np.ndarray, record: dict,
+              anchor: bool) -> list:
   """RoIs of one image in original DICOM pixels, with detector score and attention weight."""
-  xyxy = np.concatenate([rois[:, :2] - rois[:, 2:] / 2, rois[:, :2] + rois[:, 2:] / 2], 1)
-  original = prepare.to_original(xyxy, record["crop_box"], bool(record["flipped"]),
-                                 float(record["scale"]))
-  props = np.asarray(props).reshape(-1, 5)
-  rows = []
-  for i, (box, weight) in enumerate(zip(original, attention)):
-    score = None
-    match = np.flatnonzero(np.all(np.isclose(props[:, :4], rois[i], atol=1e-3), axis=1))
-    if not (anchor and i == 0) and len(match):
-      score = float(props[match[0], 4])
-    rows.append({"box_xyxy": [round(float(v), 1) for v in box], "detector_score": score,
-                 "attention": float(weight), "anchor": bool(anchor and i == 0)})
-  return rows
+  original = prepare.to_original(box_ops.to_xyxy(rois), record["crop_box"],
+                                 bool(record["flipped"]), float(record["scale"]))
+  return [{"box_xyxy": [round(float(v), 1) for v in box],
+           "detector_score": None if np.isnan(score) else float(score),
+           "attention": float(weight), "anchor": bool(anchor and i == 0)}
+          for i, (box, weight, score) in enumerate(zip(original, attention, scores))]
 
 
-def predict(loaded: Loaded, paths: Sequence[pathlib.Path], proposal_dir: str | None = None,
+def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str | None = None,
             batch_size: int = 8, workers: int | None = None,
             progress: Callable[[int, int], None] | None = None,
             on_image: Callable[[dict, dict], None] | None = None) -> tuple[list, list]:
@@ -191,8 +116,8 @@ def predict(loaded: Loaded, paths: Sequence[pathlib.Path], proposal_dir: str | N
   ``on_image(prediction, record)`` is called for each image (the overlays hook).
   """
   config = loaded.config
-  if trainer.task(config) != "classify":
-    raise ValueError(f"{loaded.source} is a {trainer.task(config)!r} model; predict needs a"
+  if tasks.name(config) != "classify":
+    raise ValueError(f"{loaded.source} is a {tasks.name(config)!r} model; predict needs a"
                      " classifier (write a detector's boxes with tools/export_proposals.py).")
   if config.proposals.source == "files" and not proposal_dir:
     raise ValueError(
@@ -200,7 +125,7 @@ def predict(loaded: Loaded, paths: Sequence[pathlib.Path], proposal_dir: str | N
         " --proposals DIR with <image>_preds.txt files (cx cy w h score per line).")
   cfg = pipeline.PipelineConfig(data_dir="", config="", image_size=config.data.image_size,
                                 num_proposals=max(config.proposals.topk, 1))
-  run = predict_fn(loaded.model, config, loaded.proposer)
+  step = eval_loop.model_step(loaded.task, loaded.model, detail=True, proposer=loaded.proposer)
   anchor = config.proposals.anchor or config.proposals.source not in ("files", "detector")
   images, bad, pending = [], [], []
 
@@ -210,14 +135,14 @@ def predict(loaded: Loaded, paths: Sequence[pathlib.Path], proposal_dir: str | N
     batch = {k: np.stack([f[k] for f in fixed] + [np.zeros_like(fixed[0][k])] * (batch_size - n))
              for k in fixed[0]}
     batch["image_hw"][n:] = 1
-    probs, rois, attention, props = jax.device_get(
-        run({k: jnp.asarray(v) for k, v in batch.items()}))
+    outputs = jax.device_get(step({k: jnp.asarray(v) for k, v in batch.items()}))
     for j, (path, record) in enumerate(pending):
       out = {"path": path, "image_id": str(record["image_id"]),
              "study_id": str(record["study_id"]), "patient_id": str(record["patient_id"]),
              "laterality": str(record["laterality"]), "view": str(record["view"]),
-             "probability": float(probs[j]),
-             "rois": _roi_rows(rois[j], attention[j], record, anchor, props[j])}
+             "probability": float(outputs["prob"][j]),
+             "rois": _roi_rows(outputs["rois"][j], outputs["attention"][j],
+                               outputs["roi_score"][j], record, anchor)}
       images.append(out)
       if on_image:
         on_image(out, record)
@@ -323,15 +248,3 @@ def draw_overlay(prediction: dict, record: dict, path: pathlib.Path) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path)
   plt.close(fig)
-
-
-class Progress:
-  """One status line on stderr: done/total, rate and time left."""
-
-  def __init__(self, what: str = "images"):
-    self.what, self.start = what, time.perf_counter()
-
-  def __call__(self, done: int, total: int) -> None:
-    rate = done / max(time.perf_counter() - self.start, 1e-9)
-    print(f"\r{done}/{total} {self.what}  {rate:5.1f}/s  ETA {(total - done) / rate:5.0f} s",
-          end="\n" if done == total else "", file=sys.stderr, flush=True)

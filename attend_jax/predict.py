@@ -9,16 +9,17 @@ model and its preprocessing come from the run's saved config: nothing to re-type
 --out: predictions.csv and predictions.json (per image: probability, laterality, view, RoIs
 in DICOM pixels with detector score and attention weight), breasts.csv (CC + MLO of one side
 of one study: mean and max), exams.csv (per study: the most suspicious breast), bad_files.csv
-(every file that could not be used, with the reason), and with --overlays a PNG per image.
+(every file that could not be used, with the reason), with --overlays a PNG per image, and
+log.txt (library logs).
 """
 
 import pathlib
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from attend_jax import inference
-from attend_jax.data.errors import DataError
+from attend_jax import cli, inference, run
+from attend_jax.progress import Progress
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (its best checkpoint).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Or a converted checkpoint folder.")
@@ -32,38 +33,30 @@ _WORKERS = flags.DEFINE_integer("workers", None, "Decoding processes (default: a
 
 
 def main(argv):
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   inputs = argv[1:]
   if not inputs:
     raise app.UsageError("Give DICOM files or folders to predict on.")
   if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
     raise app.UsageError("Pass exactly one of --workdir and --checkpoint.")
-  try:
-    loaded = inference.load(_WORKDIR.value or _CHECKPOINT.value)
-  except inference.ModelNotFoundError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  out = pathlib.Path(_OUT.value)
+  out.mkdir(parents=True, exist_ok=True)
+  cli.setup_logging(out)
+  loaded = run.load(_WORKDIR.value or _CHECKPOINT.value)
   paths, missing = inference.find_dicoms(inputs)
   if not paths:
     print(f"error: no DICOM files (*.dcm, *.dicom) in {inputs}", file=sys.stderr)
     return 1
-  out = pathlib.Path(_OUT.value)
   print(f"{len(paths)} files; model {loaded.source}", file=sys.stderr)
   hook = None
   if _OVERLAYS.value:
     hook = lambda pred, record: inference.draw_overlay(  # noqa: E731
         pred, record, out / "overlays" / f"{pred['image_id']}.png")
-  try:
-    images, bad = inference.predict(loaded, paths, _PROPOSALS.value, _BATCH.value,
-                                    _WORKERS.value, inference.Progress(), hook)
-  except (ValueError, DataError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  images, bad = inference.predict(loaded, paths, _PROPOSALS.value, _BATCH.value,
+                                  _WORKERS.value, Progress("predicting", "img"), hook)
   summary = inference.write_outputs(out, images, missing + bad, loaded.source)
   print(f"{len(images)} images, {len(summary['breasts'])} breasts, {len(summary['exams'])}"
         f" exams -> {out}/predictions.csv, breasts.csv, exams.csv"
-        + (f", overlays/" if _OVERLAYS.value else ""))
+        + (", overlays/" if _OVERLAYS.value else ""))
   if summary["bad_files"]:
     print(f"{len(summary['bad_files'])} files could not be used: see {out}/bad_files.csv",
           file=sys.stderr)
@@ -71,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.main(main, errors=(run.ModelNotFoundError, ValueError)))

@@ -1,4 +1,5 @@
-"""Test set-up: 8 simulated CPU devices, so sharded code paths run on any machine."""
+"""Test set-up: 8 simulated CPU devices, so sharded code paths run on any machine; a temp root of
+this session's own; the `slow` tier."""
 
 import os
 
@@ -9,7 +10,32 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
 
 # The PyTorch model of the reference lives with the dev tools (tools/bench_train.py uses it).
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+  # pytest's default temp root (/tmp/pytest-of-$USER) is shared by every session on the
+  # machine, and each session prunes the others' numbered folders: two suites at once then
+  # delete each other's files. A fresh root per session (xdist workers get folders inside it)
+  # cannot be touched by another run.
+  if config.option.basetemp is None and not hasattr(config, "workerinput"):
+    config.option.basetemp = tempfile.mkdtemp(prefix="attend_jax-pytest-")
+    config._attend_jax_basetemp = config.option.basetemp
+
+
+def pytest_unconfigure(config):
+  root = getattr(config, "_attend_jax_basetemp", None)
+  if root and getattr(config, "_attend_jax_passed", False):
+    shutil.rmtree(root, ignore_errors=True)  # Kept after a failure, to look at.
+
+
+def pytest_sessionfinish(session, exitstatus):
+  session.config._attend_jax_passed = exitstatus == 0

@@ -1,14 +1,12 @@
 """tools/bench_detector.py runs end to end at the tiniest shapes and prints parseable figures."""
 
-import os
-import pathlib
 import re
-import subprocess
-import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-# One CPU device, as a user has: not the 8 simulated ones the rest of the suite uses.
-ENV = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"}
+import pytest
+
+import helpers
+
+pytestmark = pytest.mark.slow
 # input_size 112: 8 x 8 patches, 336 points over strides 7/14/28, enough for pre_nms 300.
 FLAGS = ["--batch=1", "--image_size=128", "--input_size=112", "--roi_size=28", "--fpn_dim=16",
          "--topk=3", "--reps=1", "--warmup=0"]
@@ -16,8 +14,7 @@ NUMBER = r"(-?[0-9.]+)"
 
 
 def test_bench_detector_tiny():
-  proc = subprocess.run([sys.executable, "tools/bench_detector.py", *FLAGS], cwd=REPO,
-                        capture_output=True, text=True, timeout=300, env=ENV, check=False)
+  proc = helpers.run("tools/bench_detector.py", *FLAGS)  # One CPU device, as a user has.
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   out = proc.stdout
 

@@ -6,26 +6,21 @@ attend_jax.main``, exactly as the configs' docstrings tell users, with the ``:sm
 
 import importlib
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from attend_jax.data import proposals
 from dicom_fixtures import phantom, write_mg
+import helpers
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "vindr_reference"
+REPO = helpers.REPO
+SHARED = helpers.SHARED
 
 
-def _run(*args, timeout=900):
-  # One CPU device, as a user has: not the 8 simulated ones the rest of the suite uses.
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout, env=env)
+def _run(*args):
+  proc = helpers.run(*args)  # One CPU device, as a user has.
   return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -88,6 +83,7 @@ def _fake_cbis(root: pathlib.Path, patients: int = 32) -> None:
     (root / f"mass_case_description_{split}_set.csv").write_text(header + "".join(lines))
 
 
+@pytest.mark.slow
 def test_cbis_config_runs_end_to_end_on_the_real_layout(tmp_path):
   _fake_cbis(tmp_path / "CBIS")
   code, out = _run("tools/prepare_data.py", "--dataset=cbis_ddsm", f"--root={tmp_path / 'CBIS'}",
@@ -153,6 +149,8 @@ def _fake_reference(root: pathlib.Path, count: int = 16) -> None:
     (root / "csv" / f"{split}.csv").write_text("im_path,laterality,cancer,view\n" + "".join(rows))
 
 
+@pytest.mark.slow
+@helpers.needs_shared
 def test_vindr_reference_config_runs_end_to_end_with_real_proposals(tmp_path):
   _fake_reference(tmp_path / "ref")
   code, out = _run("tools/prepare_data.py", "--dataset=csv", f"--root={tmp_path / 'ref' / 'images'}",

@@ -1,18 +1,14 @@
 """`make demo` runs end to end and draws its figure."""
 
-import os
-import pathlib
-import subprocess
-import sys
+import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import helpers
+
+pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_and_writes_attention_plot(tmp_path):
-  out = subprocess.run(
-      [sys.executable, str(REPO / "tools" / "demo_vit.py"), "--size", "56", "--rois", "2",
-       "--out", str(tmp_path)],
-      capture_output=True, text=True, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  out = helpers.run("tools/demo_vit.py", "--size", "56", "--rois", "2", "--out", tmp_path)
   assert out.returncode == 0, out.stderr
   assert "cls (2, 384), patch_tokens (2, 16, 384)" in out.stdout
   png = tmp_path / "attention.png"
@@ -23,12 +19,9 @@ def test_the_demo_learns(tmp_path):
   """configs/demo.py:ci, from DICOM generation to the test split, as a user would run it."""
   import json
 
-  out = subprocess.run(
-      [sys.executable, "-m", "attend_jax.main", "--config=configs/demo.py:ci",
-       f"--workdir={tmp_path / 'work'}", f"--config.data.dir={tmp_path / 'data'}"],
-      capture_output=True, text=True, cwd=REPO, timeout=1200,
-      # One CPU device, as a user has: not the 8 simulated ones the rest of the suite uses.
-      env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"})
+  # One CPU device, as a user has: not the 8 simulated ones the rest of the suite uses.
+  out = helpers.run("-m", "attend_jax.main", "--config=configs/demo.py:ci",
+                    f"--workdir={tmp_path / 'work'}", f"--config.data.dir={tmp_path / 'data'}")
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
   lines = [json.loads(l) for l in (tmp_path / "work" / "metrics.jsonl").read_text().splitlines()]
   val = [l["auc"] for l in lines if l["split"] == "val"]

@@ -2,21 +2,18 @@
 split, as a user would run it."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import pytest
+
+import helpers
+
+pytestmark = pytest.mark.slow
 
 
 def test_the_detector_finds_nine_in_ten_held_out_lesions_in_its_top_five(tmp_path):
-  out = subprocess.run(
-      [sys.executable, "-m", "attend_jax.main", "--config=configs/detector_synthetic.py:ci",
-       f"--workdir={tmp_path / 'work'}", f"--config.data.dir={tmp_path / 'data'}"],
-      check=False, capture_output=True, text=True, cwd=REPO, timeout=1200,
-      # One CPU device, as a user has: not the 8 simulated ones the rest of the suite uses.
-      env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"})
+  # One CPU device, as a user has: not the 8 simulated ones the rest of the suite uses.
+  out = helpers.run("-m", "attend_jax.main", "--config=configs/detector_synthetic.py:ci",
+                    f"--workdir={tmp_path / 'work'}", f"--config.data.dir={tmp_path / 'data'}")
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
   test = json.loads((tmp_path / "work" / "eval" / "metrics.json").read_text())
   print(json.dumps({k: v for k, v in test.items() if k != "froc"}, indent=1))  # For the log.

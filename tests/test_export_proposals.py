@@ -2,10 +2,7 @@
 
 import dataclasses
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import export_proposals
 import jax
@@ -15,20 +12,19 @@ import pytest
 from flax import nnx
 
 from attend_jax import inference
+from attend_jax import run as run_lib
 from attend_jax.data import pipeline, prepare, proposals, records
 from attend_jax.data.sources import DatasetNotFoundError
 from attend_jax.data.sources import synthetic as synthetic_source
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-# One CPU device, as a user has: not the 8 simulated ones the rest of the suite uses.
-ENV = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"}
+import helpers
+
 DATASET = "synthetic_256"
 BATCH = 5  # 12 train and 4 val records: full batches and padded last ones.
 
 
-def _cli(*args, timeout=300):
-  return subprocess.run([sys.executable, *args], check=False, cwd=REPO, capture_output=True,
-                        text=True, timeout=timeout, env=ENV)
+def _cli(*args):
+  return helpers.run(*args)  # One CPU device, as a user has.
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +70,7 @@ def _detect_directly(loaded, data, split):
 
 @pytest.fixture(scope="module")
 def direct(run):
-  loaded = inference.load(run["work"])
+  loaded = run_lib.load(run["work"])
   return {s: _detect_directly(loaded, run["data"], s) for s in records.splits(run["data"], DATASET)}
 
 
@@ -102,6 +98,7 @@ def _cxcywh(xyxy):
   return np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
 
 
+@pytest.mark.slow
 def test_every_record_has_one_parsable_file_best_first(run, direct):
   expected = {_file(run, r) for items in direct.values() for r, _, _ in items}
   assert len(expected) == 16 and set(direct) == {"train", "val"}
@@ -120,10 +117,12 @@ def test_every_record_has_one_parsable_file_best_first(run, direct):
   assert {s: c["images"] for s, c in manifest["splits"].items()} == {"train": 12, "val": 4}
   assert manifest["boxes"] == sum(len(b) for items in direct.values() for _, b, _ in items)
   assert "original resolution" in manifest["format"] and "orientation" in manifest["format"]
-  assert "16/16 images" in run["stderr"]
+  assert "exporting train: 100%" in run["stderr"] and "12/12" in run["stderr"]  # Progress.
+  assert "exporting val: 100%" in run["stderr"] and "4/4" in run["stderr"]
   assert "16 images (train 12, val 4)" in run["stdout"]
 
 
+@pytest.mark.slow
 def test_files_map_back_to_the_detectors_own_boxes(run, direct):
   """Original-resolution, original-orientation crop pixels: prepare's mapping gives back the
   detector's boxes in stored pixels, and the scores, in the same order."""
@@ -141,6 +140,7 @@ def test_files_map_back_to_the_detectors_own_boxes(run, direct):
     assert not np.allclose(rows[:, :4], want, atol=1.0)
 
 
+@pytest.mark.slow
 def test_prepare_data_and_predict_find_and_read_the_files(run, direct):
   """The consumers: the reference-CSV source's and predict's file naming, and
   prepare.process_example on the DICOMs the records came from."""
@@ -155,7 +155,7 @@ def test_prepare_data_and_predict_find_and_read_the_files(run, direct):
     assert dicom.parent.name == ex.study_id
     im_path = f"{ex.study_id}/{ex.image_id}.dicom"  # The reference CSVs' im_path.
     assert proposals.proposal_path(run["out"], im_path) == path
-    assert pathlib.Path(inference._example(dicom, str(run["out"])).proposals_path) == path
+    assert pathlib.Path(inference.example(dicom, str(run["out"])).proposals_path) == path
 
     redone = prepare.process_example(dataclasses.replace(ex, proposals_path=str(path)), opts)
     np.testing.assert_array_equal(redone["crop_box"], record["crop_box"])
@@ -212,8 +212,9 @@ def test_a_bad_detector_path_is_an_error_naming_it(tmp_path):
   assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_a_classifier_missing_or_too_large_dataset_is_an_error(run, tmp_path):
-  loaded = inference.load(run["work"])
+  loaded = run_lib.load(run["work"])
   classifier = dataclasses.replace(loaded, config=loaded.config.copy_and_resolve_references())
   classifier.config.task = "classify"
   with pytest.raises(ValueError, match="'classify' model, not a detector"):

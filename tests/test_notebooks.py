@@ -1,12 +1,13 @@
 """Every notebook runs end to end, as CI runs it: with ATTEND_JAX_QUICK=1 (tiny runs)."""
 
-import pathlib
-
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import helpers
+
+REPO = helpers.REPO
+pytestmark = pytest.mark.slow
 NOTEBOOKS = ("quickstart", "predict_your_dicoms", "inspect_attention")
 
 
@@ -23,7 +24,7 @@ def test_notebook_executes(name, work, monkeypatch):
   monkeypatch.delenv("XLA_FLAGS", raising=False)  # One device, as a user's kernel has.
   nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
   assert "google.colab" in nb.cells[1].source  # The set-up cell installs on Colab.
-  NotebookClient(nb, timeout=900, kernel_name="python3",
+  NotebookClient(nb, timeout=helpers.HANG_GUARD_S, kernel_name="python3",
                  resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
             if o.output_type == "error"]

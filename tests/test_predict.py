@@ -2,20 +2,18 @@
 
 import csv
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from attend_jax import inference
+from attend_jax import run as run_lib
 from attend_jax.data import prepare, synthetic
 from attend_jax.train import trainer
 from configs import demo
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import helpers
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +39,7 @@ def _rows(path):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_predict_cli_on_a_folder_with_a_corrupt_file(run, tmp_path):
   inputs = tmp_path / "in"
   (inputs / "nested").mkdir(parents=True)
@@ -48,11 +47,8 @@ def test_predict_cli_on_a_folder_with_a_corrupt_file(run, tmp_path):
     (inputs / ("nested" if i % 2 else "") / src.name).write_bytes(src.read_bytes())
   (inputs / "broken.dcm").write_bytes(b"DICM" + bytes(200))
   out = tmp_path / "out"
-  proc = subprocess.run(
-      [sys.executable, "-m", "attend_jax.predict", f"--workdir={run / 'work'}", str(inputs),
-       str(tmp_path / "missing.dcm"), f"--out={out}", "--overlays", "--batch_size=4"],
-      cwd=REPO, capture_output=True, text=True, timeout=600,
-      env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"})
+  proc = helpers.run("-m", "attend_jax.predict", f"--workdir={run / 'work'}", inputs,
+                     tmp_path / "missing.dcm", f"--out={out}", "--overlays", "--batch_size=4")
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
   images = _rows(out / "predictions.csv")
@@ -104,17 +100,15 @@ def test_aggregation_on_a_hand_made_case():
 
 
 def test_clear_errors_for_a_folder_without_a_model(tmp_path):
-  with pytest.raises(inference.ModelNotFoundError, match="config.json"):
-    inference.load(tmp_path)
+  with pytest.raises(run_lib.ModelNotFoundError, match="config.json"):
+    run_lib.load(tmp_path)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_every_artefact(run, tmp_path):
-  env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"}
   out = tmp_path / "eval"
-  proc = subprocess.run(
-      [sys.executable, "-m", "attend_jax.evaluate", f"--workdir={run / 'work'}", "--split=train",
-       f"--out={out}", "--gallery=2"], cwd=REPO, capture_output=True, text=True, timeout=600,
-      env=env)
+  proc = helpers.run("-m", "attend_jax.evaluate", f"--workdir={run / 'work'}", "--split=train",
+                     f"--out={out}", "--gallery=2")
   assert proc.returncode == 0, proc.stderr[-3000:]
   metrics = json.loads((out / "metrics.json").read_text())
   for key in ("auc", "auc_ci_low", "auc_ci_high", "best_f1", "sens_at_fpr_0.1",
@@ -131,8 +125,7 @@ def test_evaluate_writes_every_artefact(run, tmp_path):
     assert f"({name})" in (out / "report.md").read_text()
   assert len(_rows(out / "predictions.csv")) == total
 
-  proc = subprocess.run(
-      [sys.executable, "-m", "attend_jax.evaluate", f"--workdir={run / 'work'}", "--split=nope",
-       f"--out={tmp_path / 'x'}"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+  proc = helpers.run("-m", "attend_jax.evaluate", f"--workdir={run / 'work'}", "--split=nope",
+                     f"--out={tmp_path / 'x'}")
   assert proc.returncode == 1 and "no 'nope' split" in proc.stderr
   assert "Traceback" not in proc.stderr

@@ -16,7 +16,7 @@ pipeline's format (uint16 S x S images, proposals ``cx cy w h score``):
    fuse across a boundary in one and not in the other: read them as estimates.
 2. **Added cost per classifier training step.** The trainer's own ``make_train_step`` on a
    batch that already holds proposals (the ``proposals.source = "files"`` path) against the
-   proposer of ``trainer.make_proposer`` (``proposals.source = "detector"``: the detector's
+   proposer of ``run.proposer`` (``proposals.source = "detector"``: the detector's
    top-k boxes, on device) followed by the same step. The classifier is the two-stage
    recipe's (``configs/common.py``: finetune + two_stage, so with the contrastive term). The
    proposer is the real code path: a random-weight detector is saved as a run's own detector
@@ -43,9 +43,9 @@ from absl import app, flags, logging
 from bench_util import forward_flops, interleaved
 from flax import nnx
 
-from attend_jax import inference
-from attend_jax.models import attend
-from attend_jax.train import checkpoint, optim, trainer
+from attend_jax import run, tasks
+from attend_jax.data import device_augment
+from attend_jax.train import optim, trainer
 from configs import common
 
 FLAGS = flags.FLAGS
@@ -88,7 +88,7 @@ def make_configs(s: dict):
   ``common.two_stage``: loss and optimiser as trained) at the benchmark's shapes."""
   c = common.base()
   common.finetune(c, "vindr", s["batch"])
-  common.two_stage(c, "")  # make_proposer finds the detector in the workdir instead.
+  common.two_stage(c, "")  # run.proposer finds the detector in the workdir instead.
   c.model.pretrained = ""  # Random weights: only the speed matters.
   c.model.variant = s["variant"]
   if s["tiny_vit"]:
@@ -132,12 +132,8 @@ def make_batch(s: dict, seed: int = 0) -> dict:
 
 def save_detector(det_config, workdir: pathlib.Path):
   """A random-weight detector as ``workdir``'s own detector copy; returns the model."""
-  model = trainer.build_model(det_config, det_config.seed)
-  own = workdir / trainer.DETECTOR_COPY
-  own.mkdir(parents=True)
-  _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-  checkpoint.save_weights(own / inference.WEIGHTS, {"params": params, "stats": stats})
-  (own / "config.json").write_text(det_config.to_json_best_effort(indent=2) + "\n")
+  model = tasks.get(det_config).build_model(det_config.seed)
+  run.save_export(workdir / run.DETECTOR_COPY, model, det_config)
   model.eval()
   return model
 
@@ -148,7 +144,7 @@ def detector_programs(model, batch: dict) -> dict:
   state = jax.device_put(state, batch["image"].sharding)
 
   def images(batch):
-    return trainer._images(batch, train=False)
+    return device_augment.images(batch, train=False)
 
   @jax.jit
   def backbone(state, batch):
@@ -171,17 +167,17 @@ def detector_programs(model, batch: dict) -> dict:
 
 def step_programs(config, workdir: pathlib.Path, batch: dict) -> dict:
   """Blocking callables: the train step on a files batch, and the proposer then the step."""
-  model_cfg = trainer.attend_config(config)
-  model = attend.AttendModel(model_cfg, rngs=nnx.Rngs(0))
+  task = tasks.get(config)
+  model = task.build_model(0)
   model.train()
   train_def, params, stats, rngs = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-  tx = optim.make(config, params, model_cfg.vit.depth)
-  step_fn = trainer.make_train_step(config, train_def, tx, jax.random.key(1))
+  tx = optim.make(config, params, model.cfg.vit.depth)
+  step_fn = trainer.make_train_step(task, train_def, tx, jax.random.key(1))
   state = {"params": params, "stats": stats, "opt": jax.jit(tx.init)(params)}
   # Committed like the batch and the proposer's outputs: jit compiles anew for each mix of
   # committed and uncommitted arguments.
   state, rngs = jax.device_put((state, rngs), batch["image"].sharding)
-  proposer = trainer.make_proposer(config, workdir)
+  proposer = run.proposer(config, workdir)
 
   def step(batch):
     state["params"], state["stats"], state["opt"], terms = step_fn(

@@ -3,7 +3,7 @@ r"""Times one training step of the Attend model: ours in JAX against the referen
 JAX runs the trainer's own step (``trainer.make_train_step``): RoI crops cut on device from
 the breast image, the DINOv2 ViT on every RoI, the aggregator and head, BCE (pos_weight 10)
 + 0.3 x repulsive, AdamW with the patch embedding and first 3 blocks frozen. PyTorch runs the
-same model written from DESIGN.md (``tools/torch_reference.py``, transformers' Dinov2Model)
+same model written from docs/method.md (``tools/torch_reference.py``, transformers' Dinov2Model)
 on the same loss and optimiser, in float32 as the reference trains, and again under
 autocast. Torch gets its crops ready-made (the reference cuts them in its data loader), so
 JAX does strictly more work per step. Repetitions alternate between frameworks, so
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import transformers
 from flax import nnx
 
+from attend_jax import tasks
 from attend_jax.models import attend, vit
 from attend_jax.train import optim, trainer
 from bench_util import forward_flops, interleaved
@@ -53,7 +54,7 @@ PRESETS = {
     "gpu": {"variant": "vitb14", "roi_size": 448, "image_size": 3072, "topk": 5, "batch": 32,
             "dtype": "bfloat16", "overrides": {}},
 }
-MAMMOGRAM_HW = (3000, 2400)  # A full-field mammogram, as DESIGN.md counts it.
+MAMMOGRAM_HW = (3000, 2400)  # A full-field mammogram, as docs/method.md counts it.
 
 
 def make_config(preset: dict):
@@ -93,12 +94,13 @@ def make_batch(config, batch: int, seed: int = 0) -> dict:
 
 def jax_step(config, batch: dict):
   """A callable running the trainer's jitted step on ``batch``, blocking until done."""
-  model_cfg = trainer.attend_config(config)
-  model = attend.AttendModel(model_cfg, rngs=nnx.Rngs(0))
+  task = tasks.get(config)
+  model = task.build_model(0)
+  model_cfg = model.cfg
   model.train()
   train_def, params, stats, rngs = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
   tx = optim.make(config, params, model_cfg.vit.depth)
-  step_fn = trainer.make_train_step(config, train_def, tx, jax.random.key(1))
+  step_fn = trainer.make_train_step(task, train_def, tx, jax.random.key(1))
   state = {"params": params, "stats": stats, "opt": jax.jit(tx.init)(params)}
   device_batch = jax.device_put(batch)
 

@@ -10,14 +10,14 @@ The format is detected from the tensor names. Load the result with
 ``attend_jax.convert.dinov2.load(out)``.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 
+from attend_jax import cli
 from attend_jax.convert import dinov2
 from attend_jax.models import interpolate
 from attend_jax.models import vit
+from attend_jax.progress import Progress
 
 _VARIANT = flags.DEFINE_enum("variant", "vitb14", vit.VARIANTS, "DINOv2 backbone size.")
 _REGISTERS = flags.DEFINE_bool("registers", False, "The model has 4 register tokens (*_reg4).")
@@ -31,24 +31,13 @@ _INTERP = flags.DEFINE_enum(
     " timm, hf_v1 for transformers.Dinov2Model).")
 
 
-def _progress(done: int, total: int) -> None:
-  mb = done / 2**20
-  text = f"{mb:8.1f} MiB" + (f" / {total / 2**20:.1f} MiB ({100 * done / total:5.1f}%)" if total else "")
-  print(f"\rdownloading {text}", end="" if done != total else "\n", file=sys.stderr, flush=True)
-
-
 def main(argv):
   del argv
-  try:
-    info = dinov2.convert(_CHECKPOINT.value, _VARIANT.value, _OUT.value, _REGISTERS.value,
-                          _INTERP.value, progress=_progress)
-  except dinov2.CheckpointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  info = dinov2.convert(_CHECKPOINT.value, _VARIANT.value, _OUT.value, _REGISTERS.value,
+                        _INTERP.value, progress=Progress("downloading", "B", unit_scale=True))
   print(f"converted {info['source']} ({info['source_format']} names, {info['num_params']:,}"
         f" parameters, position resize {info['pos_embed_interp']}) -> {_OUT.value}")
-  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.main(main))

@@ -14,16 +14,13 @@ unpickled with ``torch.load(weights_only=True)``.
 """
 
 import pathlib
-import sys
 
 from absl import app, flags
-from flax import nnx
 from ml_collections import config_flags
 
+from attend_jax import cli, run
 from attend_jax.convert import dinov2, reference_checkpoint
-from attend_jax.convert.dinov2 import CheckpointError
-from attend_jax.inference import WEIGHTS
-from attend_jax.train import checkpoint, trainer
+from attend_jax.models import build
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "vindr_reference.py"),
@@ -36,24 +33,14 @@ _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
 def main(argv):
   del argv
   config = _CONFIG.value
-  try:
-    sd = dinov2.read_state_dict(_CHECKPOINT.value)
-    model = reference_checkpoint.load_reference(sd, trainer.attend_config(config),
-                                                _CHECKPOINT.value)
-  except CheckpointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  out = pathlib.Path(_OUT.value)
-  out.mkdir(parents=True, exist_ok=True)
+  sd = dinov2.read_state_dict(_CHECKPOINT.value)
+  model = reference_checkpoint.load_reference(sd, build.attend_config(config), _CHECKPOINT.value)
   with config.unlocked():
     config.model.pretrained = ""  # The backbone is in the weights.
-  (out / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-  _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-  checkpoint.save_weights(out / WEIGHTS, {"params": params, "stats": stats})
-  print(f"Wrote {out}: config.json and {WEIGHTS}/ ({config.model.variant}, pool"
+  run.save_export(_OUT.value, model, config)
+  print(f"Wrote {_OUT.value}: {run.CONFIG} and {run.WEIGHTS}/ ({config.model.variant}, pool"
         f" {config.model.pool}, RoIs at {config.model.roi_size} px)")
-  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.main(main))

@@ -25,24 +25,20 @@ and the convention.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import pathlib
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import jax
 import numpy as np
-from absl import app, flags, logging
-from flax import nnx
+from absl import app, flags
 
-from attend_jax import inference
-from attend_jax.data import breast, pipeline, records
-from attend_jax.data.errors import DataError
-from attend_jax.data.sources import ORIGINS, DatasetNotFoundError
-from attend_jax.train import trainer
+from attend_jax import box_ops, cli, run, tasks
+from attend_jax.data import pipeline, prepared
+from attend_jax.eval import loop as eval_loop
+from attend_jax.progress import Progress
 
 _DETECTOR = flags.DEFINE_string("detector", None, "A detector's training workdir (config.task ="
                                 " 'detect'); its best checkpoint, else the latest.",
@@ -93,8 +89,8 @@ def to_reference(boxes_xyxy: np.ndarray, crop_box: Sequence[int], flipped: bool,
   """
   boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4) / float(scale)
   if flipped:
-    boxes = breast.unflip_boxes(boxes, int(crop_box[2]) - int(crop_box[0]))
-  return np.concatenate([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1)
+    boxes = box_ops.flip(boxes, int(crop_box[2]) - int(crop_box[0]))
+  return box_ops.to_cxcywh(boxes)
 
 
 def proposal_rows(boxes: np.ndarray, scores: np.ndarray, valid: np.ndarray, record: dict
@@ -116,17 +112,9 @@ def format_rows(rows: np.ndarray) -> str:
   return "".join(" ".join(str(v) for v in row) + "\n" for row in np.asarray(rows, np.float32))
 
 
-def _text(value) -> str:
-  return value.decode() if isinstance(value, bytes) else str(value)
-
-
-GEOMETRY = ("image_id", "study_id", "crop_box", "flipped", "scale")
-
-
-def _geometry(source, index: int) -> dict:
-  """What the file needs of a record: its ids and the stored -> original mapping."""
-  record = source[index]
-  return {k: record[k] for k in GEOMETRY}
+# What the files need of each record besides its detections: its ids and the stored ->
+# original mapping.
+GEOMETRY = ("crop_box", "flipped", "scale")
 
 
 def _long_side(dataset: str) -> int | None:
@@ -134,41 +122,28 @@ def _long_side(dataset: str) -> int | None:
   return int(tail) if tail.isdigit() else None
 
 
-def require_detector(loaded: inference.Loaded) -> None:
-  if trainer.task(loaded.config) != "detect":
-    raise ValueError(f"{loaded.source} is a {trainer.task(loaded.config)!r} model, not a detector"
+def require_detector(loaded: run.Loaded) -> None:
+  if tasks.name(loaded.config) != "detect":
+    raise ValueError(f"{loaded.source} is a {tasks.name(loaded.config)!r} model, not a detector"
                      " (train one with config.task='detect', e.g. configs/detector_vindr.py).")
 
 
 def resolve_dataset(config, dataset: str, data_dir: str, splits: Sequence[str] | None
                     ) -> list[str]:
   """The splits to export; DatasetNotFoundError if the dataset or a split is not prepared."""
-  if not list((pathlib.Path(data_dir) / records.NAME / dataset).glob("*/dataset_info.json")):
-    source, _, long_side = dataset.rpartition("_")
-    where, layout = ORIGINS.get(source, ("", ""))
-    extra = {"csv": " --csv_dir REFERENCE_CSVS --keep_orientation"}
-    lines = [(f"No prepared dataset {dataset!r} in {pathlib.Path(data_dir).absolute()}"
-              " (--data_dir, default: the detector's config.data.dir)."),
-             "Prepare it once (it resumes if interrupted) with:",
-             (f"  python tools/prepare_data.py --dataset {source or 'DATASET'} --root ROOT"
-              f" --out {data_dir} --long_side {long_side or config.data.image_size}"
-              f"{extra.get(source, '')}"),
-             "or pass --data_dir (and --dataset, e.g. vindr_2048) where you prepared it."]
-    if where:
-      lines += [f"The raw dataset comes from {where}; ROOT must look like:", layout]
-    raise DatasetNotFoundError("\n".join(lines))
-  have = records.splits(data_dir, dataset)
-  missing = [s for s in splits or () if s not in have]
-  if missing:
-    raise DatasetNotFoundError(f"The prepared dataset {dataset!r} in {data_dir} has the splits"
-                               f" {have}, not {missing}; pass --splits among those.")
+  have = prepared.require(
+      data_dir, dataset, splits or (), flag="--data_dir, default: the detector's config.data.dir",
+      instead="pass --data_dir (and --dataset, e.g. vindr_2048) where you prepared it",
+      split_advice="pass --splits among those", long_side=config.data.image_size)
   return list(splits) if splits else have
 
 
-def export(loaded: inference.Loaded, out: str | os.PathLike, dataset: str, data_dir: str,
+def export(loaded: run.Loaded, out: str | os.PathLike, dataset: str, data_dir: str,
            splits: Sequence[str], batch_size: int = 8, layout: str = "study",
-           progress: Callable[[int, int], None] | None = None) -> dict:
-  """Runs the detector over ``splits`` and writes the files and manifest; returns the manifest."""
+           progress: bool = False) -> dict:
+  """Runs the detector over ``splits`` and writes the files and manifest; returns the manifest.
+
+  ``progress`` draws a status line per split."""
   config = loaded.config
   require_detector(loaded)
   if batch_size < 1:
@@ -184,52 +159,34 @@ def export(loaded: inference.Loaded, out: str | os.PathLike, dataset: str, data_
           f" trained on {size} px, so it sees lesions smaller than it learned.", file=sys.stderr)
   start = time.perf_counter()
   out = pathlib.Path(out)
-  graph, state = nnx.split(loaded.model)
-
-  @jax.jit
-  def detect(state, image, image_hw):
-    return trainer.eval_outputs(nnx.merge(graph, state), {"image": image, "image_hw": image_hw},
-                                config)
-
-  sources = {s: records.data_source(data_dir, dataset, s) for s in splits}
-  total = sum(len(source) for source in sources.values())
+  step = eval_loop.model_step(loaded.task, loaded.model)
   written: dict[pathlib.Path, str] = {}
   counts = {}
-  done = 0
-  # The batches carry no ids or crop geometry: those records are read again, by these threads
-  # while the device runs the batch.
-  with concurrent.futures.ThreadPoolExecutor(4) as readers:
-    for split, source in sources.items():
-      cfg = pipeline.PipelineConfig(
-          data_dir=str(data_dir), config=dataset, split=split, batch_size=batch_size,
-          image_size=size, num_proposals=1, seed=0, shuffle=False, num_epochs=1,
-          drop_remainder=False, augment=False, worker_count=0)
-      c = counts[split] = {"images": 0, "boxes": 0, "no_detections": 0}
-      for batch in pipeline.make_dataset(cfg):
-        batch = trainer._pad_batch(batch, batch_size)
-        det = detect(state, batch["image"], batch["image_hw"])  # Runs while the host reads below.
-        indices = [int(i) for i in batch["index"][batch["valid"]]]
-        geometry = list(readers.map(lambda i, source=source: _geometry(source, i), indices))
-        det = jax.device_get(det)
-        for j, record in enumerate(geometry):
-          image_id, study_id = _text(record["image_id"]), _text(record["study_id"])
-          path = proposal_file(out, image_id, study_id, layout)
-          if path in written:
-            raise ValueError(f"{split} image {image_id!r} (study {study_id!r}) and {written[path]}"
-                             f" both map to {path}; image ids must be unique.")
-          written[path] = f"{split} image {image_id!r} (study {study_id!r})"
-          rows = proposal_rows(det["boxes"][j], det["scores"][j], det["valid"][j], record)
-          path.parent.mkdir(parents=True, exist_ok=True)
-          tmp = path.with_name(path.name + ".tmp")
-          tmp.write_text(format_rows(rows))
-          os.replace(tmp, path)
-          empty = not np.any(det["valid"][j])
-          c["images"] += 1
-          c["boxes"] += 0 if empty else len(rows)
-          c["no_detections"] += int(empty)
-        done += len(geometry)
-        if progress:
-          progress(done, total)
+  for split in splits:
+    cfg = pipeline.PipelineConfig(
+        data_dir=str(data_dir), config=dataset, split=split, batch_size=batch_size,
+        image_size=size, num_proposals=1, seed=0, shuffle=False, num_epochs=1,
+        drop_remainder=False, augment=False, worker_count=0)
+    det = eval_loop.predict_split(step, cfg, record_keys=GEOMETRY,
+                                  progress=Progress(f"exporting {split}", "img") if progress
+                                  else None)
+    c = counts[split] = {"images": 0, "boxes": 0, "no_detections": 0}
+    for j, record in enumerate(det["ids"]):
+      image_id, study_id = record["image_id"], record["study_id"]
+      path = proposal_file(out, image_id, study_id, layout)
+      if path in written:
+        raise ValueError(f"{split} image {image_id!r} (study {study_id!r}) and {written[path]}"
+                         f" both map to {path}; image ids must be unique.")
+      written[path] = f"{split} image {image_id!r} (study {study_id!r})"
+      rows = proposal_rows(det["boxes"][j], det["scores"][j], det["valid"][j], record)
+      path.parent.mkdir(parents=True, exist_ok=True)
+      tmp = path.with_name(path.name + ".tmp")
+      tmp.write_text(format_rows(rows))
+      os.replace(tmp, path)
+      empty = not np.any(det["valid"][j])
+      c["images"] += 1
+      c["boxes"] += 0 if empty else len(rows)
+      c["no_detections"] += int(empty)
   manifest = {
       "detector": loaded.source,
       "dataset": dataset,
@@ -253,28 +210,22 @@ def export(loaded: inference.Loaded, out: str | os.PathLike, dataset: str, data_
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
-    loaded = inference.load(_DETECTOR.value)
-    require_detector(loaded)
-    dataset = _DATASET.value or loaded.config.data.name
-    data_dir = _DATA_DIR.value or loaded.config.data.dir
-    splits = resolve_dataset(loaded.config, dataset, data_dir, _SPLITS.value)
-    print(f"{dataset} in {data_dir}, splits {', '.join(splits)}; detector {loaded.source}",
-          file=sys.stderr)
-    manifest = export(loaded, _OUT.value, dataset, data_dir, splits, _BATCH.value,
-                      _LAYOUT.value, inference.Progress("images"))
-  except (DatasetNotFoundError, DataError, ValueError, OSError) as e:
-    # ModelNotFoundError and DatasetNotFoundError are OSErrors: the message names the path.
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  loaded = run.load(_DETECTOR.value)
+  require_detector(loaded)
+  dataset = _DATASET.value or loaded.config.data.name
+  data_dir = _DATA_DIR.value or loaded.config.data.dir
+  splits = resolve_dataset(loaded.config, dataset, data_dir, _SPLITS.value)
+  cli.setup_logging(_OUT.value)  # Only now: a failed check leaves no output folder behind.
+  print(f"{dataset} in {data_dir}, splits {', '.join(splits)}; detector {loaded.source}",
+        file=sys.stderr)
+  manifest = export(loaded, _OUT.value, dataset, data_dir, splits, _BATCH.value, _LAYOUT.value,
+                    progress=True)
   per_split = ", ".join(f"{s} {c['images']}" for s, c in manifest["splits"].items())
   print(f"{manifest['images']} images ({per_split}), {manifest['boxes']} boxes,"
         f" {manifest['no_detections']} without any, in {manifest['seconds']:.0f} s ->"
         f" {_OUT.value}/{manifest['files']} and {_OUT.value}/{MANIFEST}")
-  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # ModelNotFoundError and DatasetNotFoundError are OSErrors too: each message names the path.
+  app.run(cli.main(main, errors=(ValueError, OSError)))

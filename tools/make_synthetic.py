@@ -16,7 +16,9 @@ from absl import app
 from absl import flags
 from pydicom.uid import JPEG2000Lossless
 
+from attend_jax import cli
 from attend_jax.data import synthetic
+from attend_jax.progress import Progress
 
 _OUT = flags.DEFINE_string("out", None, "Output folder; must not already hold a dataset.",
                            required=True)
@@ -29,11 +31,6 @@ _BENIGN = flags.DEFINE_float("benign_fraction", 0.2, "Fraction of breasts with b
 _J2K = flags.DEFINE_float("jpeg2000_fraction", 0.3, "Fraction of images stored as JPEG 2000.")
 
 
-def _progress(done: int, total: int) -> None:
-  print(f"\rwriting image {done}/{total}", end="" if done != total else "\n", file=sys.stderr,
-        flush=True)
-
-
 def main(argv):
   del argv
   # openjpeg logs every encoded tile at INFO, which absl would print.
@@ -43,10 +40,8 @@ def main(argv):
     images = synthetic.generate(
         _OUT.value, _NUM_STUDIES.value, seed=_SEED.value,
         size_range=(_MIN_SIZE.value, _MAX_SIZE.value), malignant_fraction=_MALIGNANT.value,
-        benign_fraction=_BENIGN.value, jpeg2000_fraction=_J2K.value, progress=_progress)
-  except synthetic.SyntheticError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+        benign_fraction=_BENIGN.value, jpeg2000_fraction=_J2K.value,
+        progress=Progress("writing DICOMs", "img"))
   except OSError as e:
     print(f"error: cannot write the dataset to {_OUT.value}: {e}", file=sys.stderr)
     return 1
@@ -58,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.main(main, errors=(synthetic.SyntheticError,)))

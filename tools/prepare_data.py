@@ -8,18 +8,17 @@ r"""Decodes a mammography dataset once into TFDS ArrayRecord shards for training
       --csv_dir reference_csvs --proposals /data/focal_rois --out data/prepared
 
 Rerunning the same command resumes an interrupted run and skips a finished one. Unusable
-images and rows are listed in OUT/bad_files.csv with the reason; counts go to OUT/manifest.json.
+images and rows are listed in OUT/bad_files.csv with the reason; counts go to OUT/manifest.json,
+library logs to OUT/log.txt.
 """
-
-import sys
-import time
 
 from absl import app
 from absl import flags
 
+from attend_jax import cli
 from attend_jax.data import prepare
-from attend_jax.data.errors import DataError
-from attend_jax.data.sources import SOURCES, DatasetNotFoundError
+from attend_jax.data.sources import SOURCES
+from attend_jax.progress import Progress
 
 _DATASET = flags.DEFINE_enum("dataset", None, sorted(SOURCES), "Which dataset layout ROOT has.",
                              required=True)
@@ -35,25 +34,6 @@ _PROPOSALS = flags.DEFINE_string("proposals", None, "csv: folder of *_preds.txt 
 _KEEP_CACHE = flags.DEFINE_bool("keep_cache", False, "Keep the per-image decode cache.")
 
 
-class _Progress:
-  """One status line: done/total, rate and time left."""
-
-  def __init__(self):
-    self.start = time.perf_counter()
-    self.first = None
-
-  def __call__(self, done: int, total: int) -> None:
-    if self.first is None:
-      self.first = done  # Images already decoded by an earlier run.
-    elapsed = time.perf_counter() - self.start
-    rate = (done - self.first) / elapsed if elapsed > 0 else 0.0
-    left = (total - done) / rate if rate > 0 else float("nan")
-    print(f"\rdecoded {done}/{total} images  {rate:5.1f} img/s  ETA {left:6.0f} s", end="",
-          file=sys.stderr, flush=True)
-    if done == total:
-      print(file=sys.stderr)
-
-
 def main(argv):
   del argv
   opts = prepare.PrepareOptions(long_side=_LONG_SIDE.value,
@@ -62,20 +42,16 @@ def main(argv):
   kwargs = {}
   if _DATASET.value == "csv":
     kwargs = {"csv_dir": _CSV_DIR.value, "proposal_dir": _PROPOSALS.value}
-  try:
-    result = prepare.prepare(_DATASET.value, _ROOT.value, _OUT.value, opts, _WORKERS.value,
-                             _KEEP_CACHE.value, progress=_Progress(), **kwargs)
-  except (DatasetNotFoundError, DataError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  cli.setup_logging(_OUT.value)
+  result = prepare.prepare(_DATASET.value, _ROOT.value, _OUT.value, opts, _WORKERS.value,
+                           _KEEP_CACHE.value, progress=Progress("decoding", "img"), **kwargs)
   for split, c in result.counts.items():
     print(f"{split:>5}: {c['images']:6d} images, {c['cancer']:5d} cancer")
   print(f"{len(result.bad)} unusable files or rows (see {_OUT.value}/bad_files.csv);"
         f" {result.seconds:.0f} s")
   print(f"records: tfds.data_source({result.builder_name!r}, data_dir={_OUT.value!r}) or"
         " attend_jax.data.pipeline.make_dataset")
-  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.main(main))

@@ -1,4 +1,4 @@
-"""A PyTorch model of the reference architecture, written from DESIGN.md: parity tests and
+"""A PyTorch model of the reference architecture, written from docs/method.md: parity tests and
 tools/bench_train.py (dev-only; torch is not a runtime dependency).
 
 State-dict names are the authors' (``vision_model.*``, ``fc_positions``,

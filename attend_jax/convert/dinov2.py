@@ -375,7 +375,9 @@ def model_from_params(cfg: vit.ViTConfig, params: dict) -> vit.DinoV2:
 
 
 @dataclasses.dataclass(frozen=True)
-class Loaded:
+class Pretrained:
+  """A backbone read from a weights file, and the naming that file used."""
+
   model: vit.DinoV2
   source_format: str
 
@@ -386,7 +388,7 @@ def load_pretrained(
     registers: bool = False,
     pos_embed_interp: str | None = None,
     **config_overrides,
-) -> Loaded:
+) -> Pretrained:
   """Reads a weights file in any supported format into a DinoV2 of the given variant."""
   raw = read_state_dict(path)
   sd, fmt = to_meta_names(raw, path)
@@ -403,7 +405,7 @@ def load_pretrained(
       variant, registers, pretrained_grid=grid, pos_embed_interp=interp, **config_overrides
   )
   check_state_dict(sd, cfg, path)
-  return Loaded(model_from_params(cfg, meta_to_params(sd, cfg)), fmt)
+  return Pretrained(model_from_params(cfg, meta_to_params(sd, cfg)), fmt)
 
 
 def _pos_grid(sd, path) -> int:

@@ -85,15 +85,8 @@ def normalize_orientation(pixels: np.ndarray, threshold_8bit: int = THRESHOLD_8B
                           ) -> tuple[np.ndarray, bool]:
   """Flips so the chest wall is on the left in every image. Returns (pixels, flipped).
 
-  Boxes found on the flipped image map back with ``unflip_boxes``.
+  Boxes found on the flipped image map back with ``box_ops.flip``.
   """
   if faces_left(pixels, threshold_8bit):
     return pixels[:, ::-1], True
   return pixels, False
-
-
-def unflip_boxes(boxes_xyxy: np.ndarray, width: int) -> np.ndarray:
-  """Maps ``x0 y0 x1 y1`` boxes on a horizontally flipped image back to the original."""
-  boxes = np.array(boxes_xyxy, dtype=np.float64, copy=True)
-  boxes[..., [0, 2]] = width - boxes[..., [2, 0]]
-  return boxes

@@ -1,4 +1,5 @@
-"""Augmentations that run on the accelerator, inside the jitted step, from host-drawn factors."""
+"""The batch as the accelerator sees it: float images, and the augmentations that run there,
+inside the jitted step, from host-drawn factors."""
 
 import jax.numpy as jnp
 
@@ -24,3 +25,11 @@ def intensity_jitter(images: jnp.ndarray, image_hw: jnp.ndarray, brightness: jnp
   mean = jnp.sum(jnp.where(mask, x, 0.0), axis=(1, 2)) / count
   x = jnp.clip(mean[:, None, None] + contrast[:, None, None] * (x - mean[:, None, None]), 0.0, 1.0)
   return jnp.where(mask, x, 0.0)
+
+
+def images(batch: dict, train: bool) -> jnp.ndarray:
+  """A batch's uint16 breast crops as (B, S, S) float32 in [0, 1], jittered when training."""
+  x = batch["image"].astype(jnp.float32) / 65535.0
+  if train:
+    x = intensity_jitter(x, batch["image_hw"], batch["brightness"], batch["contrast"])
+  return x

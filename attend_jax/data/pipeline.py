@@ -23,13 +23,16 @@ pixel values, and loading stays a decompress, a flip view and a copy.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 from typing import Any
 
 import grain
-from absl import flags
+import jax
 import numpy as np
+from absl import flags
 
+from attend_jax import box_ops
 from attend_jax.data import records
 
 
@@ -68,35 +71,19 @@ def _pad_rows(rows: np.ndarray, n: int, width: int) -> tuple[np.ndarray, np.ndar
   return out, mask
 
 
-def flip_boxes(boxes_xyxy: np.ndarray, size: int, axis: int) -> np.ndarray:
-  """Mirrors ``x0 y0 x1 y1`` boxes along x (axis=1) or y (axis=0) of an image of ``size``."""
-  boxes = np.array(boxes_xyxy, np.float32, copy=True)
-  lo, hi = (0, 2) if axis == 1 else (1, 3)
-  boxes[..., [lo, hi]] = size - boxes[..., [hi, lo]]
-  return boxes
-
-
-def _center_to_corners(b: np.ndarray) -> np.ndarray:
-  return np.concatenate([b[:, :2] - b[:, 2:4] / 2, b[:, :2] + b[:, 2:4] / 2], axis=1)
-
-
-def _corners_to_center(b: np.ndarray) -> np.ndarray:
-  return np.concatenate([(b[:, :2] + b[:, 2:4]) / 2, b[:, 2:4] - b[:, :2]], axis=1)
-
-
 def augment(record: dict[str, Any], rng: np.random.Generator, cfg: PipelineConfig) -> dict:
   """Flips and proposal jitter with boxes kept on their pixels; draws the intensity factors."""
   image = np.asarray(record["image"])
   h, w = image.shape
   lesions = np.asarray(record["lesion_boxes"], np.float32).reshape(-1, 4)
   props = np.asarray(record["proposals"], np.float32).reshape(-1, 5)
-  corners = _center_to_corners(props)
+  corners = box_ops.to_xyxy(props)
   for axis, size in ((1, w), (0, h)):
     if rng.random() < cfg.flip_prob:
       image = np.flip(image, axis=axis)
-      lesions = flip_boxes(lesions, size, axis)
-      corners = flip_boxes(corners, size, axis)
-  center = _corners_to_center(corners)
+      lesions = box_ops.flip(lesions, size, axis)
+      corners = box_ops.flip(corners, size, axis)
+  center = box_ops.to_cxcywh(corners)
   if len(center) and cfg.box_jitter > 0:
     size = np.maximum(center[:, 2:4], 1.0)
     center[:, :2] += rng.uniform(-cfg.box_jitter, cfg.box_jitter, (len(center), 2)) * size
@@ -155,13 +142,45 @@ def make_dataset(cfg: PipelineConfig) -> grain.IterDataset:
   return it
 
 
-def record_ids(cfg: PipelineConfig, indices) -> list[dict[str, str]]:
-  """The string ids (image, study, laterality, view) of records, by index."""
-  source = records.data_source(cfg.data_dir, cfg.config, cfg.split)
-  keys = ("image_id", "study_id", "patient_id", "laterality", "view")
-  out = []
-  for i in np.asarray(indices).reshape(-1):
-    record = source[int(i)]
-    out.append({k: (v.decode() if isinstance(v, bytes) else str(v))
-                for k, v in record.items() if k in keys})
+def for_split(config, split: str, train: bool) -> PipelineConfig:
+  """A run's pipeline for ``split`` on this host, from its config: shuffled, augmented and
+  endless for training, one ordered pass otherwise; the global batch divided among hosts."""
+  batch = config.data.batch_size if train else config.data.eval_batch_size
+  if batch % jax.process_count():
+    raise ValueError(f"Batch size {batch} is not divisible by {jax.process_count()} hosts.")
+  return PipelineConfig(
+      data_dir=config.data.dir, config=config.data.name, split=split,
+      batch_size=batch // jax.process_count(), image_size=config.data.image_size,
+      num_proposals=max(config.proposals.topk, 1), seed=config.seed, shuffle=train,
+      num_epochs=None if train else 1, drop_remainder=train,
+      augment=train and config.data.augment, worker_count=config.data.worker_count if train else 0,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def pad_batch(batch: dict, size: int) -> dict:
+  """A short batch grown to ``size`` rows of zeros, with ``valid`` (size,) marking the real ones."""
+  n = len(batch["image"])
+  out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in
+         batch.items()}
+  out["image_hw"][n:] = 1  # Keeps padded examples' crops well defined.
+  out["valid"] = np.arange(size) < n
   return out
+
+
+ID_KEYS = ("image_id", "study_id", "patient_id", "laterality", "view")
+
+
+def record_ids(cfg: PipelineConfig, indices, extra_keys: tuple[str, ...] = ()) -> list[dict]:
+  """The string ids (image, study, patient, laterality, view) of records by index, and their
+  ``extra_keys`` as stored (e.g. ``crop_box``); read by a few threads, since each read loads the
+  whole record."""
+  source = records.data_source(cfg.data_dir, cfg.config, cfg.split)
+
+  def read(i):
+    record = source[int(i)]
+    out = {k: (v.decode() if isinstance(v, bytes) else str(v))
+           for k, v in record.items() if k in ID_KEYS}
+    return out | {k: record[k] for k in extra_keys}
+
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    return list(pool.map(read, np.asarray(indices).reshape(-1)))

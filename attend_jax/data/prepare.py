@@ -12,11 +12,9 @@ the original DICOM (``to_original``).
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import dataclasses
 import json
-import multiprocessing
 import os
 import pathlib
 import shutil
@@ -27,7 +25,9 @@ import numpy as np
 import pydicom
 from PIL import Image
 
+from attend_jax import box_ops
 from attend_jax.data import breast, dicom, proposals
+from attend_jax.data import pool as pool_lib
 from attend_jax.data.errors import DataError, DicomError
 from attend_jax.data.sources import SOURCES, Example
 
@@ -60,7 +60,7 @@ def to_stored(boxes_xyxy: np.ndarray, crop: breast.BreastBox, flipped: bool,
   boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]] - crop.x0, 0, crop.width)
   boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]] - crop.y0, 0, crop.height)
   if flipped:
-    boxes = breast.unflip_boxes(boxes, crop.width)
+    boxes = box_ops.flip(boxes, crop.width)
   return (boxes * scale).astype(np.float32)
 
 
@@ -70,7 +70,7 @@ def to_original(boxes_xyxy: np.ndarray, crop_box: np.ndarray, flipped: bool,
   boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4) / scale
   x0, y0, x1, _ = (int(v) for v in crop_box)
   if flipped:
-    boxes = breast.unflip_boxes(boxes, x1 - x0)
+    boxes = box_ops.flip(boxes, x1 - x0)
   return boxes + np.array([x0, y0, x0, y0], np.float64)
 
 
@@ -121,17 +121,14 @@ def process_example(ex: Example, opts: PrepareOptions) -> dict:
     kept, is_real = proposals.select_proposals(raw, opts.max_proposals,
                                                image_hw=cropped.shape)
     kept = kept[is_real]
-    xyxy = np.concatenate([kept[:, :2] - kept[:, 2:4] / 2, kept[:, :2] + kept[:, 2:4] / 2], 1)
+    xyxy = box_ops.to_xyxy(kept)
     if flipped:
-      xyxy = breast.unflip_boxes(xyxy, crop.width)
-    xyxy = xyxy * scale
-    props = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2],
-                            kept[:, 4:5]], 1).astype(np.float32)
+      xyxy = box_ops.flip(xyxy.astype(np.float64), crop.width)
+    props = np.concatenate([box_ops.to_cxcywh(xyxy * scale), kept[:, 4:5]], 1).astype(np.float32)
   elif ex.proposal_boxes:
     given = np.asarray(ex.proposal_boxes, np.float64).reshape(-1, 5)
     xyxy = to_stored(given[:, :4], crop, flipped, scale)
-    cxcywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2],
-                             given[:, 4:5]], 1)
+    cxcywh = np.concatenate([box_ops.to_cxcywh(xyxy), given[:, 4:5]], 1)
     kept, is_real = proposals.select_proposals(cxcywh[(cxcywh[:, 2] > 0) & (cxcywh[:, 3] > 0)],
                                                opts.max_proposals, image_hw=stored.shape)
     props = kept[is_real].astype(np.float32)
@@ -157,14 +154,6 @@ def process_example(ex: Example, opts: PrepareOptions) -> dict:
 def _cache_path(cache: pathlib.Path, ex: Example) -> pathlib.Path:
   safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in ex.image_id)
   return cache / ex.split / f"{safe}.npz"
-
-
-def _pool_context():
-  # forkserver: workers fork from a clean server that imported this module once, so they start
-  # in milliseconds without inheriting the parent's threads (JAX's do not survive a fork).
-  ctx = multiprocessing.get_context("forkserver")
-  ctx.set_forkserver_preload([__name__])
-  return ctx
 
 
 def _work(args) -> tuple[str, tuple[str, str] | None, float]:
@@ -235,12 +224,12 @@ def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike,
   total = len(listing.examples)
   if progress:
     progress(done, total)
-  workers = workers or os.cpu_count() or 1
+  workers = pool_lib.worker_count(workers, len(todo))
   decode_start = time.perf_counter()
   worker_seconds = 0.0
   failed: set[str] = set()
   if todo:
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+    with pool_lib.process_pool(workers, [__name__]) as pool:
       for image_path, error, seconds in pool.map(_work, todo, chunksize=4):
         done += 1
         worker_seconds += seconds

@@ -1,4 +1,4 @@
-"""Detector proposals: parse the reference's box files, greedy NMS, square boxes, positions.
+"""Detector proposals: parse the reference's box files and keep the top ``k`` after greedy NMS.
 
 A proposal file holds one box per line, ``cx cy w h score``, in pixels of the breast-cropped
 image (the reference writes 900 per image, sorted by score). The classifier keeps ``k`` of them:
@@ -11,8 +11,7 @@ image (the reference writes 900 per image, sorted by score). The classifier keep
 3. optionally the breast box from the mask becomes box 0, the anchor, and takes part in NMS
    as the first kept box.
 
-Every box is then made square and padded for cropping (``square_crop_boxes``) and its position
-normalised for the box embedding (``normalized_positions``).
+The RoIs are then made square, padded and cropped on device (``attend_jax.models.roi``).
 """
 
 from __future__ import annotations
@@ -22,10 +21,10 @@ import pathlib
 
 import numpy as np
 
+from attend_jax import box_ops
 from attend_jax.data.errors import ProposalError
 
 IOU_THRESHOLD = 0.5
-CROP_PADDING = 20  # Pixels added on every side of the square crop.
 
 
 def proposal_path(proposal_root: str | os.PathLike, im_path: str) -> pathlib.Path:
@@ -64,39 +63,6 @@ def read_proposals(path: str | os.PathLike) -> np.ndarray:
   return np.asarray(rows, dtype=np.float32)
 
 
-def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """IoU of (N, >=4) and (M, >=4) centre-format boxes, (N, M); 0 where the union is empty."""
-  a = np.asarray(a, np.float64)[:, None, :4]
-  b = np.asarray(b, np.float64)[None, :, :4]
-  a_lo, a_hi = a[..., :2] - a[..., 2:4] / 2, a[..., :2] + a[..., 2:4] / 2
-  b_lo, b_hi = b[..., :2] - b[..., 2:4] / 2, b[..., :2] + b[..., 2:4] / 2
-  wh = np.clip(np.minimum(a_hi, b_hi) - np.maximum(a_lo, b_lo), 0, None)
-  inter = wh[..., 0] * wh[..., 1]
-  union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter
-  with np.errstate(divide="ignore", invalid="ignore"):
-    iou = np.where(union > 0, inter / union, 0.0)
-  return np.clip(iou, 0.0, 1.0)
-
-
-def greedy_nms(boxes: np.ndarray, k: int, iou_threshold: float = IOU_THRESHOLD,
-               num_forced: int = 0) -> np.ndarray:
-  """Indices of at most ``k`` boxes kept by greedy NMS in the given order.
-
-  ``boxes`` must already be in priority order. The first ``num_forced`` are always kept (the
-  breast anchor). One pass over the candidates, each checked against all kept boxes at once.
-  """
-  if len(boxes) == 0 or k <= 0:
-    return np.zeros((0,), np.int64)
-  iou = pairwise_iou(boxes, boxes)
-  keep = list(range(min(num_forced, k)))
-  for i in range(num_forced, len(boxes)):
-    if len(keep) >= k:
-      break
-    if not keep or iou[i, keep].max() <= iou_threshold:
-      keep.append(i)
-  return np.asarray(keep, np.int64)
-
-
 def select_proposals(boxes: np.ndarray, k: int, image_hw: tuple[int, int] | None = None,
                      anchor: np.ndarray | None = None,
                      iou_threshold: float = IOU_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +79,7 @@ def select_proposals(boxes: np.ndarray, k: int, image_hw: tuple[int, int] | None
     anchor_row = np.concatenate([np.asarray(anchor, np.float32)[:4], [1.0]]).astype(np.float32)
     boxes = np.concatenate([anchor_row[None], boxes])
     num_forced = 1
-  kept = boxes[greedy_nms(boxes, k, iou_threshold, num_forced)]
+  kept = boxes[box_ops.greedy_nms(boxes, k, iou_threshold, num_forced)]
   is_real = np.zeros((k,), bool)
   is_real[: len(kept)] = True
   if len(kept) == 0:
@@ -124,24 +90,3 @@ def select_proposals(boxes: np.ndarray, k: int, image_hw: tuple[int, int] | None
   if len(kept) < k:
     kept = kept[np.arange(k) % len(kept)]
   return kept, is_real
-
-
-def square_crop_boxes(boxes: np.ndarray, padding: int = CROP_PADDING) -> np.ndarray:
-  """(…, 4) integer ``x0 y0 size size`` crops: square on max(w, h), ``padding`` px each side.
-
-  Python ``int()`` truncation toward zero, as the reference does, not floor.
-  """
-  boxes = np.asarray(boxes, np.float64)
-  side = np.maximum(boxes[..., 2], boxes[..., 3])
-  x0 = np.trunc(boxes[..., 0] - side / 2 - padding)
-  y0 = np.trunc(boxes[..., 1] - side / 2 - padding)
-  size = np.trunc(side + 2 * padding)
-  return np.stack([x0, y0, size, size], axis=-1).astype(np.int64)
-
-
-def normalized_positions(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-  """(…, 4) float32 ``(cx/W, cy/H, side/W, side/H)``; the crop padding is not included."""
-  boxes = np.asarray(boxes, np.float64)
-  h, w = image_hw
-  side = np.maximum(boxes[..., 2], boxes[..., 3])
-  return np.stack([boxes[..., 0] / w, boxes[..., 1] / h, side / w, side / h], -1).astype(np.float32)

@@ -8,6 +8,7 @@ Read back with ``tfds.data_source``, which grain indexes directly.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 
 import numpy as np
@@ -15,6 +16,17 @@ import tensorflow_datasets as tfds
 
 NAME = "mammograms"
 LABEL_NAMES = ("no_cancer", "cancer")
+
+
+class _NoCustomConfigWarning(logging.Filter):
+  """Every prepared dataset is a builder config made at run time (``<dataset>_<long_side>``),
+  on purpose; TFDS warns about that at every load."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Using custom data configuration")
+
+
+logging.getLogger("absl").addFilter(_NoCustomConfigWarning())
 
 
 class Mammograms(tfds.core.GeneratorBasedBuilder):
@@ -48,6 +60,13 @@ class Mammograms(tfds.core.GeneratorBasedBuilder):
         supervised_keys=None,
     )
 
+  # Nothing is downloaded: prepare prints its own progress instead of TFDS's banners.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
   def _split_generators(self, dl_manager):
     cache = pathlib.Path(dl_manager.manual_dir)
     return {split.name: self._generate_examples(split)
@@ -71,6 +90,7 @@ def builder(data_dir, config: str) -> Mammograms:
 def build(data_dir, config: str, cache_dir) -> None:
   """Writes the ArrayRecord shards from the per-image cache; a finished build is skipped."""
   b = builder(data_dir, config)
+  tfds.disable_progress_bar()  # Its nested per-split bars; prepare draws one line of its own.
   b.download_and_prepare(
       file_format="array_record",
       download_config=tfds.download.DownloadConfig(manual_dir=str(cache_dir)))

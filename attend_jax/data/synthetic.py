@@ -28,13 +28,11 @@ memory. The same seed gives byte-identical files with the same numpy and openjpe
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import dataclasses
 import datetime
 import hashlib
 import json
-import multiprocessing
 import os
 import pathlib
 import uuid
@@ -47,6 +45,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import get_encoder
 from scipy import ndimage
 from scipy.special import expit
+
+from attend_jax.data import pool as pool_lib
 
 SPICULATED_MASS = "spiculated_mass"
 CALCIFICATION_CLUSTER = "calcification_cluster"
@@ -587,12 +587,9 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
                               windowed[index], seed, study, 2 * b + v + 1, study_date))
 
   images = []
-  workers = min(workers or os.cpu_count() or 1, len(jobs))
+  workers = pool_lib.worker_count(workers, len(jobs))
   if workers > 1:
-    # forkserver: callers (the trainer) may hold JAX threads, which do not survive a fork.
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    with pool_lib.process_pool(workers, [__name__]) as pool:
       for meta in pool.map(_write_image, jobs, chunksize=2):
         images.append(meta)
         if progress is not None:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from attend_jax import box_ops
 from attend_jax.eval.metrics import MetricError
 
 SUMMARY_FROC_POINTS = 200  # At most this many FROC points go into summary()'s JSON.
@@ -116,30 +117,6 @@ def _check_points(points: Sequence[float]) -> list[float]:
   return checked
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """IoU of validated boxes, (N, 4) x (M, 4) -> (N, M); 0 where the union is empty.
-
-  The union is summed as area(a) + area(b) - intersection, in the order COCO's bbIou uses with a
-  as detections, so IoUs of integer boxes come out bit for bit as COCOeval's.
-  """
-  width = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-  height = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-  intersection = np.clip(width, 0, None) * np.clip(height, 0, None)
-  area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-  area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-  union = area_a[:, None] + area_b[None, :] - intersection
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(union > 0, intersection / union, 0.0)
-
-
-def box_iou(a, b) -> np.ndarray:
-  """(N, M) intersection over union of boxes ``a`` (N, 4) and ``b`` (M, 4), both x0 y0 x1 y1.
-
-  Two boxes whose union is empty (both of zero area) have IoU 0.
-  """
-  return _iou(_check_boxes(a, "a"), _check_boxes(b, "b"))
-
-
 def _num_lesions(images: list[_Image]) -> int:
   return sum(len(image_lesions) for _, _, image_lesions in images)
 
@@ -157,7 +134,7 @@ def _recall_at_k(images: list[_Image], ks: list[int], ious: list[float]
       continue
     # Ties keep their input order, so the top k is well defined.
     order = np.argsort(-scores, kind="stable")
-    overlap = _iou(boxes[order], image_lesions)  # (rank, lesion)
+    overlap = box_ops.pairwise_iou(boxes[order], image_lesions)  # (rank, lesion)
     for j, t in enumerate(ious):
       hits = overlap >= t
       # Rank of the best-ranked detection hitting each lesion; infinite when none does.
@@ -189,7 +166,7 @@ def _froc(images: list[_Image], iou: float) -> tuple[np.ndarray, np.ndarray, np.
     raise DetectionError(f"froc needs lesions, but all {len(images)} images are normal")
   all_scores, false_positive, found_at = [], [], []
   for boxes, scores, image_lesions in images:
-    hits = _iou(boxes, image_lesions) >= iou
+    hits = box_ops.pairwise_iou(boxes, image_lesions) >= iou
     all_scores.append(scores)
     false_positive.append(~hits.any(axis=1))
     # The highest score among the detections hitting each lesion: it is found from there down.
@@ -250,7 +227,7 @@ def _average_precision(images: list[_Image], iou: float, max_dets: int) -> float
     boxes, scores = boxes[order], scores[order]
     matched = np.zeros(len(boxes), dtype=bool)
     if len(boxes) and len(image_lesions):
-      overlap = _iou(boxes, image_lesions)
+      overlap = box_ops.pairwise_iou(boxes, image_lesions)
       taken = np.zeros(len(image_lesions), dtype=bool)
       for d in range(len(boxes)):  # Greedy, best detection first.
         candidates = np.where(taken, -np.inf, overlap[d])

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from attend_jax import box_ops
 from attend_jax.models import roi, vit
 
 _LEVEL_SCALE = {7: 2, 14: 1, 28: 2, 56: 4}  # Up-sampling (7) or pooling factor per stride.
@@ -101,61 +102,6 @@ def points(cfg: DetectorConfig) -> tuple[jax.Array, jax.Array]:
     xy.append(jnp.stack([x.ravel(), y.ravel()], axis=-1))
     strides.append(jnp.full((n * n,), float(stride), jnp.float32))
   return jnp.concatenate(xy), jnp.concatenate(strides)
-
-
-# ----------------------------------------------------------------------------------------------
-# Boxes.
-# ----------------------------------------------------------------------------------------------
-
-
-def box_area(b: jax.Array) -> jax.Array:
-  return jnp.clip(b[..., 2] - b[..., 0], 0) * jnp.clip(b[..., 3] - b[..., 1], 0)
-
-
-def pairwise_iou(a: jax.Array, b: jax.Array) -> jax.Array:
-  """(…, N, 4) and (…, M, 4) ``x0 y0 x1 y1`` -> (…, N, M) IoU."""
-  lo = jnp.maximum(a[..., :, None, :2], b[..., None, :, :2])
-  hi = jnp.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
-  inter = jnp.prod(jnp.clip(hi - lo, 0), axis=-1)
-  union = box_area(a)[..., :, None] + box_area(b)[..., None, :] - inter
-  return inter / jnp.maximum(union, 1e-9)
-
-
-def giou(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Generalised IoU of matching boxes (…, 4) ``x0 y0 x1 y1``, in [-1, 1]."""
-  lo = jnp.maximum(a[..., :2], b[..., :2])
-  hi = jnp.minimum(a[..., 2:], b[..., 2:])
-  inter = jnp.prod(jnp.clip(hi - lo, 0), axis=-1)
-  union = box_area(a) + box_area(b) - inter
-  iou = inter / jnp.maximum(union, 1e-9)
-  hull = jnp.prod(jnp.maximum(a[..., 2:], b[..., 2:]) - jnp.minimum(a[..., :2], b[..., :2]), -1)
-  return iou - (hull - union) / jnp.maximum(hull, 1e-9)
-
-
-def xyxy_to_cxcywh(b: jax.Array) -> jax.Array:
-  return jnp.concatenate([(b[..., :2] + b[..., 2:]) / 2, b[..., 2:] - b[..., :2]], axis=-1)
-
-
-def nms(boxes: jax.Array, scores: jax.Array, valid: jax.Array, iou_threshold: float,
-        max_out: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Greedy NMS of one image's boxes, static shapes: (max_out, 4) boxes, scores and validity.
-
-  ``boxes`` (N, 4) must be in descending score order. Box i is kept unless a kept box before it
-  overlaps it by more than ``iou_threshold``. The keep vector is the fixed point of that rule,
-  reached by iterating it from "keep every valid box": after t rounds the first t entries are
-  final, and in practice a handful of rounds settle all of them.
-  """
-  n = boxes.shape[0]
-  suppresses = (pairwise_iou(boxes, boxes) > iou_threshold) & jnp.triu(jnp.ones((n, n), bool), 1)
-
-  def body(state):
-    keep, _ = state
-    new = valid & ~jnp.any(suppresses & keep[:, None], axis=0)
-    return new, jnp.any(new != keep)
-
-  keep, _ = jax.lax.while_loop(lambda s: s[1], body, (valid, jnp.array(True)))
-  order = jnp.argsort(~keep, stable=True)[:max_out]  # Kept boxes first, in score order.
-  return boxes[order], jnp.where(keep[order], scores[order], 0.0), keep[order]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,15 +215,15 @@ def decode(out: dict, image_hw: jax.Array, scale: float, cfg: DetectorConfig) ->
   hw = image_hw.astype(jnp.float32)
   limit = jnp.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], -1)[:, None]
   boxes = jnp.clip(boxes, 0.0, limit)
-  valid = (top >= 0) & (box_area(boxes) > 0)
+  valid = (top >= 0) & (box_ops.area(boxes) > 0)
   boxes, top, valid = jax.vmap(
-      lambda b, s, v: nms(b, s, v, cfg.nms_iou, cfg.max_detections))(boxes, top, valid)
+      lambda b, s, v: box_ops.nms(b, s, v, cfg.nms_iou, cfg.max_detections))(boxes, top, valid)
   return {"boxes": boxes, "scores": top, "valid": valid}
 
 
 def as_proposals(det: dict) -> tuple[jax.Array, jax.Array]:
   """Detections -> the pipeline's proposals: (B, N, 5) ``cx cy w h score`` and (B, N) mask."""
-  props = jnp.concatenate([xyxy_to_cxcywh(det["boxes"]), det["scores"][..., None]], axis=-1)
+  props = jnp.concatenate([box_ops.to_cxcywh(det["boxes"]), det["scores"][..., None]], axis=-1)
   return props, det["valid"]
 
 
@@ -300,7 +246,7 @@ def assign_targets(xy: jax.Array, strides: jax.Array, point_valid: jax.Array,
     (B, P) positives and (B, P, 4) their target boxes (zeros at negatives).
   """
   level_strides = jnp.asarray(cfg.strides, jnp.float32)
-  size = jnp.sqrt(jnp.maximum(box_area(lesions), 1e-6))  # (B, L)
+  size = jnp.sqrt(jnp.maximum(box_ops.area(lesions), 1e-6))  # (B, L)
   ideal = cfg.object_scale * level_strides
   best = level_strides[jnp.argmin(jnp.abs(jnp.log2(size[..., None] / ideal)), axis=-1)]  # (B, L)
   centre = (lesions[..., :2] + lesions[..., 2:]) / 2  # (B, L, 2)
@@ -308,7 +254,7 @@ def assign_targets(xy: jax.Array, strides: jax.Array, point_valid: jax.Array,
                  cfg.center_radius * strides[None, :, None, None], axis=-1)  # (B, P, L)
   claims = (near & (strides[None, :, None] == best[:, None]) & lesion_mask[:, None]
             & point_valid[..., None])
-  area = jnp.where(claims, box_area(lesions)[:, None], jnp.inf)
+  area = jnp.where(claims, box_ops.area(lesions)[:, None], jnp.inf)
   owner = jnp.argmin(area, axis=-1)  # (B, P): the smallest claiming lesion.
   positive = jnp.any(claims, axis=-1)
   target = jnp.take_along_axis(lesions, owner[..., None], axis=1)
@@ -324,7 +270,7 @@ def losses(out: dict, lesion_boxes: jax.Array, lesion_mask: jax.Array, scale: fl
   focal = optax.sigmoid_focal_loss(out["logits"], positive.astype(jnp.float32),
                                    alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
   focal = jnp.sum(jnp.where(out["point_valid"], focal, 0.0)) / num_pos
-  g = jnp.sum(jnp.where(positive, 1.0 - giou(out["boxes"], target), 0.0)) / num_pos
+  g = jnp.sum(jnp.where(positive, 1.0 - box_ops.giou(out["boxes"], target), 0.0)) / num_pos
   l1 = jnp.abs(out["boxes"] - target).mean(-1) / out["strides"][None]
   l1 = jnp.sum(jnp.where(positive, l1, 0.0)) / num_pos
   total = focal + cfg.giou_weight * g + cfg.l1_weight * l1

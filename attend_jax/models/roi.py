@@ -18,19 +18,11 @@ import math
 import jax
 import jax.numpy as jnp
 
-CROP_PADDING = 20.0
+from attend_jax import box_ops
+
+CROP_PADDING = float(box_ops.CROP_PADDING)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def square_crop(boxes: jax.Array, padding: float = CROP_PADDING) -> tuple[jax.Array, jax.Array,
-                                                                            jax.Array]:
-  """(…, 4) ``cx cy w h`` -> (x0, y0, size): Python ``int()`` truncation, as the reference."""
-  side = jnp.maximum(boxes[..., 2], boxes[..., 3])
-  x0 = jnp.trunc(boxes[..., 0] - side / 2 - padding)
-  y0 = jnp.trunc(boxes[..., 1] - side / 2 - padding)
-  size = jnp.trunc(side + 2 * padding)
-  return x0, y0, jnp.maximum(size, 1.0)
 
 
 def _axis_weights(start: jax.Array, size: jax.Array, extent: jax.Array, out_size: int,
@@ -73,7 +65,7 @@ def crop_rois(image: jax.Array, image_hw: jax.Array, boxes: jax.Array, out_size:
     (K, S, S) float32 crops.
   """
   h, w = image.shape
-  x0, y0, size = square_crop(boxes.astype(jnp.float32), padding)
+  x0, y0, size = box_ops.square_crop(boxes.astype(jnp.float32), padding)
   # Static tap count: a crop is at most the padded image plus its padding on each side.
   max_size = max(h, w) + 2 * padding
   size = jnp.minimum(size, max_size)
@@ -116,8 +108,8 @@ def sine_embedding(positions: jax.Array, dims: int = 64, temperature: float = 10
   return jnp.concatenate([y, x, w, h], axis=-1)
 
 
-# "detector" boxes are put into the batch's proposals on device (trainer.make_proposer) and are
-# then taken like "files".
+# "detector" boxes are put into the batch's proposals on device (the run's proposer,
+# attend_jax.run.proposer) and are then taken like "files".
 PROPOSAL_SOURCES = ("files", "detector", "grid", "breast_only")
 
 
@@ -139,8 +131,9 @@ def grid_boxes(image_hw: jax.Array, grid: int) -> jax.Array:
 
 
 def make_rois(image_hw: jax.Array, proposals: jax.Array, proposal_mask: jax.Array, source: str,
-              topk: int, grid: int = 2, anchor: bool = True) -> jax.Array:
-  """(B, topk, 4) RoIs ``cx cy w h``.
+              topk: int, grid: int = 2, anchor: bool = True, with_index: bool = False):
+  """(B, topk, 4) RoIs ``cx cy w h``; with ``with_index`` also (B, topk) int32, the proposal
+  each RoI was taken from (-1 for the anchor, tiles and the whole-image stand-in).
 
   ``files``: the stored detector proposals in score order; where an image has fewer valid ones
   they are cycled, and with none at all the whole image stands in. ``grid``: ``grid`` x
@@ -150,17 +143,19 @@ def make_rois(image_hw: jax.Array, proposals: jax.Array, proposal_mask: jax.Arra
   is usually the whole breast.
   """
   whole = anchor_boxes(image_hw)[:, None]
+  none = jnp.full((image_hw.shape[0], topk), -1, jnp.int32)
+  out = lambda rois, index: (rois, index) if with_index else rois  # noqa: E731
   if source == "breast_only":
     if topk != 1:
       raise ValueError("proposals.source='breast_only' needs proposals.topk=1.")
-    return whole
+    return out(whole, none)
   if source == "grid":
     tiles = grid_boxes(image_hw, grid)
     if tiles.shape[1] != topk - 1 or not anchor:
       raise ValueError(f"proposals.source='grid' with grid={grid} gives {grid * grid} tiles"
                        f" after the breast anchor; set proposals.topk={grid * grid + 1} and"
                        " proposals.anchor=True.")
-    return jnp.concatenate([whole, tiles], axis=1)
+    return out(jnp.concatenate([whole, tiles], axis=1), none)
   if source not in ("files", "detector"):
     raise ValueError(f"proposals.source must be one of {PROPOSAL_SOURCES}, got {source!r}.")
   need = topk - 1 if anchor else topk
@@ -171,21 +166,11 @@ def make_rois(image_hw: jax.Array, proposals: jax.Array, proposal_mask: jax.Arra
   idx = jnp.arange(need)[None, :] % jnp.maximum(count, 1)[:, None]
   picked = jnp.take_along_axis(proposals[..., :4], idx[..., None], axis=1)
   picked = jnp.where((count > 0)[:, None, None], picked, whole)
-  return jnp.concatenate([whole, picked], axis=1) if anchor else picked
-
-
-def _lesion_overlap(rois: jax.Array, lesion_boxes: jax.Array) -> tuple[jax.Array, jax.Array,
-                                                                        jax.Array]:
-  """(B, K, L) intersection areas, RoI areas and lesion areas (broadcastable)."""
-  r0 = rois[..., :2] - rois[..., 2:4] / 2
-  r1 = rois[..., :2] + rois[..., 2:4] / 2
-  l0, l1 = lesion_boxes[..., :2], lesion_boxes[..., 2:4]
-  lo = jnp.maximum(r0[:, :, None], l0[:, None])
-  hi = jnp.minimum(r1[:, :, None], l1[:, None])
-  inter = jnp.prod(jnp.clip(hi - lo, 0, None), axis=-1)
-  roi_area = jnp.prod(jnp.clip(r1 - r0, 0, None), axis=-1)[:, :, None]
-  lesion_area = jnp.prod(jnp.clip(l1 - l0, 0, None), axis=-1)[:, None]
-  return inter, roi_area, lesion_area
+  idx = jnp.where((count > 0)[:, None], idx, -1).astype(jnp.int32)
+  if anchor:
+    return out(jnp.concatenate([whole, picked], axis=1),
+               jnp.concatenate([none[:, :1], idx], axis=1))
+  return out(picked, idx)
 
 
 def lesion_iou(rois: jax.Array, lesion_boxes: jax.Array, lesion_mask: jax.Array) -> jax.Array:
@@ -193,8 +178,7 @@ def lesion_iou(rois: jax.Array, lesion_boxes: jax.Array, lesion_mask: jax.Array)
 
   ``rois`` are ``cx cy w h``, ``lesion_boxes`` ``x0 y0 x1 y1``, ``lesion_mask`` (B, L).
   """
-  inter, roi_area, lesion_area = _lesion_overlap(rois, lesion_boxes)
-  iou = inter / jnp.maximum(roi_area + lesion_area - inter, 1e-6)
+  iou = box_ops.pairwise_iou(box_ops.to_xyxy(rois), lesion_boxes)
   return jnp.max(jnp.where(lesion_mask[:, None], iou, 0.0), axis=-1, initial=0.0)
 
 
@@ -211,6 +195,6 @@ def lesion_hits(rois: jax.Array, lesion_boxes: jax.Array, lesion_mask: jax.Array
   """
   if min_iou > 0:
     return lesion_iou(rois, lesion_boxes, lesion_mask) >= min_iou
-  inter, _, lesion_area = _lesion_overlap(rois, lesion_boxes)
-  coverage = inter / jnp.maximum(lesion_area, 1e-6)
+  inter = box_ops.pairwise_intersection(box_ops.to_xyxy(rois), lesion_boxes)
+  coverage = inter / jnp.maximum(box_ops.area(lesion_boxes)[:, None], 1e-6)
   return jnp.any((coverage >= min_coverage) & lesion_mask[:, None], axis=-1)

@@ -1,4 +1,4 @@
-"""One mesh from the config, and parameter shardings from the layers' annotations.
+"""One mesh from the config, parameter shardings from the layers' annotations, global batches.
 
 Layers annotate their kernels with mesh axis names (``"fsdp"``); a dimension that the axis
 does not divide is replicated instead, so the same model runs on 1 device, 8 host devices or a
@@ -67,19 +67,12 @@ def create_sharded(make_model: Callable[[], M], mesh: Mesh) -> M:
   return nnx.merge(graphdef, state)
 
 
-def shard_model(model: M, mesh: Mesh) -> M:
-  """Moves an existing model's variables onto ``mesh`` following their annotations."""
-  graphdef, state = nnx.split(model)
-  return nnx.merge(graphdef, jax.device_put(state, state_shardings(state, mesh)))
-
-
-def shard_batch(batch, mesh: Mesh):
-  """Places host arrays with the leading (batch) axis split over all devices."""
-  n = mesh.size
-  for x in jax.tree.leaves(batch):
-    if x.shape[0] % n:
-      raise ValueError(
-          f"Batch size {x.shape[0]} is not divisible by the {n} devices of the mesh"
-          f" {dict(mesh.shape)}; choose a multiple of {n}."
-      )
-  return jax.device_put(batch, NamedSharding(mesh, BATCH_SPEC))
+def to_global(batch: dict, mesh: Mesh) -> dict:
+  """Each host's rows of ``batch`` (numpy) -> one global batch split over every device."""
+  rows = len(next(iter(batch.values()))) * jax.process_count()
+  if rows % mesh.size:
+    raise ValueError(
+        f"Batch size {rows} is not divisible by the {mesh.size} devices of the mesh"
+        f" {dict(mesh.shape)}; choose a multiple of {mesh.size}.")
+  spec = NamedSharding(mesh, BATCH_SPEC)
+  return {k: jax.make_array_from_process_local_data(spec, np.asarray(v)) for k, v in batch.items()}

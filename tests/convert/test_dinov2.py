@@ -1,9 +1,6 @@
 """Weights conversion: every source format, the orbax round trip, downloads and bad files."""
 
-import os
 import pathlib
-import subprocess
-import sys
 import urllib.error
 
 import jax
@@ -14,6 +11,7 @@ from safetensors.torch import save_file
 
 from attend_jax.convert import dinov2 as conv
 from torch_refs import hf_dinov2, meta_state_from_hf, run_hf, timm_state_from_meta
+import helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = dict(width=64, depth=2, num_heads=4)
@@ -93,7 +91,7 @@ def test_safetensors_need_no_torch(tmp_path):
       "assert 'torch' not in {k for k, v in sys.modules.items() if v is not None}\n"
       "print(m.source_format)\n"
   )
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+  out = helpers.run("-c", code)
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == "hf"
 
@@ -214,11 +212,10 @@ def test_offline_download_says_which_url_and_where(tmp_path, monkeypatch):
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, str(REPO / "tools" / "convert_dinov2.py"), *args],
-                        capture_output=True, text=True, cwd=REPO,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  return helpers.run("tools/convert_dinov2.py", *args)
 
 
+@pytest.mark.slow
 def test_cli_converts_and_reports_bad_files(tmp_path):
   hf_model = hf_dinov2(width=384, depth=12, heads=6, image_size=56)
   path = tmp_path / "dinov2_vits14_pretrain.pth"

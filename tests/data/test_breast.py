@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from attend_jax import box_ops
 from attend_jax.data import breast
 from attend_jax.data.errors import BreastNotFoundError
 
@@ -34,7 +35,7 @@ def test_orientation_flip_and_unflip():
   assert did_flip
   assert breast.find_breast(flipped) == breast.find_breast(_image())
   box = breast.find_breast(flipped)
-  back = breast.unflip_boxes([box.x0, box.y0, box.x1, box.y1], right.shape[1])
+  back = box_ops.flip([box.x0, box.y0, box.x1, box.y1], right.shape[1])
   direct = breast.find_breast(right)
   np.testing.assert_array_equal(back, [direct.x0, direct.y0, direct.x1, direct.y1])
   _, did_flip = breast.normalize_orientation(_image())

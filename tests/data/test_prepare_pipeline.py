@@ -2,19 +2,17 @@
 
 import csv
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from attend_jax.data import pipeline, prepare, proposals, records
 from dicom_fixtures import phantom, write_mg
+import helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared" / "data" / "vindr_reference"
+SHARED = helpers.SHARED
 OPTS = prepare.PrepareOptions(long_side=64)
 
 
@@ -124,6 +122,7 @@ def test_cbis_mask_boxes_land_on_the_lesion(tmp_path):
   np.testing.assert_allclose(back, [[110, 100, 130, 120]], atol=1.5)
 
 
+@helpers.needs_shared
 def test_reference_csv_source_with_real_proposals(tmp_path):
   path = sorted((SHARED / "proposals").glob("*/*_preds.txt"))[0]
   study, image_id = path.parent.name, path.name[: -len("_preds.txt")]
@@ -202,9 +201,11 @@ def test_iterator_resumes_exactly_in_a_fresh_process(rsna_prepared):
   _, out, _ = rsna_prepared
   cfg = json.dumps({"data_dir": str(out), "config": "rsna_64", "batch_size": 2,
                     "image_size": 64, "augment": True})
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  run = lambda *a: subprocess.run([sys.executable, "-c", _RESUME, cfg, *a], capture_output=True,
-                                  text=True, cwd=REPO, env=env, check=True).stdout.splitlines()
+  def run(*args):
+    proc = helpers.run("-c", _RESUME, cfg, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.splitlines()
+
   state_line, expected = run("save")
   [resumed] = run("load", state_line)
   assert json.loads(resumed) == json.loads(expected)

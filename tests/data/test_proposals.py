@@ -1,14 +1,17 @@
 """Proposal handling on the real Grounding-DINO files, against the reference's semantics."""
 
-import pathlib
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from attend_jax import box_ops
 from attend_jax.data import proposals as P
+from attend_jax.models import roi
+import helpers
 
-SHARED = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "vindr_reference"
+SHARED = helpers.SHARED
 FILES = sorted((SHARED / "proposals").glob("*/*_preds.txt"))
 
 
@@ -41,11 +44,13 @@ def _reference_nms(boxes, k, thr=0.5):
   return boxes[selected]
 
 
+@helpers.needs_shared
 def test_the_real_fixture_is_there():
   assert len(FILES) == 128, f"expected the 128 shared proposal files under {SHARED}"
   assert all(len(P.read_proposals(f)) == 900 for f in FILES[:4])
 
 
+@helpers.needs_shared
 @pytest.mark.parametrize("k", [5, 10])
 def test_kept_boxes_equal_the_reference_on_every_real_file(k):
   for path in FILES:
@@ -56,6 +61,7 @@ def test_kept_boxes_equal_the_reference_on_every_real_file(k):
     np.testing.assert_array_equal(kept, expected, err_msg=str(path))
 
 
+@helpers.needs_shared
 def test_fewer_than_k_survive_on_real_files():
   # NMS at IoU 0.5 leaves 236-371 of each file's 900 boxes, so k=400 is always short.
   k = 400
@@ -72,6 +78,7 @@ def test_fewer_than_k_survive_on_real_files():
     np.testing.assert_array_equal(kept, again)
 
 
+@helpers.needs_shared
 def test_short_file_pads_and_empty_list_uses_the_whole_image():
   boxes = P.read_proposals(FILES[0])[:3]
   expected = _reference_nms(boxes, 5)
@@ -83,12 +90,14 @@ def test_short_file_pads_and_empty_list_uses_the_whole_image():
   np.testing.assert_array_equal(kept, [[100, 150, 200, 300, 0]] * 3)
 
 
+@helpers.needs_shared
 def test_unsorted_input_is_taken_in_score_order():
   boxes = P.read_proposals(FILES[1])
   shuffled = boxes[np.random.default_rng(0).permutation(len(boxes))]
   np.testing.assert_array_equal(P.select_proposals(shuffled, 5)[0], P.select_proposals(boxes, 5)[0])
 
 
+@helpers.needs_shared
 def test_breast_anchor_is_box_zero_and_suppresses_its_duplicate():
   boxes = P.read_proposals(FILES[2])
   anchor = boxes[0, :4] + np.float32(3.0)  # The mask box nearly equals the detector's box 0.
@@ -96,12 +105,13 @@ def test_breast_anchor_is_box_zero_and_suppresses_its_duplicate():
   assert is_real.all()
   np.testing.assert_array_equal(kept[0], np.append(anchor, 1.0).astype(np.float32))
   assert not any(np.array_equal(row, boxes[0]) for row in kept[1:])
-  assert (P.pairwise_iou(kept[:1], kept[1:]) <= 0.5).all()
+  assert (box_ops.pairwise_iou(kept[:1], kept[1:], "cxcywh") <= 0.5).all()
 
 
 def test_square_crop_boxes_truncate_toward_zero_like_python_int():
   boxes = np.array([[10.7, 30.2, 15.0, 40.9], [100.0, 100.0, 10.0, 5.0]])
-  crops = P.square_crop_boxes(boxes)
+  x0, y0, size = box_ops.square_crop(boxes)
+  crops = np.stack([x0, y0, size, size], -1)
   for (cx, cy, w, h), crop in zip(boxes, crops):
     side = max(w, h)
     assert crop.tolist() == [int(cx - side / 2 - 20), int(cy - side / 2 - 20), int(side + 40),
@@ -110,7 +120,7 @@ def test_square_crop_boxes_truncate_toward_zero_like_python_int():
 
 
 def test_normalized_positions():
-  pos = P.normalized_positions(np.array([[50.0, 20.0, 10.0, 30.0, 0.9]]), image_hw=(200, 100))
+  pos = roi.box_positions(jnp.array([[50.0, 20.0, 10.0, 30.0, 0.9]]), jnp.array([200, 100]))
   np.testing.assert_allclose(pos, [[0.5, 0.1, 0.3, 0.15]])
 
 

@@ -9,8 +9,9 @@ import pytest
 from attend_jax.data import sources
 from attend_jax.data.errors import LabelError
 from attend_jax.data.sources import cbis_ddsm, reference_csv, rsna, synthetic, vindr
+import helpers
 
-SHARED = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "vindr_reference"
+SHARED = helpers.SHARED
 
 
 def _write(path: pathlib.Path, text: str = ""):
@@ -118,6 +119,7 @@ def test_rsna_and_label_values(tmp_path):
   assert "cancer must be 0 or 1, got 'yes'" in listing.bad[0].reason
 
 
+@helpers.needs_shared
 def test_reference_csv_with_the_real_vindr_csvs_and_proposals(tmp_path):
   listing = reference_csv.list_examples(tmp_path, csv_dir=SHARED, proposal_dir=SHARED / "proposals")
   counts = {s: sum(ex.split == s for ex in listing.examples) for s in ("train", "val", "test")}

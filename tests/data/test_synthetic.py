@@ -3,8 +3,6 @@
 import collections
 import csv
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pydicom
@@ -13,6 +11,7 @@ from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation as MG_
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from attend_jax.data import synthetic as S
+import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MASSES = (S.SPICULATED_MASS, S.ROUND_MASS)
@@ -204,15 +203,13 @@ def test_bad_arguments_raise(tmp_path):
 
 
 def test_cli(tmp_path):
-  tool = [sys.executable, str(ROOT / "tools" / "make_synthetic.py")]
-  ok = subprocess.run(tool + ["--out", str(tmp_path / "d"), "--num_studies", "2", "--seed", "2",
-                              "--min_size", "128", "--max_size", "160"],
-                      capture_output=True, text=True, timeout=120)
+  ok = helpers.run("tools/make_synthetic.py", "--out", tmp_path / "d", "--num_studies", "2",
+                   "--seed", "2", "--min_size", "128", "--max_size", "160")
   assert ok.returncode == 0, ok.stderr
   assert "wrote 8 images (2 studies" in ok.stdout and "8/8" in ok.stderr
   assert len(S.read_labels(tmp_path / "d")) == 8
-  bad = subprocess.run(tool + ["--out", str(tmp_path / "e"), "--min_size", "400",
-                               "--max_size", "300"], capture_output=True, text=True, timeout=120)
+  bad = helpers.run("tools/make_synthetic.py", "--out", tmp_path / "e", "--min_size", "400",
+                    "--max_size", "300")
   assert bad.returncode == 1 and "error: size range 400..300" in bad.stderr
 
 

@@ -102,6 +102,7 @@ def test_two_class_head_and_bad_config():
       reference_checkpoint.create(dataclasses.replace(cfg, **bad))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32():
   ref, ours = _pair("anchor")
   crops, positions = _inputs()
@@ -114,26 +115,21 @@ def test_bfloat16_compute_stays_close_to_float32():
   np.testing.assert_allclose(bf16, f32, atol=0.1)
 
 
+@pytest.mark.slow
 def test_convert_reference_cli_output_loads_for_predict(tmp_path):
-  import os
-  import subprocess
-  import sys
-
-  from attend_jax import inference
+  import helpers
+  from attend_jax import run
 
   ref, _ = _pair("attn", seed=2)
   torch.save(ref.state_dict(), tmp_path / "model_epoch_7.pt")
-  repo = __import__("pathlib").Path(__file__).resolve().parents[2]
-  proc = subprocess.run(
-      [sys.executable, "tools/convert_reference.py", f"--checkpoint={tmp_path / 'model_epoch_7.pt'}",
-       f"--out={tmp_path / 'out'}", "--config.model.pool=attn", f"--config.model.roi_size={SIZE}",
-       f"--config.model.vit_overrides.width={WIDTH}", f"--config.model.vit_overrides.depth={DEPTH}",
-       f"--config.model.vit_overrides.num_heads={HEADS}",
-       "--config.model.vit_overrides.pretrained_grid=4"],
-      cwd=repo, capture_output=True, text=True, timeout=300,
-      env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"})
+  proc = helpers.run(
+      "tools/convert_reference.py", f"--checkpoint={tmp_path / 'model_epoch_7.pt'}",
+      f"--out={tmp_path / 'out'}", "--config.model.pool=attn", f"--config.model.roi_size={SIZE}",
+      f"--config.model.vit_overrides.width={WIDTH}", f"--config.model.vit_overrides.depth={DEPTH}",
+      f"--config.model.vit_overrides.num_heads={HEADS}",
+      "--config.model.vit_overrides.pretrained_grid=4")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  loaded = inference.load(tmp_path / "out")
+  loaded = run.load(tmp_path / "out")
   assert loaded.source.endswith("step 0")
   crops, positions = _inputs(seed=4)
   with torch.no_grad():
@@ -143,7 +139,6 @@ def test_convert_reference_cli_output_loads_for_predict(tmp_path):
 
   # A state dict of another architecture is refused with the file named.
   torch.save({"fc1.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
-  proc = subprocess.run(
-      [sys.executable, "tools/convert_reference.py", f"--checkpoint={tmp_path / 'other.pt'}",
-       f"--out={tmp_path / 'o2'}"], cwd=repo, capture_output=True, text=True, timeout=300)
+  proc = helpers.run("tools/convert_reference.py", f"--checkpoint={tmp_path / 'other.pt'}",
+                     f"--out={tmp_path / 'o2'}")
   assert proc.returncode == 1 and "other.pt" in proc.stderr and "Traceback" not in proc.stderr

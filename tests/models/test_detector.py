@@ -11,6 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
+from attend_jax import box_ops
 from attend_jax.models import detector, vit
 
 
@@ -206,8 +207,8 @@ def test_giou_hand_values():
       1 / 7 - 2 / 9,   # Overlap 1, union 4 + 4 - 1 = 7, hull 3 x 3 = 9.
       1 / 3,           # Overlap 2 x 2 = 4, union 12 = hull: the IoU.
   ]
-  np.testing.assert_allclose(detector.giou(a, b), expected, rtol=1e-6)
-  np.testing.assert_allclose(detector.giou(b, a), expected, rtol=1e-6)  # Symmetric.
+  np.testing.assert_allclose(box_ops.giou(a, b), expected, rtol=1e-6)
+  np.testing.assert_allclose(box_ops.giou(b, a), expected, rtol=1e-6)  # Symmetric.
 
 
 def _iou(a, b):
@@ -229,7 +230,7 @@ def test_pairwise_iou_equals_reference():
   rng = np.random.default_rng(0)
   a, b = _random_boxes(rng, (2, 7)), _random_boxes(rng, (2, 5))
   b[0, 0] = a[0, 3]  # An identical pair: IoU 1.
-  ours = np.asarray(detector.pairwise_iou(jnp.asarray(a), jnp.asarray(b)))
+  ours = np.asarray(box_ops.pairwise_iou(jnp.asarray(a), jnp.asarray(b)))
   assert ours.shape == (2, 7, 5)
   ref = np.array([[[_iou(p, q) for q in b[k]] for p in a[k]] for k in range(2)])
   assert (ref > 0).any() and (ref == 0).any()
@@ -238,7 +239,7 @@ def test_pairwise_iou_equals_reference():
 
 
 def test_xyxy_to_cxcywh():
-  out = detector.xyxy_to_cxcywh(jnp.array([[2.0, 4.0, 12.0, 10.0]]))
+  out = box_ops.to_cxcywh(jnp.array([[2.0, 4.0, 12.0, 10.0]]))
   np.testing.assert_allclose(out, [[7.0, 7.0, 10.0, 6.0]])
 
 
@@ -247,7 +248,7 @@ def test_xyxy_to_cxcywh():
 # ----------------------------------------------------------------------------------------------
 
 
-_nms = jax.jit(detector.nms, static_argnames=("iou_threshold", "max_out"))
+_nms = jax.jit(box_ops.nms, static_argnames=("iou_threshold", "max_out"))
 
 
 def _greedy_nms(boxes, valid, threshold):
@@ -505,7 +506,7 @@ def test_detect_boxes_scores_and_proposals(model, images):
     expected = np.clip(out["boxes"][b, best] / 0.56, 0, [w, h, w, h])
     np.testing.assert_allclose(boxes[0], expected, rtol=1e-5, atol=1e-4)
     # Kept boxes overlap each other by no more than the NMS threshold.
-    iou = np.asarray(detector.pairwise_iou(boxes[valid], boxes[valid]))
+    iou = np.asarray(box_ops.pairwise_iou(boxes[valid], boxes[valid]))
     assert (iou[np.triu_indices(valid.sum(), 1)] <= cfg.nms_iou + 1e-6).all()
   props, mask = map(np.asarray, detector.as_proposals(det))
   assert props.shape == (2, n, 5)
@@ -549,6 +550,6 @@ def test_tiny_detector_overfits_two_squares(model):
   assert np.mean(history[-10:]) < history[0] / 10, history[::10]
   net = nnx.merge(graphdef, params, rest)
   det = _detect(net, pixels, hw)
-  iou = np.asarray(detector.pairwise_iou(det["boxes"][:, :3], jnp.asarray(squares)))[..., 0]
+  iou = np.asarray(box_ops.pairwise_iou(det["boxes"][:, :3], jnp.asarray(squares)))[..., 0]
   assert np.asarray(det["valid"])[:, 0].all()
   assert (iou.max(axis=1) > 0.5).all(), iou

@@ -13,7 +13,7 @@ from attend_jax.models import roi
 
 
 def _reference_crop(image_u16: np.ndarray, box, out_size: int) -> np.ndarray:
-  """DESIGN's crop: int() corner, zero canvas, /65535, torch antialiased bilinear resize."""
+  """docs/method.md's crop: int() corner, zero canvas, /65535, torch antialiased bilinear resize."""
   cx, cy, w, h = box
   side = max(w, h)
   x0, y0, size = int(cx - side / 2 - 20), int(cy - side / 2 - 20), int(side + 40)

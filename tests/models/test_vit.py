@@ -101,6 +101,7 @@ def test_every_variant_has_the_shapes_of_meta_checkpoints(variant, registers):
   assert abs(ours_without_registers - published[variant]) <= tolerance
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32():
   cfg = vit.ViTConfig(width=64, depth=2, num_heads=4, pretrained_grid=4)
   f32 = vit.create(cfg, seed=3)

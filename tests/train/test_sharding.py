@@ -22,6 +22,7 @@ def test_eight_devices_are_simulated():
   assert jax.device_count() == 8
 
 
+@pytest.mark.slow
 def test_fsdp_sharded_backbone_matches_one_device():
   images = np.random.default_rng(0).normal(size=(8, 42, 56, 3)).astype(np.float32)
   single = vit.create(CFG, seed=7)
@@ -45,7 +46,7 @@ def test_fsdp_sharded_backbone_matches_one_device():
       loss, grads = nnx.value_and_grad(_loss)(m, images)
       return m(images)[0], loss, grads
 
-    batch = sharding.shard_batch(images, mesh)
+    batch = sharding.to_global({"images": images}, mesh)["images"]
     cls, loss, grads = step(state, batch)
 
   assert len(cls.sharding.device_set) == 8
@@ -75,4 +76,4 @@ def test_clear_errors_for_mesh_and_batch_sizes():
   mesh = sharding.make_mesh(data=-1, fsdp=2)
   assert dict(mesh.shape) == {"data": 4, "fsdp": 2}
   with pytest.raises(ValueError, match="Batch size 6 is not divisible by the 8 devices"):
-    sharding.shard_batch(np.zeros((6, 14, 14, 3)), mesh)
+    sharding.to_global({"images": np.zeros((6, 14, 14, 3))}, mesh)

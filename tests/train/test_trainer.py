@@ -13,6 +13,10 @@ from attend_jax.data import prepare, synthetic
 from attend_jax.train import trainer
 from configs import demo
 
+import helpers
+
+pytestmark = pytest.mark.slow  # Each test trains; the unit tests of the loop's parts are fast.
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
@@ -91,7 +95,7 @@ import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 from configs import demo
 from attend_jax.train import trainer
-sys.path.insert(0, os.path.join(os.getcwd(), "tests", "train"))
+sys.path[:0] = [os.path.join(os.getcwd(), "tests"), os.path.join(os.getcwd(), "tests", "train")]
 from test_trainer import _config
 trainer.log = lambda message, *args: print(message % args if args else message, flush=True)
 config = _config(sys.argv[1])
@@ -102,36 +106,29 @@ print("processes", jax.process_count(), "devices", jax.device_count(), flush=Tru
 
 
 def test_two_processes_with_jax_distributed_train_in_step(data_dir, tmp_path):
-  import os
   import socket
-  import subprocess
-  import sys
 
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  repo = pathlib.Path(__file__).resolve().parents[2]
-  procs = []
-  for i in range(2):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
-           "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, str(data_dir),
-                                   str(tmp_path / "run")], cwd=repo, env=env, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-  outs = [p.communicate(timeout=600)[0] for p in procs]
+  procs = [helpers.start("-c", _WORKER, data_dir, tmp_path / "run", extra_env={
+      "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
+      "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+  outs = [helpers.finish(p) for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
     assert "processes 2 devices 2" in out
-  losses = [[l for l in out.splitlines() if l.startswith("step ") and "loss" in l] for out in outs]
-  assert len(losses[0]) == 4 and losses[0] == losses[1]  # The same global loss on both hosts.
+  # The same global loss on both hosts ("step 3/4  loss 1.3747", without the rates and ETAs).
+  losses = [[l.split("steps/s")[0].rsplit(" ", 3)[0] for l in out.splitlines()
+             if l.startswith("step ") and "loss" in l] for out in outs]
+  assert len(losses[0]) == 4 and losses[0] == losses[1]
   assert (tmp_path / "run" / "checkpoints" / "4" / "state").is_dir()
   assert (tmp_path / "run" / "eval" / "metrics.json").exists()
 
 
 _RUN = """
 import os, sys, time
-sys.path.insert(0, os.path.join(os.getcwd(), "tests", "train"))
+sys.path[:0] = [os.path.join(os.getcwd(), "tests"), os.path.join(os.getcwd(), "tests", "train")]
 from attend_jax.train import trainer
 from test_trainer import _config
 data_dir, workdir, steps, mesh_data, mesh_fsdp, pause_at = sys.argv[1:7]
@@ -139,7 +136,8 @@ printed = trainer.log
 def log(message, *args):
   printed(message, *args)
   if pause_at != "0" and message.startswith("step %d/%d") and args[0] == int(pause_at):
-    time.sleep(120)  # Holds still here until the test kills it.
+    while True:
+      time.sleep(1)  # Holds still here, however long the machine takes, until it is killed.
 trainer.log = log
 config = _config(data_dir, train__steps=int(steps), train__log_every=1)
 config.mesh.data, config.mesh.fsdp = int(mesh_data), int(mesh_fsdp)
@@ -148,20 +146,12 @@ trainer.train_and_evaluate(config, workdir)
 
 
 def _start(data_dir, workdir, steps=6, devices=8, mesh=(-1, 1), pause_at=0):
-  import os
-  import subprocess
-  import sys
-
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  return subprocess.Popen(
-      [sys.executable, "-c", _RUN, str(data_dir), str(workdir), str(steps), str(mesh[0]),
-       str(mesh[1]), str(pause_at)], cwd=pathlib.Path(__file__).resolve().parents[2], env=env,
-      text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  return helpers.start("-c", _RUN, data_dir, workdir, steps, mesh[0], mesh[1], pause_at,
+                       devices=devices)
 
 
 def _finish(proc):
-  out = proc.communicate(timeout=600)[0]
+  out = helpers.finish(proc)
   assert proc.returncode == 0, out[-3000:]
   return [l for l in out.splitlines() if l.startswith("step ") and "loss" in l]
 
@@ -174,7 +164,7 @@ def test_sigkill_then_the_same_command_resumes_exactly(data_dir, tmp_path):
   _finish(_start(data_dir, straight))
   killed = tmp_path / "killed"
   proc = _start(data_dir, killed, pause_at=4)
-  deadline = time.time() + 300
+  deadline = time.time() + helpers.HANG_GUARD_S
   # Checkpoint 3 is written asynchronously; it counts once orbax has committed it.
   while not (killed / "checkpoints" / "3" / "_CHECKPOINT_METADATA").exists():
     assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
@@ -221,9 +211,10 @@ def test_eight_devices_train_like_one(data_dir, tmp_path):
                           for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb))])
   spread = {q: float(np.quantile(diffs, q)) for q in (0.5, 0.99)}
   # A wrong gradient (a per-device BatchNorm, loss or contrastive term) moves most parameters
-  # by ~lr; rounding moves the median by ~1e-7 and only a tail by more.
+  # by ~lr. Rounding moves the median by 1e-7 to a few 1e-6 depending on the machine (3.5e-6
+  # seen), and only a tail by more: bounds relative to a step, not to one machine's figure.
   assert diffs.max() <= 3 * 2 * lr, spread
-  assert spread[0.5] < 1e-6 and spread[0.99] < lr / 10, spread
+  assert spread[0.5] < lr / 100 and spread[0.99] < lr / 10, spread
 
 
 def test_bfloat16_compute_with_gradient_accumulation_trains(data_dir, tmp_path):

@@ -1,0 +1,93 @@
+"""Prepared datasets as runs find them: the demo's on-demand synthetic data, and one message for
+a dataset that is not there yet (the prepare command and the raw layout, never a traceback)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Sequence
+
+import jax
+
+from attend_jax.data import records
+from attend_jax.data.sources import ORIGINS, DatasetNotFoundError
+from attend_jax.progress import Progress, log
+
+# Flags of tools/prepare_data.py that a dataset needs beyond --root and --out.
+_EXTRA_FLAGS = {"csv": " --csv_dir REFERENCE_CSVS --proposals PROPOSAL_DIR --keep_orientation"}
+
+
+def is_prepared(data_dir: str | os.PathLike, name: str) -> bool:
+  """A finished TFDS build of ``name`` (its dataset_info.json is written last)."""
+  return any((pathlib.Path(data_dir) / records.NAME / name).glob("*/dataset_info.json"))
+
+
+def require(data_dir: str | os.PathLike, name: str, splits: Sequence[str] = (), *,
+            flag: str, instead: str, split_advice: str, long_side: int | None = None
+            ) -> list[str]:
+  """The splits of the prepared dataset ``name`` in ``data_dir``, which must include ``splits``.
+
+  Otherwise a DatasetNotFoundError that says what is missing and, for a dataset not prepared at
+  all, the prepare command and where the raw dataset comes from with the layout its root must
+  have. ``flag`` names the setting that chose ``data_dir``, ``instead`` says how to point at
+  another folder, and ``split_advice`` what to do about a missing split.
+  """
+  data_dir = pathlib.Path(data_dir)
+  if not is_prepared(data_dir, name):
+    dataset, _, size = name.rpartition("_")
+    size = size if size.isdigit() else (long_side or "N")
+    where, layout = ORIGINS.get(dataset, ("", ""))
+    lines = [f"No prepared dataset {name!r} in {data_dir.absolute()} ({flag}).",
+             "Prepare it once (it resumes if interrupted) with:",
+             f"  python tools/prepare_data.py --dataset {dataset or 'DATASET'} --root ROOT"
+             f" --out {data_dir if str(data_dir) != '.' else 'OUT'} --long_side {size}"
+             f"{_EXTRA_FLAGS.get(dataset, '')}",
+             f"or {instead}."]
+    if where:
+      lines += [f"The raw dataset comes from {where}; ROOT must look like:", layout]
+    raise DatasetNotFoundError("\n".join(lines))
+  have = records.splits(data_dir, name)
+  missing = [s for s in splits if s not in have]
+  if missing:
+    raise DatasetNotFoundError(
+        f"The prepared dataset {name!r} in {data_dir} has no {' or '.join(map(repr, missing))}"
+        f" split: it has the splits {have}, not {missing}; {split_advice}.")
+  return have
+
+
+def require_for_run(config, splits: Sequence[str]) -> list[str]:
+  """``require`` for a run's ``config.data``: the splits it trains or evaluates on."""
+  if "train" in splits and is_prepared(config.data.dir, config.data.name) and (
+      "train" not in records.splits(config.data.dir, config.data.name)):
+    advice = ("training needs a 'train' split; bad_files.csv in that folder lists the images"
+              " that could not be used")
+  else:
+    advice = "set config.data.eval_split to one it has"
+  return require(config.data.dir, config.data.name, splits, flag="config.data.dir",
+                 instead="point --config.data.dir at the folder you prepared it into",
+                 split_advice=advice)
+
+
+def ensure_synthetic(config) -> None:
+  """The demo's data: synthetic DICOMs generated and prepared on first use (host 0 writes)."""
+  syn = config.data.synthetic
+  data_dir = pathlib.Path(config.data.dir)
+  if not syn.num_studies or (data_dir / "manifest.json").exists():
+    return
+  from attend_jax.data import prepare, synthetic
+
+  if jax.process_index() == 0:
+    dicoms = data_dir / "dicom"
+    if not (dicoms / "labels.csv").exists():
+      log("Writing %d synthetic studies to %s", syn.num_studies, dicoms)
+      synthetic.generate(dicoms, syn.num_studies, seed=config.seed,
+                         size_range=(syn.min_size, syn.max_size),
+                         benign_fraction=syn.benign_fraction, conspicuity=syn.conspicuity,
+                         progress=Progress("writing DICOMs", "img"))
+    log("Preparing %s into %s", dicoms, data_dir)
+    prepare.prepare("synthetic", dicoms, data_dir,
+                    prepare.PrepareOptions(long_side=config.data.image_size),
+                    progress=Progress("preparing", "img"))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("synthetic data ready")

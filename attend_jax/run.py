@@ -1,0 +1,124 @@
+"""A run's folder, and the one way to open it.
+
+A training workdir holds ``config.json`` (the whole config, so every later use preprocesses
+and builds the model as training did), orbax checkpoints (``checkpoints/`` for resume,
+``best/`` for evaluation), and, for a classifier trained on a detector's boxes, ``detector/``:
+its own copy of that detector. A weights export (a converted checkpoint, the detector copy) is
+the same minus the training state: ``config.json`` and ``weights/``.
+
+The trainer writes through this module; predict, evaluate, export_proposals, the notebooks and
+the classifier's proposer read through ``load``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from collections.abc import Callable
+
+import jax
+import ml_collections
+from flax import nnx
+
+from attend_jax import tasks
+from attend_jax.progress import log
+from attend_jax.tasks import detect
+from attend_jax.train import checkpoint
+
+CONFIG = "config.json"
+WEIGHTS = "weights"  # A standalone export: DIR/config.json + DIR/weights (params, stats).
+DETECTOR_COPY = "detector"  # A classifier run's own copy of the detector it trained with.
+
+
+class ModelNotFoundError(FileNotFoundError):
+  """The run or checkpoint folder holds no usable model; the message says what is missing."""
+
+
+@dataclasses.dataclass
+class Loaded:
+  config: ml_collections.ConfigDict
+  model: nnx.Module  # In eval mode.
+  source: str  # Which checkpoint, for the outputs.
+  # proposals.source="detector": batch -> batch with the run's own detector's proposals.
+  proposer: Callable[[dict], dict] | None = None
+
+  @property
+  def task(self) -> tasks.Task:
+    return tasks.get(self.config)
+
+
+def write_config(directory: str | os.PathLike, config) -> None:
+  """``DIR/config.json`` (host 0)."""
+  if jax.process_index() == 0:
+    path = pathlib.Path(directory) / CONFIG
+    path.write_text(config.to_json_best_effort(indent=2) + "\n")
+
+
+def read_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
+  path = pathlib.Path(directory).absolute() / CONFIG
+  if not path.exists():
+    raise ModelNotFoundError(f"{path.parent}: no {CONFIG}; pass a training workdir"
+                             " (python -m attend_jax.main --workdir) or a converted checkpoint.")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def save_export(directory: str | os.PathLike, model: nnx.Module, config) -> None:
+  """``model``'s parameters and BatchNorm statistics with ``config``, as a folder ``load``
+  opens (a converted checkpoint, a classifier's detector copy)."""
+  directory = pathlib.Path(directory).absolute()
+  directory.mkdir(parents=True, exist_ok=True)
+  _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+  checkpoint.save_weights(directory / WEIGHTS, {"params": params, "stats": stats})
+  write_config(directory, config)
+
+
+def load(directory: str | os.PathLike) -> Loaded:
+  """The model of a training workdir (best checkpoint, else the latest) or of a weights export:
+  a classifier, with the detector that proposes its RoIs if it was trained with one, or a
+  detector. The config comes from ``DIR/config.json``."""
+  directory = pathlib.Path(directory).absolute()
+  config = read_config(directory)
+  config.model.pretrained = ""  # The checkpoint holds the backbone too.
+  model = tasks.get(config).build_model()
+  graph, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+  target = {"params": params, "stats": stats}
+  for sub in (checkpoint.BEST, checkpoint.LATEST, WEIGHTS):
+    restored = checkpoint.restore_weights(directory / sub, target)
+    if restored is not None:
+      step, state = restored
+      model = nnx.merge(graph, state["params"], state["stats"], rest)
+      model.eval()
+      return Loaded(config, model, f"{directory / sub} step {step}", proposer(config, directory))
+  raise ModelNotFoundError(f"{directory}: no checkpoint in {checkpoint.BEST}/,"
+                           f" {checkpoint.LATEST}/ or {WEIGHTS}/ yet.")
+
+
+def proposer(config, workdir: str | os.PathLike, mesh=None) -> Callable[[dict], dict] | None:
+  """With ``proposals.source = "detector"``, the jitted ``batch -> batch`` that replaces a
+  batch's proposals by the detector's top boxes, on device; otherwise None.
+
+  The detector comes from ``workdir/detector`` if the run already has one (a resume, or a
+  trained classifier used for prediction), else from ``config.proposals.detector`` (a detector
+  workdir, best checkpoint first), and is then copied there, so that a classifier run carries
+  the detector it was trained with.
+  """
+  if config.proposals.source != "detector":
+    return None
+  own = pathlib.Path(workdir).absolute() / DETECTOR_COPY
+  if (own / CONFIG).exists():
+    loaded = load(own)
+  else:
+    if not config.proposals.get("detector"):
+      raise ValueError("proposals.source='detector' needs proposals.detector: the workdir of a"
+                       " trained detector (python -m attend_jax.main"
+                       " --config=configs/detector_<dataset>.py --workdir=DIR).")
+    loaded = load(config.proposals.detector)
+    if tasks.name(loaded.config) != "detect":
+      raise ValueError(f"proposals.detector={config.proposals.detector} is a"
+                       f" {tasks.name(loaded.config)!r} run, not a detector.")
+    if jax.process_index() == 0:
+      save_export(own, loaded.model, loaded.config)
+  log("Proposals: the detector of %s", loaded.source)
+  return detect.proposer(loaded.model, max(config.proposals.topk, 1), mesh)

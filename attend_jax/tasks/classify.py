@@ -1,0 +1,125 @@
+"""The paper's task: cancer / not cancer per image, from RoIs of the breast crop.
+
+The forward pass here is the one every caller uses (training, evaluation, predict on DICOMs,
+notebooks): images from the batch, RoIs from its proposals (``config.proposals``), then the
+Attend model. Its loss is BCE (or softmax CE), the reference's repulsive term and our
+hard-negative contrastive term over the global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from attend_jax import losses
+from attend_jax.data import device_augment
+from attend_jax.eval import metrics, report
+from attend_jax.models import attend, build, roi
+from attend_jax.tasks.base import Task
+
+
+def probabilities(logits: jax.Array, num_classes: int) -> jax.Array:
+  """P(cancer) from a sigmoid logit (``num_classes=1``) or a two-way softmax."""
+  return jax.nn.sigmoid(logits) if num_classes == 1 else jax.nn.softmax(logits)[:, 1]
+
+
+def forward(model: attend.AttendModel, batch: dict, config, train: bool):
+  """``(logits, aux, rois, roi_index)``: ``rois`` (B, K, 4) ``cx cy w h`` in stored pixels, and
+  the proposal each came from (-1 for the anchor and tiles)."""
+  images = device_augment.images(batch, train)
+  # Detector proposals were put into the batch by the run's proposer: from here they are files.
+  source = "files" if config.proposals.source == "detector" else config.proposals.source
+  rois, index = roi.make_rois(batch["image_hw"], batch["proposals"], batch["proposal_mask"],
+                              source, config.proposals.topk, config.proposals.grid,
+                              config.proposals.anchor, with_index=True)
+  logits, aux = model.from_images(images, batch["image_hw"], rois)
+  return logits, aux, rois, index
+
+
+def loss_terms(logits, aux, rois, batch, config) -> dict[str, jax.Array]:
+  labels = batch["label"]
+  if config.model.num_classes == 1:
+    cls = losses.bce_with_logits(logits, labels, config.loss.pos_weight)
+  else:
+    cls = losses.softmax_cross_entropy(logits, labels, config.loss.label_smoothing)
+  out = {"cls": cls, "repulsive": losses.repulsive(aux["roi_embeddings"])}
+  total = cls + config.loss.repulsive_weight * out["repulsive"]
+  if config.loss.contrastive_weight:
+    items, classes = [aux["projection"]], [labels]
+    if config.loss.contrast_rois and rois.shape[1] > 1:
+      # RoIs on a lesion of a cancer are positives; every other RoI, above all a detector's
+      # false positives on a cancer image, is a hard negative.
+      hits = roi.lesion_hits(rois[:, 1:], batch["lesion_boxes"], batch["lesion_mask"],
+                             min_iou=config.loss.get("hit_iou", 0.0))
+      cancer = labels[:, None] == 1
+      items.append(aux["roi_projection"][:, 1:].reshape(-1, aux["projection"].shape[-1]))
+      classes.append((hits & cancer).astype(labels.dtype).reshape(-1))
+      out["hard_negatives"] = jnp.sum(~hits & cancer).astype(jnp.float32)
+    out["contrastive"] = losses.hard_negative_supcon(
+        jnp.concatenate(items), jnp.concatenate(classes), temperature=config.loss.temperature,
+        beta=config.loss.beta, top_m=config.loss.top_m)
+    total = total + config.loss.contrastive_weight * out["contrastive"]
+  out["loss"] = total
+  return out
+
+
+PREDICTIONS_HEADER = "image_id,study_id,laterality,view,label,probability\n"
+
+
+class Classify(Task):
+  name = "classify"
+
+  def build_model(self, seed: int = 0) -> attend.AttendModel:
+    return attend.AttendModel(build.attend_config(self.config), rngs=nnx.Rngs(seed))
+
+  @property
+  def selection_metric(self) -> str:
+    return "auc"
+
+  def no_metric_reason(self) -> str:
+    return "it holds one class only"
+
+  def loss_terms(self, model, batch, train):
+    logits, aux, rois, _ = forward(model, batch, self.config, train)
+    return loss_terms(logits, aux, rois, batch, self.config)
+
+  def eval_outputs(self, model, batch, detail=False):
+    """``prob`` (B,); with ``detail`` also ``rois`` (B, K, 4), ``attention`` (B, K) of the
+    pooled token over the RoIs, and ``roi_score`` (B, K), each RoI's detector score (NaN for
+    the anchor and tiles)."""
+    config = self.config
+    logits, aux, rois, index = forward(model, batch, config, train=False)
+    out = {"prob": probabilities(logits, config.model.num_classes)}
+    if detail:
+      pool_row = config.proposals.topk if config.model.pool == "cls" else 0
+      block = config.model.pool_attn_block - 1
+      scores = jnp.take_along_axis(batch["proposals"][..., 4], jnp.maximum(index, 0), axis=1)
+      out.update(rois=rois, attention=aux["attention"][block][:, pool_row, :rois.shape[1]],
+                 roi_score=jnp.where(index >= 0, scores, jnp.nan))
+    return out
+
+  def summarize(self, pred, num_bootstrap: int = 0):
+    return metrics.summary(pred["label"], pred["prob"], groups=pred["breast"],
+                           num_bootstrap=num_bootstrap)
+
+  def write(self, pred, out_dir, split, extra=None):
+    """metrics.json (with a bootstrap CI of the AUC, and ``extra``), predictions.csv, roc.png."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = metrics.summary(pred["label"], pred["prob"], groups=pred["breast"])
+    summary.update(split=split, **(extra or {}))
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with open(out_dir / "predictions.csv", "w") as f:
+      f.write(PREDICTIONS_HEADER)
+      for ids, y, p in zip(pred["ids"], pred["label"], pred["prob"]):
+        f.write(f"{ids['image_id']},{ids['study_id']},{ids['laterality']},{ids['view']},{y},"
+                f"{p:.6f}\n")
+    if summary.get("auc") is not None:
+      _, scores, labels = metrics.aggregate(pred["prob"], pred["label"], pred["breast"])
+      report.plot_roc(pred["label"], pred["prob"], out_dir / "roc.png",
+                      title=f"{split}: image and breast level", breast=(labels, scores))
+    return summary

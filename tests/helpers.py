@@ -1,0 +1,51 @@
+"""Running the project's commands in child processes, as a user runs them."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Only a guard against a hung child, far above any run's duration; never a speed check.
+HANG_GUARD_S = 3600
+
+
+def env(devices: int | None = 1, **extra: str) -> dict[str, str]:
+  """This process's environment for a child on the CPU with ``devices`` simulated devices
+  (None: no XLA_FLAGS, i.e. one device, as a user's shell has), plus ``extra``."""
+  out = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out["JAX_PLATFORMS"] = "cpu"
+  if devices is not None and devices != 1:
+    out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return out | extra
+
+
+def run(*args, devices: int | None = 1, cwd=REPO, extra_env: dict | None = None,
+        **kwargs) -> subprocess.CompletedProcess:
+  """``python ARGS`` in ``cwd`` (the repository), output captured as text."""
+  return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True,
+                        text=True, timeout=HANG_GUARD_S, check=False,
+                        env=env(devices, **(extra_env or {})), **kwargs)
+
+
+def start(*args, devices: int | None = 1, extra_env: dict | None = None) -> subprocess.Popen:
+  """``python ARGS`` started in the repository, stdout and stderr together as text."""
+  return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, text=True,
+                          env=env(devices, **(extra_env or {})), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+
+
+def finish(proc: subprocess.Popen) -> str:
+  """Waits for ``proc`` (with the hang guard) and returns its output."""
+  return proc.communicate(timeout=HANG_GUARD_S)[0]
+
+# The reference's real VinDr label CSVs and Grounding-DINO proposal files, beside the checkout.
+SHARED = REPO.parent / "shared" / "data" / "vindr_reference"
+
+
+def needs_shared(test):
+  """Skips ``test``, saying why, on a checkout without the shared real data."""
+  import pytest
+
+  return pytest.mark.skipif(not (SHARED / "proposals").is_dir(),
+                            reason=f"needs the reference's real data in {SHARED}")(test)

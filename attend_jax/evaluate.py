@@ -132,4 +132,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(cli.main(main, errors=(run.ModelNotFoundError,)))
+  cli.run(main, errors=(run.ModelNotFoundError,))

@@ -6,6 +6,7 @@ per-breast and per-exam aggregation, and overlay pictures.
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import os
@@ -27,7 +28,8 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
 def find_dicoms(inputs: Sequence[str | os.PathLike]) -> tuple[list[pathlib.Path], list]:
-  """DICOM files among ``inputs`` (files, or folders scanned recursively), and missing paths.
+  """DICOM files among ``inputs`` (files, or folders scanned recursively), and the inputs that
+  gave none, as (path, reason): a missing path, or a folder without DICOM files.
 
   In folders, files ending in .dcm or .dicom count; a file named explicitly always does.
   """
@@ -35,8 +37,11 @@ def find_dicoms(inputs: Sequence[str | os.PathLike]) -> tuple[list[pathlib.Path]
   for item in inputs:
     path = pathlib.Path(item)
     if path.is_dir():
-      found += sorted(p for p in path.rglob("*") if p.is_file()
-                      and p.suffix.lower() in DICOM_SUFFIXES)
+      files = sorted(p for p in path.rglob("*") if p.is_file()
+                     and p.suffix.lower() in DICOM_SUFFIXES)
+      if not files:
+        missing.append((str(path), "a folder without DICOM files (*.dcm, *.dicom)"))
+      found += files
     elif path.is_file():
       found.append(path)
     else:
@@ -45,10 +50,20 @@ def find_dicoms(inputs: Sequence[str | os.PathLike]) -> tuple[list[pathlib.Path]
   return unique, missing
 
 
-def example(path: pathlib.Path, proposal_dir: str | None = None) -> Example:
-  """A DICOM file as the source of one prediction: its ids from the header."""
-  header = dicom.read_header(path)
-  study = str(header.get("StudyInstanceUID", "") or path.parent.name)
+def image_ids(paths: Sequence[pathlib.Path]) -> list[str]:
+  """An id per file, unique among ``paths``: the file name without its suffix where that is
+  unique, else the path from the files' common folder (CBIS-DDSM names every file 1-1.dcm)."""
+  stems = collections.Counter(p.stem for p in paths)
+  root = pathlib.Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else None
+  return [p.stem if stems[p.stem] == 1 else p.relative_to(root).with_suffix("").as_posix()
+          for p in paths]
+
+
+def example(path: pathlib.Path, proposal_dir: str | None = None,
+            image_id: str | None = None) -> Example:
+  """A DICOM file as the source of one prediction: its ids, side and view from the header (and
+  a CBIS/NBIA name), its exam as the patient on one date."""
+  who = dicom.identity(dicom.read_header(path), path)
   props = None
   if proposal_dir:
     for candidate in (pathlib.Path(proposal_dir) / f"{path.stem}_preds.txt",
@@ -58,42 +73,45 @@ def example(path: pathlib.Path, proposal_dir: str | None = None) -> Example:
         break
     if props is None:
       raise DataError(path, f"no proposal file {path.stem}_preds.txt in {proposal_dir}")
-  return Example(image_id=path.stem, study_id=study,
-                 patient_id=str(header.get("PatientID", "") or study), laterality="", view="",
+  exam = who.exam or path.parent.name
+  return Example(image_id=image_id or path.stem, study_id=exam,
+                 patient_id=who.patient_id or exam, laterality=who.laterality, view=who.view,
                  label=0, path=str(path), split="predict", proposals_path=props)
 
 
-def _preprocess(args) -> tuple[str, dict | None, str | None]:
-  path, opts, proposal_dir = args
+def _preprocess(args) -> dict | tuple[str, str]:
+  """In a worker: the record of one file, or (file, reason)."""
+  path, opts, proposal_dir, image_id = args
   try:
-    return str(path), prepare.process_example(example(path, proposal_dir), opts), None
+    return prepare.process_example(example(path, proposal_dir, image_id), opts)
   except DataError as e:
-    return str(path), None, e.reason
+    return str(path), e.reason
 
 
 def preprocess(paths: Sequence[pathlib.Path], config, proposal_dir: str | None = None,
                workers: int | None = None,
-               progress: Callable[[int, int], None] | None = None) -> Iterable[tuple]:
-  """(path, record, error) per file, in order: the training preprocessing, in parallel."""
+               progress: Callable[[int, int], None] | None = None,
+               time_limit: float = pool_lib.DEFAULT_TIME_LIMIT_S,
+               log_path: str | os.PathLike | None = None) -> Iterable[tuple]:
+  """(path, record, error) per file, in order: the training preprocessing, in parallel. A file
+  whose decoder fails in any way (an error, a crash, a hang past ``time_limit`` seconds) gets
+  its reason and the others carry on."""
   opts = prepare.PrepareOptions(
       long_side=config.data.image_size,
       normalize_orientation=not config.data.get("keep_orientation", False))
-  jobs = [(p, opts, proposal_dir) for p in paths]
-  workers = pool_lib.worker_count(workers, len(jobs))
-  if workers <= 1:
-    results = map(_preprocess, jobs)
-    pool = None
-  else:
-    pool = pool_lib.process_pool(workers, [prepare.__name__])
-    results = pool.map(_preprocess, jobs, chunksize=2)
-  try:
-    for done, item in enumerate(results, start=1):
-      if progress:
-        progress(done, len(jobs))
-      yield item
-  finally:
-    if pool is not None:
-      pool.shutdown()
+  jobs = [(p, opts, proposal_dir, i) for p, i in zip(paths, image_ids(paths))]
+  results = pool_lib.guarded_map(_preprocess, jobs, preload=[prepare.__name__],
+                                 workers=pool_lib.worker_count(workers, len(jobs)),
+                                 time_limit=time_limit, log_path=log_path)
+  for done, ((path, *_), result) in enumerate(results, start=1):
+    if progress:
+      progress(done, len(jobs))
+    if isinstance(result, pool_lib.Failure):
+      yield str(path), None, result.reason
+    elif isinstance(result, tuple):
+      yield str(path), None, result[1]
+    else:
+      yield str(path), result, None
 
 
 def _roi_rows(rois: np.ndarray, attention: np.ndarray, scores: np.ndarray, record: dict,
@@ -110,10 +128,12 @@ def _roi_rows(rois: np.ndarray, attention: np.ndarray, scores: np.ndarray, recor
 def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str | None = None,
             batch_size: int = 8, workers: int | None = None,
             progress: Callable[[int, int], None] | None = None,
-            on_image: Callable[[dict, dict], None] | None = None) -> tuple[list, list]:
+            on_image: Callable[[dict, dict], None] | None = None,
+            log_path: str | os.PathLike | None = None) -> tuple[list, list]:
   """(per-image predictions, bad files as (path, reason)).
 
-  ``on_image(prediction, record)`` is called for each image (the overlays hook).
+  ``on_image(prediction, record)`` is called for each image as its batch is done
+  (``OutputWriter.image`` writes its row and overlay). Decoders' stderr goes to ``log_path``.
   """
   config = loaded.config
   if tasks.name(config) != "classify":
@@ -148,7 +168,8 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
         on_image(out, record)
     pending.clear()
 
-  for path, record, error in preprocess(paths, config, proposal_dir, workers, progress):
+  for path, record, error in preprocess(paths, config, proposal_dir, workers, progress,
+                                        log_path=log_path):
     if error is not None:
       bad.append((path, error))
       continue
@@ -180,32 +201,54 @@ def aggregate(images: Sequence[dict]) -> tuple[list[dict], list[dict]]:
   return breast_rows, exam_rows
 
 
-def write_outputs(out: pathlib.Path, images: list, bad: list, source: str) -> dict:
-  """predictions.csv / .json, breasts.csv, exams.csv and bad_files.csv into ``out``."""
-  out.mkdir(parents=True, exist_ok=True)
-  breast_rows, exam_rows = aggregate(images)
-  with open(out / "predictions.csv", "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["path", "image_id", "study_id", "laterality", "view", "probability", "rois"])
-    for im in images:
-      w.writerow([im["path"], im["image_id"], im["study_id"], im["laterality"], im["view"],
-                  f"{im['probability']:.6f}", json.dumps(im["rois"], separators=(",", ":"))])
-  for name, rows, cols in (
-      ("breasts.csv", breast_rows,
-       ["study_id", "laterality", "views", "probability_mean", "probability_max"]),
-      ("exams.csv", exam_rows, ["study_id", "breasts", "probability", "side"])):
-    with open(out / name, "w", newline="") as f:
-      w = csv.DictWriter(f, fieldnames=cols)
-      w.writeheader()
-      w.writerows(rows)
-  with open(out / "bad_files.csv", "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["path", "reason"])
-    w.writerows(bad)
-  summary = {"model": source, "images": images, "breasts": breast_rows, "exams": exam_rows,
-             "bad_files": [{"path": p, "reason": r} for p, r in bad]}
-  (out / "predictions.json").write_text(json.dumps(summary, indent=1) + "\n")
-  return summary
+PREDICTION_COLUMNS = ["path", "image_id", "study_id", "laterality", "view", "probability",
+                      "rois"]
+
+
+class OutputWriter:
+  """predict's outputs in ``out``, written as they come: each image's row of predictions.csv
+  (and its overlay) as soon as its batch is done, so a crash keeps what was predicted; the
+  tables that need every image (breasts.csv, exams.csv, bad_files.csv, predictions.json) at
+  ``finish``. Opening it checks that ``out`` is writable, before any work."""
+
+  def __init__(self, out: str | os.PathLike, overlays: bool = False):
+    self.out = pathlib.Path(out)
+    self.out.mkdir(parents=True, exist_ok=True)
+    self._file = open(self.out / "predictions.csv", "w", newline="")
+    self._csv = csv.writer(self._file)
+    self._csv.writerow(PREDICTION_COLUMNS)
+    self._file.flush()
+    self.overlays = overlays
+
+  def image(self, prediction: dict, record: dict) -> None:
+    im = prediction
+    self._csv.writerow([im["path"], im["image_id"], im["study_id"], im["laterality"], im["view"],
+                        f"{im['probability']:.6f}",
+                        json.dumps(im["rois"], separators=(",", ":"))])
+    self._file.flush()
+    if self.overlays:
+      name = im["image_id"].replace("/", "__")
+      draw_overlay(im, record, self.out / "overlays" / f"{name}.png")
+
+  def finish(self, images: list, bad: list, source: str) -> dict:
+    self._file.close()
+    breast_rows, exam_rows = aggregate(images)
+    for name, rows, cols in (
+        ("breasts.csv", breast_rows,
+         ["study_id", "laterality", "views", "probability_mean", "probability_max"]),
+        ("exams.csv", exam_rows, ["study_id", "breasts", "probability", "side"])):
+      with open(self.out / name, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    with open(self.out / "bad_files.csv", "w", newline="") as f:
+      w = csv.writer(f)
+      w.writerow(["path", "reason"])
+      w.writerows(bad)
+    summary = {"model": source, "images": images, "breasts": breast_rows, "exams": exam_rows,
+               "bad_files": [{"path": p, "reason": r} for p, r in bad]}
+    (self.out / "predictions.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
 
 
 def draw_overlay(prediction: dict, record: dict, path: pathlib.Path) -> None:

@@ -12,8 +12,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from attend_jax import cli
-from attend_jax.train import trainer
+from attend_jax import cli, config_check, run
+from attend_jax.data.errors import DiskFullError
+from attend_jax.train import checkpoint, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.",
@@ -24,9 +25,12 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config_check.check(_CONFIG.value)  # Before the workdir (and its log file) is made.
   cli.setup_logging(_WORKDIR.value)
   trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(cli.main(main))
+  cli.run(main, errors=(
+      config_check.ConfigError, trainer.TrainingDivergedError, run.WorkdirBusyError,
+      checkpoint.CheckpointRestoreError, PermissionError, DiskFullError))

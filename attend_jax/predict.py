@@ -38,22 +38,23 @@ def main(argv):
     raise app.UsageError("Give DICOM files or folders to predict on.")
   if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
     raise app.UsageError("Pass exactly one of --workdir and --checkpoint.")
+  # The inputs and the output folder first: the model takes a while to load.
+  paths, missing = inference.find_dicoms(inputs)
+  for path, reason in missing:
+    print(f"warning: {path}: {reason}", file=sys.stderr)
+  if not paths:
+    print(f"error: no DICOM files (*.dcm, *.dicom) in {', '.join(map(str, inputs))}",
+          file=sys.stderr)
+    return 1
   out = pathlib.Path(_OUT.value)
-  out.mkdir(parents=True, exist_ok=True)
+  writer = inference.OutputWriter(out, overlays=_OVERLAYS.value)
   cli.setup_logging(out)
   loaded = run.load(_WORKDIR.value or _CHECKPOINT.value)
-  paths, missing = inference.find_dicoms(inputs)
-  if not paths:
-    print(f"error: no DICOM files (*.dcm, *.dicom) in {inputs}", file=sys.stderr)
-    return 1
   print(f"{len(paths)} files; model {loaded.source}", file=sys.stderr)
-  hook = None
-  if _OVERLAYS.value:
-    hook = lambda pred, record: inference.draw_overlay(  # noqa: E731
-        pred, record, out / "overlays" / f"{pred['image_id']}.png")
   images, bad = inference.predict(loaded, paths, _PROPOSALS.value, _BATCH.value,
-                                  _WORKERS.value, Progress("predicting", "img"), hook)
-  summary = inference.write_outputs(out, images, missing + bad, loaded.source)
+                                  _WORKERS.value, Progress("predicting", "img"), writer.image,
+                                  log_path=out / cli.LOG_FILE)
+  summary = writer.finish(images, missing + bad, loaded.source)
   print(f"{len(images)} images, {len(summary['breasts'])} breasts, {len(summary['exams'])}"
         f" exams -> {out}/predictions.csv, breasts.csv, exams.csv"
         + (", overlays/" if _OVERLAYS.value else ""))
@@ -64,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(cli.main(main, errors=(run.ModelNotFoundError, ValueError)))
+  cli.run(main, errors=(run.ModelNotFoundError, ValueError, PermissionError))

@@ -22,6 +22,14 @@ def log(message: str, *args) -> None:
   logging.info(message, *args)
 
 
+def warn(message: str, *args) -> None:
+  """``warning: ...`` for people on stderr (host 0 only), and in the log file."""
+  text = message % args if args else message
+  if jax.process_index() == 0:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+  logging.warning("%s", text)
+
+
 class Progress:
   """``progress(done, total)`` callbacks drawn as one tqdm line on stderr.
 

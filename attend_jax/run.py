@@ -12,10 +12,14 @@ the classifier's proposer read through ``load``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import pathlib
+import socket
+import time
 from collections.abc import Callable
 
 import jax
@@ -122,3 +126,42 @@ def proposer(config, workdir: str | os.PathLike, mesh=None) -> Callable[[dict], 
       save_export(own, loaded.model, loaded.config)
   log("Proposals: the detector of %s", loaded.source)
   return detect.proposer(loaded.model, max(config.proposals.topk, 1), mesh)
+
+
+LOCK = ".lock"
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another run holds the workdir; the message names it (host, pid, start time)."""
+
+
+@contextlib.contextmanager
+def locked(workdir: str | os.PathLike):
+  """Holds ``WORKDIR/.lock`` while a run trains in it (host 0 only: one job per workdir).
+
+  An flock: the kernel drops it when its process dies, so a killed run's lock never blocks the
+  resume, and a second run refuses at once, naming the holder.
+  """
+  if jax.process_index() != 0:
+    yield
+    return
+  path = pathlib.Path(workdir) / LOCK
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+      except ValueError:
+        holder = {}
+      raise WorkdirBusyError(
+          f"{workdir} is in use by another run (pid {holder.get('pid', '?')} on"
+          f" {holder.get('host', '?')}, started {holder.get('started', '?')}); wait for it to"
+          " finish or stop it, or choose another --workdir.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # Releases the lock.

@@ -10,7 +10,6 @@ The format is detected from the tensor names. Load the result with
 ``attend_jax.convert.dinov2.load(out)``.
 """
 
-from absl import app
 from absl import flags
 
 from attend_jax import cli
@@ -40,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(cli.main(main))
+  cli.run(main)

@@ -15,7 +15,7 @@ unpickled with ``torch.load(weights_only=True)``.
 
 import pathlib
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from attend_jax import cli, run
@@ -43,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(cli.main(main))
+  cli.run(main)

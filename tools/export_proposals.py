@@ -228,4 +228,4 @@ def main(argv):
 
 if __name__ == "__main__":
   # ModelNotFoundError and DatasetNotFoundError are OSErrors too: each message names the path.
-  app.run(cli.main(main, errors=(ValueError, OSError)))
+  cli.run(main, errors=(ValueError, OSError))

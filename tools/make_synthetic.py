@@ -12,7 +12,6 @@ import logging
 import sys
 import time
 
-from absl import app
 from absl import flags
 from pydicom.uid import JPEG2000Lossless
 
@@ -53,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(cli.main(main, errors=(synthetic.SyntheticError,)))
+  cli.run(main, errors=(synthetic.SyntheticError,))

@@ -12,7 +12,6 @@ images and rows are listed in OUT/bad_files.csv with the reason; counts go to OU
 library logs to OUT/log.txt.
 """
 
-from absl import app
 from absl import flags
 
 from attend_jax import cli
@@ -47,6 +46,9 @@ def main(argv):
                            _KEEP_CACHE.value, progress=Progress("decoding", "img"), **kwargs)
   for split, c in result.counts.items():
     print(f"{split:>5}: {c['images']:6d} images, {c['cancer']:5d} cancer")
+  if "train" not in result.counts:
+    print(f"warning: no training images: {_OUT.value} cannot train a model, only evaluate one"
+          f" (see {_OUT.value}/bad_files.csv for what was left out)", file=sys.stderr)
   print(f"{len(result.bad)} unusable files or rows (see {_OUT.value}/bad_files.csv);"
         f" {result.seconds:.0f} s")
   print(f"records: tfds.data_source({result.builder_name!r}, data_dir={_OUT.value!r}) or"
@@ -54,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(cli.main(main))
+  cli.run(main)

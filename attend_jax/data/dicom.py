@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import re
 import warnings
 
 import numpy as np
@@ -49,15 +50,43 @@ def _text(ds, keyword: str) -> str:
   return str(value).strip() if value is not None else ""
 
 
-def _laterality(ds) -> str:
+# CBIS-DDSM / NBIA names such as "Mass-Training_P_00001_LEFT_CC" (in PatientID, in the series
+# description or in a folder): the only place DDSM film scans keep patient, side and view.
+_NBIA = re.compile(r"(?:^|[^A-Za-z0-9])(P_\d+)_(LEFT|RIGHT)_(CC|MLO|ML|LM|XCCL|XCCM)(?![A-Za-z])")
+
+
+def nbia_name(text: str) -> tuple[str, str, str] | None:
+  """(patient, laterality, view) from a CBIS-DDSM name, e.g. ("P_00001", "L", "CC"), or None."""
+  m = _NBIA.search(text or "")
+  return (m.group(1), m.group(2)[0], m.group(3)) if m else None
+
+
+def _names(ds, path) -> list[str]:
+  """Where a DDSM scan keeps its identity when its tags do not: PatientID, the series
+  description, then the folders of its path, nearest first."""
+  return ([_text(ds, "PatientID"), _text(ds, "SeriesDescription")]
+          + [part for part in reversed(pathlib.Path(path).parts[:-1])])
+
+
+def _from_names(ds, path, field: int) -> str:
+  for text in _names(ds, path):
+    found = nbia_name(text)
+    if found:
+      return found[field]
+  return ""
+
+
+def _laterality(ds, path="") -> str:
+  """ImageLaterality, then Laterality, then a CBIS/NBIA name."""
   for keyword in ("ImageLaterality", "Laterality"):
     value = _text(ds, keyword).upper()
     if value in ("L", "R"):
       return value
-  return ""
+  return _from_names(ds, path, 1)
 
 
-def _view(ds) -> str:
+def _view(ds, path="") -> str:
+  """ViewPosition, then ViewCodeSequence, then a CBIS/NBIA name."""
   view = _text(ds, "ViewPosition").upper()
   if view:
     return view
@@ -67,7 +96,41 @@ def _view(ds) -> str:
       return "CC"
     if "medio-lateral oblique" in meaning:
       return "MLO"
-  return ""
+  return _from_names(ds, path, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+  """Who and what an image is, from its header (and, for DDSM scans, its names)."""
+
+  patient_id: str  # The PatientID, or the patient of a CBIS/NBIA name; "" when unknown.
+  study_date: str  # StudyDate (YYYYMMDD) or "".
+  study_uid: str
+  sop_uid: str
+  laterality: str
+  view: str
+
+  @property
+  def exam(self) -> str:
+    """The exam an image belongs to: the patient on one date (CBIS-DDSM gives every image its
+    own StudyInstanceUID, so the UID alone would make one exam per image); the study UID when
+    there is no patient."""
+    if self.patient_id:
+      return f"{self.patient_id}/{self.study_date}" if self.study_date else self.patient_id
+    return self.study_uid
+
+
+def identity(ds, path: str | os.PathLike) -> Identity:
+  """The Identity of the file at ``path`` whose dataset is ``ds``."""
+  patient = _text(ds, "PatientID")
+  for text in _names(ds, path):
+    found = nbia_name(text)
+    if found:
+      patient = found[0]  # "Mass-Training_P_00001_LEFT_CC" is one image, P_00001 the patient.
+      break
+  return Identity(patient_id=patient, study_date=_text(ds, "StudyDate"),
+                  study_uid=_text(ds, "StudyInstanceUID"), sop_uid=_text(ds, "SOPInstanceUID"),
+                  laterality=_laterality(ds, path), view=_view(ds, path))
 
 
 def _spacing(ds) -> tuple[float, float] | None:
@@ -105,16 +168,26 @@ def _syntax(ds):
   return meta.get("TransferSyntaxUID") if meta is not None else None
 
 
+# pydicom's words when no installed plugin can decode a transfer syntax at all (as opposed to
+# plugins that tried and failed on this file's bytes).
+_NO_DECODER = ("no pixel data decoders", "plugins are missing dependencies",
+               "plugin is missing dependencies")
+
+
 def _decode(ds, path) -> np.ndarray:
   name = getattr(_syntax(ds), "name", "no transfer syntax")
   try:
     return ds.pixel_array
-  # pydicom and its plugins raise many exception types for bad data; each becomes a DicomError
-  # that keeps the original message.
-  except Exception as e:  # noqa: BLE001
-    message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    lowered = message.lower()
-    if isinstance(e, NotImplementedError) or "not supported" in lowered or "plugin" in lowered:
+  # pydicom and its plugins raise many exception types for bad data, a codec's Rust panic
+  # (pyo3's PanicException, a BaseException) among them; each becomes a DicomError that keeps
+  # the decoders' own reasons, every line of them.
+  except (KeyboardInterrupt, SystemExit):
+    raise
+  except BaseException as e:  # noqa: BLE001
+    message = " / ".join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
+    if len(message) > 400:
+      message = message[:400] + "..."
+    if isinstance(e, NotImplementedError) or any(k in message.lower() for k in _NO_DECODER):
       raise DicomError(path, f"cannot decode transfer syntax {name}: {message}") from e
     raise DicomError(path, f"pixel data truncated or corrupt ({name}: {message})") from e
 
@@ -193,8 +266,8 @@ def _read(path: pathlib.Path) -> DicomImage:
   pixels = _to_display(raw, ds, photometric, path)
   return DicomImage(
       pixels=pixels,
-      laterality=_laterality(ds),
-      view=_view(ds),
+      laterality=_laterality(ds, path),
+      view=_view(ds, path),
       pixel_spacing=_spacing(ds),
       manufacturer=_text(ds, "Manufacturer"),
       photometric=photometric,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import pathlib
+import shutil
 
 
 class DataError(ValueError):
@@ -31,3 +34,36 @@ class ProposalError(DataError):
 
 class LabelError(DataError):
   """A label CSV with a missing column or an unknown value."""
+
+
+class NoUsableImagesError(DataError):
+  """A dataset none of whose images could be used; bad_files.csv says why for each."""
+
+
+class DiskFullError(OSError):
+  """The disk filled up while writing ``path``: what was written before is intact."""
+
+  def __init__(self, path: str | os.PathLike, needed_bytes: int):
+    self.path, self.needed_bytes = str(path), int(needed_bytes)
+    folder = pathlib.Path(path)
+    while not folder.exists() and folder != folder.parent:
+      folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    super().__init__(errno.ENOSPC, f"no space left on the disk of {self.path}: it needs"
+                     f" {_size(self.needed_bytes)} more and {_size(free)} are free there;"
+                     " free some space (or choose another folder) and rerun the same command,"
+                     " which resumes")
+
+  def __reduce__(self):  # Raised in worker processes: travels back by its own arguments.
+    return DiskFullError, (self.path, self.needed_bytes)
+
+  def __str__(self) -> str:
+    return self.strerror
+
+
+def _size(n: int) -> str:
+  for unit in ("B", "kB", "MB", "GB", "TB"):
+    if n < 1000 or unit == "TB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    n /= 1000
+  return f"{n} B"

@@ -12,8 +12,10 @@ the original DICOM (``to_original``).
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
+import errno
 import json
 import os
 import pathlib
@@ -28,7 +30,7 @@ from PIL import Image
 from attend_jax import box_ops
 from attend_jax.data import breast, dicom, proposals
 from attend_jax.data import pool as pool_lib
-from attend_jax.data.errors import DataError, DicomError
+from attend_jax.data.errors import DataError, DicomError, DiskFullError, NoUsableImagesError
 from attend_jax.data.sources import SOURCES, Example
 
 CACHE_DIR = "cache"
@@ -115,9 +117,11 @@ def process_example(ex: Example, opts: PrepareOptions) -> dict:
                               & (lesion_boxes[:, 3] > lesion_boxes[:, 1])]
 
   props = np.zeros((0, 5), np.float32)
+  off_image = 0
   if ex.proposals_path:
     # Reference proposals are in pixels of its own breast crop (same rule as ours, at full size).
     raw = proposals.read_proposals(ex.proposals_path)
+    raw, off_image = proposals.on_image(raw, cropped.shape, ex.proposals_path)
     kept, is_real = proposals.select_proposals(raw, opts.max_proposals,
                                                image_hw=cropped.shape)
     kept = kept[is_real]
@@ -148,6 +152,8 @@ def process_example(ex: Example, opts: PrepareOptions) -> dict:
       "original_hw": np.array(pixels.shape, np.int32),
       "flipped": bool(flipped),
       "scale": np.float32(scale),
+      # Not stored in the records: for the reports of prepare and predict.
+      "proposals_off_image": off_image,
   }
 
 
@@ -156,23 +162,30 @@ def _cache_path(cache: pathlib.Path, ex: Example) -> pathlib.Path:
   return cache / ex.split / f"{safe}.npz"
 
 
-def _work(args) -> tuple[str, tuple[str, str] | None, float]:
-  """Runs in a worker process: decode, write the cache file atomically, report.
+def _work(args) -> tuple[str, str] | float:
+  """Runs in a worker process: decode, write the cache file atomically.
 
-  Returns (image path, (file at fault, reason) or None, seconds).
+  Returns the seconds it took, or (file at fault, reason) for an unusable input. A full disk
+  raises DiskFullError (it stops the run: every other image would fail the same way), and no
+  partial file is left behind.
   """
   ex, opts, path = args
   start = time.perf_counter()
   try:
     record = process_example(ex, opts)
   except DataError as e:
-    reason = e.reason if e.path == ex.path else f"{e.reason} (image {ex.path})"
-    return ex.path, (e.path, reason), time.perf_counter() - start
+    return e.path, e.reason if e.path == ex.path else f"{e.reason} (image {ex.path})"
   tmp = path.with_suffix(".tmp.npz")
-  # Uncompressed: the cache is temporary, and zlib here would cost more than the resize.
-  np.savez(tmp, **{k: np.asarray(v) for k, v in record.items()})
-  os.replace(tmp, path)
-  return ex.path, None, time.perf_counter() - start
+  try:
+    # Uncompressed: the cache is temporary, and zlib here would cost more than the resize.
+    np.savez(tmp, **{k: np.asarray(v) for k, v in record.items()})
+    os.replace(tmp, path)
+  except OSError as e:
+    tmp.unlink(missing_ok=True)
+    if e.errno == errno.ENOSPC:
+      raise DiskFullError(path, record["image"].nbytes) from None
+    raise
+  return time.perf_counter() - start
 
 
 @dataclasses.dataclass
@@ -201,11 +214,28 @@ def builder_name(dataset: str, long_side: int) -> str:
   return f"mammograms/{dataset}_{long_side}"
 
 
+def _off_image(path: pathlib.Path) -> int:
+  with np.load(path) as data:
+    return int(data["proposals_off_image"]) if "proposals_off_image" in data.files else 0
+
+
+def _write_bad(out: pathlib.Path, bad: list[tuple[str, str]]) -> None:
+  out.mkdir(parents=True, exist_ok=True)
+  with open(out / BAD_FILES, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["path", "reason"])
+    writer.writerows(bad)
+
+
 def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike,
             opts: PrepareOptions = PrepareOptions(), workers: int | None = None,
             keep_cache: bool = False, progress: Callable[[int, int], None] | None = None,
-            **source_kwargs) -> PrepareResult:
-  """Lists, decodes (in parallel, resumable) and writes the dataset; returns what it did."""
+            time_limit: float = pool_lib.DEFAULT_TIME_LIMIT_S, **source_kwargs) -> PrepareResult:
+  """Lists, decodes (in parallel, resumable) and writes the dataset; returns what it did.
+
+  An unusable image or row, whatever its decoder does (error, crash, hang past ``time_limit``
+  seconds), is listed in bad_files.csv with its reason and the rest carries on.
+  """
   start = time.perf_counter()
   out = pathlib.Path(out).absolute()
   config = f"{dataset}_{opts.long_side}"
@@ -218,26 +248,31 @@ def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike,
     (cache / split).mkdir(parents=True, exist_ok=True)
 
   bad: list[tuple[str, str]] = [(e.path, e.reason) for e in listing.bad]
+  for stale in cache.glob("*/*.tmp.npz"):  # Left by a run that was killed while writing.
+    stale.unlink()
   todo = [(ex, opts, _cache_path(cache, ex)) for ex in listing.examples
           if not _cache_path(cache, ex).exists()]
   done = len(listing.examples) - len(todo)
   total = len(listing.examples)
   if progress:
     progress(done, total)
-  workers = pool_lib.worker_count(workers, len(todo))
   decode_start = time.perf_counter()
   worker_seconds = 0.0
   failed: set[str] = set()
-  if todo:
-    with pool_lib.process_pool(workers, [__name__]) as pool:
-      for image_path, error, seconds in pool.map(_work, todo, chunksize=4):
-        done += 1
-        worker_seconds += seconds
-        if error is not None:
-          bad.append(error)
-          failed.add(image_path)
-        if progress:
-          progress(done, total)
+  results = pool_lib.guarded_map(_work, todo, workers=pool_lib.worker_count(workers, len(todo)),
+                                 preload=[__name__], time_limit=time_limit,
+                                 log_path=out / "log.txt", fatal=(DiskFullError,))
+  for (ex, _, _), result in results:
+    done += 1
+    if isinstance(result, pool_lib.Failure):
+      result = (ex.path, result.reason)
+    if isinstance(result, tuple):
+      bad.append(result)
+      failed.add(ex.path)
+    else:
+      worker_seconds += result
+    if progress:
+      progress(done, total)
 
   decode_seconds = time.perf_counter() - decode_start
   good = [ex for ex in listing.examples if ex.path not in failed]
@@ -245,24 +280,37 @@ def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike,
   for split in sorted({ex.split for ex in good}):
     members = [ex for ex in good if ex.split == split]
     counts[split] = {"images": len(members), "cancer": sum(ex.label for ex in members)}
+  _write_bad(out, bad)  # Before the build, so the reasons survive whatever happens next.
+  off_image = sum(_off_image(p) for p in cache.glob("*/*.npz") if not p.name.endswith(".tmp.npz"))
+  if not counts:
+    raise NoUsableImagesError(root, (
+        f"none of its {total} images could be used ({len(listing.bad)} more rows were"
+        f" rejected before decoding); the {len(bad)} reasons are in {out / BAD_FILES}"))
+  for split in {ex.split for ex in listing.examples} - set(counts):
+    shutil.rmtree(cache / split)  # Every image of it failed: no empty split in the records.
 
   from attend_jax.data import records  # TFDS takes seconds to import; only the writer needs it.
 
   write_start = time.perf_counter()
-  records.build(out, config, cache)
+  try:
+    records.build(out, config, cache)
+  except OSError as e:
+    if e.errno == errno.ENOSPC:
+      raise DiskFullError(out / records.NAME, sum(
+          p.stat().st_size for p in cache.glob("*/*.npz"))) from None
+    raise
   write_seconds = time.perf_counter() - write_start
   if not keep_cache:
-    shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
-
-  out.mkdir(parents=True, exist_ok=True)
-  with open(out / BAD_FILES, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["path", "reason"])
-    writer.writerows(bad)
+    shutil.rmtree(out / CACHE_DIR)
   seconds = time.perf_counter() - start
   manifest = {
       "dataset": dataset, "root": str(root), "builder": builder_name(dataset, opts.long_side),
       "options": dataclasses.asdict(opts), "counts": counts, "bad_files": len(bad),
+      # Rows the source flagged before decoding, by kind (e.g. MissingMaskError: kept, without
+      # that lesion's box).
+      "flagged_rows": dict(collections.Counter(type(e).__name__ for e in listing.bad)),
+      # Proposal-file boxes wholly off their image, dropped.
+      "proposals_off_image": off_image,
       "seconds": round(seconds, 1), "decode_seconds": round(decode_seconds, 1),
       "write_seconds": round(write_seconds, 1),
   }

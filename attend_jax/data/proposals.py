@@ -63,6 +63,23 @@ def read_proposals(path: str | os.PathLike) -> np.ndarray:
   return np.asarray(rows, dtype=np.float32)
 
 
+def on_image(boxes: np.ndarray, image_hw: tuple[int, int], path: str | os.PathLike = ""
+             ) -> tuple[np.ndarray, int]:
+  """The ``cx cy w h score`` boxes that overlap the (H, W) image, and how many did not.
+
+  A box wholly off the image would be cropped as zeros and reported as a RoI; ProposalError if
+  none is left (the file is probably another image's, or in other pixels).
+  """
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 5)
+  h, w = image_hw
+  xyxy = box_ops.to_xyxy(boxes)
+  inside = (xyxy[:, 2] > 0) & (xyxy[:, 0] < w) & (xyxy[:, 3] > 0) & (xyxy[:, 1] < h)
+  if len(boxes) and not inside.any():
+    raise ProposalError(path, f"none of its {len(boxes)} boxes overlaps the image ({w} x {h} px"
+                        " breast crop): are they another image's, or in other pixels?")
+  return boxes[inside], int((~inside).sum())
+
+
 def select_proposals(boxes: np.ndarray, k: int, image_hw: tuple[int, int] | None = None,
                      anchor: np.ndarray | None = None,
                      iou_threshold: float = IOU_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:

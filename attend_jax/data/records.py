@@ -77,7 +77,7 @@ class Mammograms(tfds.core.GeneratorBasedBuilder):
       if path.name.endswith(".tmp.npz"):
         continue
       with np.load(path) as data:
-        record = {key: data[key] for key in data.files}
+        record = {key: data[key] for key in data.files if key in self.info.features.keys()}
       for key in ("image_id", "study_id", "patient_id", "laterality", "view"):
         record[key] = str(record[key])
       yield record["image_id"], record

@@ -32,6 +32,11 @@ class Task(abc.ABC):
   def build_model(self, seed: int = 0) -> nnx.Module:
     """The model with fresh parameters; the caller places it on a mesh."""
 
+  @abc.abstractmethod
+  def check(self) -> None:
+    """Raises ValueError if the config cannot build this task's model (checked at start-up,
+    before any data or model work)."""
+
   @property
   @abc.abstractmethod
   def selection_metric(self) -> str:

@@ -76,6 +76,9 @@ class Classify(Task):
   def build_model(self, seed: int = 0) -> attend.AttendModel:
     return attend.AttendModel(build.attend_config(self.config), rngs=nnx.Rngs(seed))
 
+  def check(self) -> None:
+    build.attend_config(self.config)
+
   @property
   def selection_metric(self) -> str:
     return "auc"

@@ -31,6 +31,9 @@ class Detect(Task):
   def build_model(self, seed: int = 0) -> detector.Detector:
     return detector.Detector(build.detector_config(self.config), rngs=nnx.Rngs(seed))
 
+  def check(self) -> None:
+    build.detector_config(self.config)
+
   @property
   def selection_metric(self) -> str:
     return self.config.detector.select_metric

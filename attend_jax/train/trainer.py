@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from attend_jax import run, tasks
+from attend_jax import config_check, run, tasks
 from attend_jax.data import pipeline, prepared, records
 from attend_jax.eval import loop as eval_loop
 from attend_jax.models import build
@@ -75,11 +75,18 @@ def maybe_initialize_distributed() -> None:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  # --- setup and mesh ------------------------------------------------------------------------
+  """Trains ``config`` in ``workdir`` (resuming what is there) and returns the test metrics."""
+  config_check.check(config)  # Before anything is written or loaded.
   maybe_initialize_distributed()
-  task = tasks.get(config)
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
+  with run.locked(workdir):
+    return _train(config, workdir)
+
+
+def _train(config, workdir: pathlib.Path) -> dict:
+  # --- setup and mesh ------------------------------------------------------------------------
+  task = tasks.get(config)
   run.write_config(workdir, config)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   if config.data.batch_size % mesh.size or config.data.eval_batch_size % mesh.size:
@@ -152,9 +159,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     loss = float(terms["loss"])
     if not np.isfinite(loss):
       ckpts.wait()
+      good = ckpts.latest.latest_step()
+      kept = (f"the last good checkpoint (step {good}) is in {workdir / checkpoint.LATEST}"
+              if good is not None else "no checkpoint had been saved yet")
+      ckpts.close()
       raise TrainingDivergedError(
-          f"Loss is {loss} at step {step}; stopped. The last good checkpoint"
-          f" (step {ckpts.latest.latest_step()}) is in {workdir / checkpoint.LATEST}.")
+          f"Loss is {loss} at step {step}; stopped, and {kept}. Lower optim.lr, or check the"
+          " data and loss settings, then rerun.")
     if step % config.train.log_every == 0 or step == total:
       rate = (step - start_step) / (time.perf_counter() - start_time)
       scalars = {k: float(v) for k, v in terms.items()}

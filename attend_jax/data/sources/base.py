@@ -82,7 +82,9 @@ def read_csv(path: str | os.PathLike, required: Sequence[str],
   """
   path = pathlib.Path(path)
   try:
-    with open(path, newline="") as f:
+    # utf-8-sig: Excel saves CSVs with a byte-order mark, which would otherwise become part of
+    # the first column's name.
+    with open(path, newline="", encoding="utf-8-sig") as f:
       reader = csv.DictReader(f)
       header = [h.strip() for h in (reader.fieldnames or [])]
       rename = {}

@@ -21,6 +21,10 @@ CSV_FILES = {
     ("calc", "train"): "calc_case_description_train_set.csv",
     ("calc", "test"): "calc_case_description_test_set.csv",
 }
+class MissingMaskError(LabelError):
+  """A CSV row whose ROI mask is not on disk: its image is used, without that lesion's box."""
+
+
 PATHOLOGIES = {"MALIGNANT": 1, "BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 0}
 REQUIRED = ("patient_id", "left or right breast", "image view", "abnormality id", "pathology",
             "image file path", "ROI mask file path")
@@ -64,6 +68,9 @@ def list_examples(root, val_fraction: float = 0.15) -> Listing:
       entry = images.setdefault(top, {"row": row, "official": official, "label": 0,
                                       "masks": []})
       entry["label"] = max(entry["label"], PATHOLOGIES[pathology])
+      if mask_top not in index:
+        bad.append(MissingMaskError(csv_path, f"line {line}: no ROI mask folder {mask_top!r}"
+                                    f" under {root}; {top} is kept without this lesion's box"))
       entry["masks"].extend(str(p) for p in index.get(mask_top, []))
   examples = []
   for top, entry in sorted(images.items()):

@@ -1,0 +1,26 @@
+"""Jobs that fail the ways real decoders do, for the worker-pool tests (imported by workers)."""
+
+import os
+import signal
+import time
+
+
+class RustPanic(BaseException):
+  """Like pyo3's PanicException: not an Exception, and it cannot be pickled back."""
+
+  def __reduce__(self):
+    raise TypeError("cannot pickle a panic")
+
+
+def job(kind: str) -> str:
+  if kind == "raise":
+    raise ValueError("corrupt segment\nat offset 64")
+  if kind == "panic":
+    raise RustPanic("index out of bounds: the len is 120000 but the index is 120001")
+  if kind == "segfault":
+    os.kill(os.getpid(), signal.SIGSEGV)
+  if kind == "hang":
+    time.sleep(3600)
+  if kind == "exit":
+    os._exit(3)
+  return kind.upper()

@@ -18,12 +18,18 @@ The picture, in display convention (dense tissue bright):
   spicules) or microcalcification clusters; benign breasts carry round, smooth,
   well-circumscribed masses; normal breasts carry nothing. A breast's findings show in both its
   CC and MLO at the same distance from the chest wall.
+- Film mode (``film_fraction``) makes studies look like digitised screen film (DDSM): fog,
+  grain and scanner bands, bright film edges on 1 to 3 sides, burned-in labels ("RMLO") and
+  markers; 16-bit RLE Lossless files without laterality, view or VOI tags, laterality and view
+  in the file name. labels.csv then also records each image's true breast box and the label
+  boxes, which the breast-crop tests check ``breast.find_breast`` against.
 
 ``generate`` writes ``<out>/images/<study_id>/<image_id>.dcm`` (4 images per study: CC and MLO
 of each breast) and ``<out>/labels.csv`` with the columns in ``LABEL_COLUMNS``; ``lesions`` is a
 JSON list of ``{"box": [x0, y0, x1, y1], "kind": ...}``. Boxes are in stored-image pixels, with
 x1 and y1 exclusive: ``pixels[y0:y1, x0:x1]`` holds the lesion. ``phantom`` renders one image in
-memory. The same seed gives byte-identical files with the same numpy and openjpeg versions.
+memory. The same seed gives byte-identical files with the same numpy, openjpeg and Pillow
+versions.
 """
 
 from __future__ import annotations
@@ -40,12 +46,14 @@ import zlib
 from typing import Callable, Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 from pydicom import uid as dcm_uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import get_encoder
 from scipy import ndimage
 from scipy.special import expit
 
+from attend_jax.data import breast as breast_lib
 from attend_jax.data import pool as pool_lib
 
 SPICULATED_MASS = "spiculated_mass"
@@ -56,6 +64,9 @@ KINDS = MALIGNANT_KINDS + (ROUND_MASS,)
 
 LABEL_COLUMNS = ("image_id", "study_id", "patient_id", "laterality", "view", "label", "path",
                  "width", "height", "photometric", "bits_stored", "transfer_syntax", "lesions")
+# Written after LABEL_COLUMNS when film_fraction > 0, so datasets without film stay as before.
+FILM_COLUMNS = ("film", "breast_box", "label_boxes")
+TEXT, MARKER = "text", "marker"  # Annotation kinds.
 MANUFACTURER = "attend_jax synthetic"
 MIN_SIZE = 64  # Below this the lesions no longer fit inside the breast.
 
@@ -93,9 +104,21 @@ class Lesion:
     return {"box": list(self.box), "kind": self.kind}
 
 
+@dataclasses.dataclass(frozen=True)
+class Annotation:
+  """A burned-in film label (``text``) or a bright marker, in the background of a film image."""
+
+  box: tuple[int, int, int, int]  # x0, y0, x1, y1 of its bright pixels; x1 and y1 exclusive.
+  kind: str  # TEXT or MARKER.
+  text: str = ""  # The label, e.g. "RMLO"; empty for markers.
+
+  def to_json(self) -> dict:
+    return {"box": list(self.box), "kind": self.kind, "text": self.text}
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Phantom:
-  image: np.ndarray  # (H, W) float32 in [0, 1], dense tissue bright, air exactly 0.
+  image: np.ndarray  # (H, W) float32 in [0, 1], dense tissue bright, air exactly 0 (not on film).
   breast: np.ndarray  # (H, W) bool, the tissue (muscle included).
   lesions: tuple[Lesion, ...]
 
@@ -117,10 +140,20 @@ class SyntheticImage:
   bits_stored: int
   transfer_syntax: str  # UID.
   lesions: tuple[Lesion, ...]
+  film: bool = False  # A digitised-film image (see ``_film``).
+  # The tissue's x0, y0, x1, y1 before film edges and labels; recorded when film_fraction > 0.
+  breast_box: tuple[int, int, int, int] | None = None
+  label_boxes: tuple[Annotation, ...] = ()  # Film labels and markers.
 
   def row(self) -> dict[str, str]:
+    """The LABEL_COLUMNS and FILM_COLUMNS values; the writer keeps the columns it writes."""
     row = {c: str(getattr(self, c)) for c in LABEL_COLUMNS}
     row["lesions"] = json.dumps([l.to_json() for l in self.lesions], separators=(",", ":"))
+    row["film"] = str(int(self.film))
+    row["breast_box"] = ("" if self.breast_box is None
+                         else json.dumps(list(self.breast_box), separators=(",", ":")))
+    row["label_boxes"] = json.dumps([a.to_json() for a in self.label_boxes],
+                                    separators=(",", ":"))
     return row
 
 
@@ -371,6 +404,126 @@ def phantom(height: int, width: int | None = None, *, laterality: str = "R", vie
 
 
 # ---------------------------------------------------------------------------------------------
+# Digitised film.
+
+
+def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+  rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+  return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _text_pixels(text: str, scale: int) -> np.ndarray:
+  """``text`` in PIL's built-in bitmap font, blown up ``scale`` times: blocky, like film labels.
+
+  The bitmap font ships inside Pillow, so every machine draws the same pixels.
+  """
+  font = ImageFont.load_default_imagefont()
+  _, _, right, bottom = font.getbbox(text)
+  canvas = Image.new("1", (right, bottom))
+  ImageDraw.Draw(canvas).text((0, 0), text, fill=1, font=font)
+  glyphs = np.array(canvas)
+  return np.kron(glyphs[np.ix_(glyphs.any(axis=1), glyphs.any(axis=0))],
+                 np.ones((scale, scale), bool))
+
+
+def _stamp(rng: np.random.Generator, image: np.ndarray, free: np.ndarray, shape: np.ndarray,
+           gap: int) -> tuple[int, int, int, int] | None:
+  """Paints ``shape`` brightly at a random place where ``free`` holds it whole; its box or None.
+
+  ``free`` loses the box grown by ``gap``, so later stamps keep off it.
+  """
+  sh, sw = shape.shape
+  h, w = free.shape
+  if sh > h or sw > w:
+    return None
+  table = np.zeros((h + 1, w + 1), np.int64)
+  table[1:, 1:] = np.cumsum(np.cumsum(free, axis=0), axis=1)
+  inside = (table[sh:, sw:] - table[:-sh, sw:] - table[sh:, :-sw] + table[:-sh, :-sw])
+  ys, xs = np.nonzero(inside == sh * sw)
+  if ys.size == 0:
+    return None
+  i = rng.integers(ys.size)
+  y, x = int(ys[i]), int(xs[i])
+  image[y:y + sh, x:x + sw][shape] = rng.uniform(0.85, 1.0)
+  free[max(0, y - gap):y + sh + gap, max(0, x - gap):x + sw + gap] = False
+  return x, y, x + sw, y + sh
+
+
+def _film(rng: np.random.Generator, h: int, w: int, laterality: str, view: str,
+          findings: Sequence[_Finding], density: float
+          ) -> tuple[Phantom, tuple[Annotation, ...]]:
+  """A digitised screen-film mammogram, as in DDSM, and its labels and markers.
+
+  The film has a fog level with a gentle tilt, grain, scanner bands (faint stripes across the
+  whole film), bright unexposed edges on 1 to 3 sides (a strip at the chest wall or, in an MLO,
+  at the top overlaps the breast), burned-in labels ("RMLO") and small bright markers. The breast
+  is drawn narrower than the film, which leaves room for the labels beside it; labels and
+  markers keep ``PADDING`` plus 3 % of the height off the breast's box, so a correct crop holds
+  none. ``Phantom.breast`` is the tissue before the strips are painted over it.
+  """
+  breast_w = max(MIN_SIZE // 2, round(w * rng.uniform(0.6, 0.8)))
+  ph = _render(rng, h, breast_w, laterality, view, findings, density)
+  x_off = 0 if laterality == "R" else w - breast_w
+  tissue = np.zeros((h, w), np.float32)
+  tissue[:, x_off:x_off + breast_w] = ph.image
+  breast = np.zeros((h, w), bool)
+  breast[:, x_off:x_off + breast_w] = ph.breast
+  lesions = tuple(Lesion((l.box[0] + x_off, l.box[1], l.box[2] + x_off, l.box[3]), l.kind)
+                  for l in ph.lesions)
+
+  y = np.linspace(-0.5, 0.5, h, dtype=np.float32)[:, None]
+  x = np.linspace(-0.5, 0.5, w, dtype=np.float32)[None, :]
+  tilt = rng.uniform(-0.3, 0.3, 2)
+  image = rng.uniform(0.03, 0.08) * (1 + tilt[0] * x + tilt[1] * y)
+  image = image + rng.uniform(0.8, 0.95) * tissue
+  # Scanner bands run along the scan direction, over film and breast alike.
+  along_rows = rng.uniform() < 0.5
+  n = h if along_rows else w
+  i = np.arange(n, dtype=np.float32)
+  profile = np.zeros(n, np.float32)
+  for _ in range(rng.integers(2, 7)):
+    centre, half = rng.uniform(0, n), max(1.0, n * rng.uniform(0.002, 0.015))
+    profile += rng.uniform(0.01, 0.04) * np.clip(half - np.abs(i - centre), 0.0, 1.0)
+  image += profile[:, None] if along_rows else profile[None, :]
+  image += rng.standard_normal((h, w), dtype=np.float32) * rng.uniform(0.003, 0.01)
+
+  # Unexposed film edges: bright strips, as thick as 1-3.5 % of the film's width.
+  strips = np.zeros((h, w), bool)
+  for side in rng.permutation(4)[:rng.integers(1, 4)]:
+    d = max(2, round(w * rng.uniform(0.01, 0.035)))
+    edge = [(slice(None), slice(0, d)), (slice(None), slice(w - d, w)),
+            (slice(0, d), slice(None)), (slice(h - d, h), slice(None))][side]
+    strips[edge] = True
+    image[edge] = rng.uniform(0.8, 0.97) + 0.01 * rng.standard_normal(image[edge].shape)
+
+  bx0, by0, bx1, by1 = _mask_box(breast)
+  free = ~ndimage.binary_dilation(strips, iterations=2)
+  clear = breast_lib.PADDING + max(4, round(0.03 * h))
+  free[max(0, by0 - clear):by1 + clear, max(0, bx0 - clear):bx1 + clear] = False
+  gap = max(2, round(0.01 * h))
+  annotations = []
+  texts = (laterality + view, view)
+  for _ in range(rng.integers(1, 3)):
+    text = texts[rng.integers(len(texts))]
+    # The bitmap font's capitals are 6 px tall: letters 2.5-5 % of the film's height.
+    shape = _text_pixels(text, max(1, round(h * rng.uniform(0.025, 0.05) / 6)))
+    box = _stamp(rng, image, free, shape, gap)
+    if box is not None:
+      annotations.append(Annotation(box, TEXT, text))
+  for _ in range(rng.integers(0, 3)):
+    side = max(3, round(h * rng.uniform(0.012, 0.03)))
+    shape = np.ones((side, side), bool)
+    if rng.uniform() < 0.5:
+      yy, xx = np.mgrid[:side, :side] - (side - 1) / 2
+      shape = np.hypot(yy, xx) <= side / 2
+    box = _stamp(rng, image, free, shape, gap)
+    if box is not None:
+      annotations.append(Annotation(box, MARKER))
+  image = np.clip(image, 0.0, 1.0).astype(np.float32)
+  return Phantom(image, breast, lesions), tuple(annotations)
+
+
+# ---------------------------------------------------------------------------------------------
 # DICOM.
 
 
@@ -444,21 +597,24 @@ def _dataset(meta: SyntheticImage, pixels: np.ndarray, *, seed: int, study: int,
   ds.StudyID = str(study + 1)
   ds.SeriesNumber = 1
   ds.InstanceNumber = instance
-  ds.PatientOrientation = _ORIENTATION[(meta.laterality, meta.view)]
-  ds.ImageLaterality = meta.laterality
-  ds.ViewPosition = meta.view
+  if not meta.film:
+    # Digitised films (DDSM) carry neither: laterality and view are in their file names.
+    ds.PatientOrientation = _ORIENTATION[(meta.laterality, meta.view)]
+    ds.ImageLaterality = meta.laterality
+    ds.ViewPosition = meta.view
   ds.AnatomicRegionSequence = [_code("76752008", "Breast")]
-  view = _code(*_VIEW_CODES[meta.view])
-  view.ViewModifierCodeSequence = []
-  ds.ViewCodeSequence = [view]
+  if not meta.film:
+    view = _code(*_VIEW_CODES[meta.view])
+    view.ViewModifierCodeSequence = []
+    ds.ViewCodeSequence = [view]
   ds.OrganExposed = "BREAST"
   ds.PositionerType = "MAMMOGRAPHIC"
   ds.BreastImplantPresent = "NO"
   ds.PartialView = "NO"
-  ds.DetectorType = "DIRECT"
+  ds.DetectorType = "FILM" if meta.film else "DIRECT"
   ds.ImagerPixelSpacing = ds.PixelSpacing = [_ds(spacing_mm)] * 2
   ds.AcquisitionContextSequence = []
-  ds.BurnedInAnnotation = "NO"
+  ds.BurnedInAnnotation = "YES" if meta.film else "NO"
   ds.LossyImageCompression = "00"
 
   mono1 = meta.photometric == "MONOCHROME1"
@@ -475,11 +631,12 @@ def _dataset(meta: SyntheticImage, pixels: np.ndarray, *, seed: int, study: int,
   ds.PixelIntensityRelationshipSign = 1 if mono1 else -1
   ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
   ds.PresentationLUTShape = "INVERSE" if mono1 else "IDENTITY"
-  ds.WindowCenter, ds.WindowWidth = _ds(center), _ds(width)
-  ds.WindowCenterWidthExplanation = "FULL RANGE" if window == (0.0, 1.0) else "TISSUE"
-  ds.VOILUTFunction = "LINEAR"
-  if meta.transfer_syntax == dcm_uid.JPEG2000Lossless:
-    ds.compress(dcm_uid.JPEG2000Lossless, values, generate_instance_uid=False)
+  if not meta.film:  # Film scans have no VOI window: the stored range is the display range.
+    ds.WindowCenter, ds.WindowWidth = _ds(center), _ds(width)
+    ds.WindowCenterWidthExplanation = "FULL RANGE" if window == (0.0, 1.0) else "TISSUE"
+    ds.VOILUTFunction = "LINEAR"
+  if meta.transfer_syntax in (dcm_uid.JPEG2000Lossless, dcm_uid.RLELossless):
+    ds.compress(meta.transfer_syntax, values, generate_instance_uid=False)
   else:
     ds.PixelData = values.astype("<u2").tobytes()
   return ds
@@ -510,7 +667,7 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
              size_range: tuple[int, int] = (600, 3000), malignant_fraction: float = 0.4,
              benign_fraction: float = 0.2, jpeg2000_fraction: float = 0.3,
              monochrome1_fraction: float = 0.3, windowed_fraction: float = 0.5,
-             conspicuity: float = 1.0,
+             conspicuity: float = 1.0, film_fraction: float = 0.0,
              progress: Callable[[int, int], None] | None = None,
              workers: int | None = None) -> list[SyntheticImage]:
   """Writes ``num_studies`` four-view studies and labels.csv into ``out_dir``.
@@ -520,10 +677,16 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
   ``benign_fraction`` of the breasts, ``jpeg2000_fraction`` and ``windowed_fraction`` (VOI
   window narrower than the stored range) of the images, ``monochrome1_fraction`` of the
   studies. BitsStored is spread evenly over 12, 14 and 16 by study. ``conspicuity`` scales
-  every lesion's contrast (1: about as subtle as real findings against the texture). ``progress(done, total)`` is
-  called after each image. ``workers`` processes render in parallel (default: every core); the
-  files are the same for any number. Raises SyntheticError for bad arguments, a folder that
-  already holds a dataset, or a missing JPEG 2000 encoder.
+  every lesion's contrast (1: about as subtle as real findings against the texture).
+  ``film_fraction`` of the studies are digitised films (``_film``): 16-bit, RLE Lossless, no VOI
+  window, no laterality or view tags, laterality and view in the file name
+  (``<image_id>_LEFT_CC.dcm``); they override the draws above for their images. With
+  ``film_fraction`` > 0, labels.csv adds FILM_COLUMNS: ``film`` (0 / 1), ``breast_box`` (the
+  tissue's ``[x0, y0, x1, y1]``, every image) and ``label_boxes`` (JSON list of
+  ``{"box", "kind", "text"}``, film images); with 0 the output is what it was before film mode.
+  ``progress(done, total)`` is called after each image. ``workers`` processes render in
+  parallel (default: every core); the files are the same for any number. Raises SyntheticError
+  for bad arguments, a folder that already holds a dataset, or a missing JPEG 2000 encoder.
   """
   lo, hi = size_range
   _check(isinstance(num_studies, (int, np.integer)) and num_studies >= 1,
@@ -533,7 +696,7 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
   for name, f in (("malignant_fraction", malignant_fraction), ("benign_fraction", benign_fraction),
                   ("jpeg2000_fraction", jpeg2000_fraction),
                   ("monochrome1_fraction", monochrome1_fraction),
-                  ("windowed_fraction", windowed_fraction)):
+                  ("windowed_fraction", windowed_fraction), ("film_fraction", film_fraction)):
     _check(0.0 <= f <= 1.0, f"{name} {f} is outside [0, 1]")
   _check(conspicuity > 0, f"conspicuity must be positive, got {conspicuity}")
   _check(malignant_fraction + benign_fraction <= 1.0,
@@ -554,6 +717,9 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
   mono1 = _exact_mix(rng, num_studies, False, ((True, monochrome1_fraction),))
   j2k = _exact_mix(rng, n_images, False, ((True, jpeg2000_fraction),))
   windowed = _exact_mix(rng, n_images, False, ((True, windowed_fraction),))
+  # A stream of its own, so that film_fraction = 0 leaves every other draw as it was.
+  film = _exact_mix(np.random.default_rng([_SEED_TAG, seed, 5]), num_studies, False,
+                    ((True, film_fraction),))
 
   # Study-level draws come from one sequential stream, here; each image then renders from its
   # own seeded stream, so the pool's order cannot change a pixel.
@@ -574,17 +740,20 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
       for v, view in enumerate(_VIEWS):
         index = len(jobs)
         image_id = _hex_id(seed, "image", study, laterality, view)
+        name = (f"{image_id}_{'LEFT' if laterality == 'L' else 'RIGHT'}_{view}" if film[study]
+                else image_id)
+        syntax = (dcm_uid.RLELossless if film[study] else dcm_uid.JPEG2000Lossless if j2k[index]
+                  else dcm_uid.ExplicitVRLittleEndian)
         meta = SyntheticImage(
             image_id=image_id, study_id=study_id, patient_id=patient_id,
             laterality=laterality, view=view, label=int(cls == "malignant"),
-            path=f"images/{study_id}/{image_id}.dcm", width=width, height=height,
+            path=f"images/{study_id}/{name}.dcm", width=width, height=height,
             photometric="MONOCHROME1" if mono1[study] else "MONOCHROME2",
-            bits_stored=bits[study],
-            transfer_syntax=(dcm_uid.JPEG2000Lossless if j2k[index]
-                             else dcm_uid.ExplicitVRLittleEndian),
-            lesions=())
+            bits_stored=16 if film[study] else bits[study], transfer_syntax=syntax, lesions=(),
+            film=film[study])
         jobs.append(_ImageJob(out, meta, (_SEED_TAG, seed, 3, study, b, v), findings, density,
-                              windowed[index], seed, study, 2 * b + v + 1, study_date))
+                              windowed[index] and not film[study], seed, study, 2 * b + v + 1,
+                              study_date, film_fraction > 0))
 
   images = []
   workers = pool_lib.worker_count(workers, len(jobs))
@@ -601,7 +770,8 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
         progress(len(images), n_images)
 
   with open(out / "labels.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=LABEL_COLUMNS)
+    writer = csv.DictWriter(f, fieldnames=LABEL_COLUMNS + FILM_COLUMNS * (film_fraction > 0),
+                            extrasaction="ignore")
     writer.writeheader()
     writer.writerows(im.row() for im in images)
   return images
@@ -619,18 +789,24 @@ class _ImageJob:
   study: int
   instance: int
   study_date: str
+  breast_box: bool  # Record the true breast box (film datasets).
 
 
 def _write_image(job: _ImageJob) -> SyntheticImage:
   image_rng = np.random.default_rng(list(job.seed_words))
   meta = job.meta
-  ph = _render(image_rng, meta.height, meta.width, meta.laterality, meta.view, job.findings,
-               job.density)
-  window = (0.0, 1.0)
+  window, label_boxes = (0.0, 1.0), ()
+  if meta.film:
+    ph, label_boxes = _film(image_rng, meta.height, meta.width, meta.laterality, meta.view,
+                            job.findings, job.density)
+  else:
+    ph = _render(image_rng, meta.height, meta.width, meta.laterality, meta.view, job.findings,
+                 job.density)
   if job.windowed:
     start = image_rng.uniform(0.05, 0.3)
     window = (start, start + image_rng.uniform(0.3, 0.6))
-  meta = dataclasses.replace(meta, lesions=ph.lesions)
+  meta = dataclasses.replace(meta, lesions=ph.lesions, label_boxes=label_boxes,
+                             breast_box=_mask_box(ph.breast) if job.breast_box else None)
   ds = _dataset(meta, ph.image, seed=job.seed, study=job.study, instance=job.instance,
                 study_date=job.study_date, window=window,
                 spacing_mm=_DETECTOR_HEIGHT_MM / meta.height)
@@ -640,14 +816,18 @@ def _write_image(job: _ImageJob) -> SyntheticImage:
 
 
 def read_labels(out_dir: str | os.PathLike) -> list[SyntheticImage]:
-  """labels.csv of a generated dataset, back as SyntheticImage rows."""
+  """labels.csv of a generated dataset, back as SyntheticImage rows; FILM_COLUMNS are optional."""
   with open(pathlib.Path(out_dir) / "labels.csv", newline="") as f:
     return [SyntheticImage(
         **{c: row[c] for c in ("image_id", "study_id", "patient_id", "laterality", "view", "path",
                                "photometric", "transfer_syntax")},
         label=int(row["label"]), width=int(row["width"]), height=int(row["height"]),
         bits_stored=int(row["bits_stored"]),
-        lesions=tuple(Lesion(tuple(l["box"]), l["kind"]) for l in json.loads(row["lesions"])))
+        lesions=tuple(Lesion(tuple(l["box"]), l["kind"]) for l in json.loads(row["lesions"])),
+        film=row.get("film") == "1",
+        breast_box=tuple(json.loads(row["breast_box"])) if row.get("breast_box") else None,
+        label_boxes=tuple(Annotation(tuple(a["box"]), a["kind"], a["text"])
+                          for a in json.loads(row.get("label_boxes") or "[]")))
         for row in csv.DictReader(f)]
 
 

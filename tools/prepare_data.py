@@ -12,6 +12,8 @@ images and rows are listed in OUT/bad_files.csv with the reason; counts go to OU
 library logs to OUT/log.txt.
 """
 
+import sys
+
 from absl import flags
 
 from attend_jax import cli

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from absl import app, flags
 from absl import logging as absl_logging
 
+from attend_jax import progress
 from attend_jax.data.errors import DataError, DiskFullError
 from attend_jax.data.sources import DatasetNotFoundError
 
@@ -127,6 +128,7 @@ def main(fn: Callable[[list[str]], int | None],
       if verbose():
         raise
       absl_logging.info("error", exc_info=True)
+      progress.close_all()
       print(f"error: {_one_line(e)}", file=sys.stderr)
       return 1
 

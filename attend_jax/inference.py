@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attend_jax import box_ops, run, tasks
-from attend_jax.data import dicom, pipeline, prepare
+from attend_jax.data import dicom, pipeline, prepare, prepared
 from attend_jax.data import pool as pool_lib
 from attend_jax.data.errors import DataError
 from attend_jax.data.sources.base import Example
@@ -96,9 +96,7 @@ def preprocess(paths: Sequence[pathlib.Path], config, proposal_dir: str | None =
   """(path, record, error) per file, in order: the training preprocessing, in parallel. A file
   whose decoder fails in any way (an error, a crash, a hang past ``time_limit`` seconds) gets
   its reason and the others carry on."""
-  opts = prepare.PrepareOptions(
-      long_side=config.data.image_size,
-      normalize_orientation=not config.data.get("keep_orientation", False))
+  opts = prepared.options(config)  # As the run's records were prepared.
   jobs = [(p, opts, proposal_dir, i) for p, i in zip(paths, image_ids(paths))]
   results = pool_lib.guarded_map(_preprocess, jobs, preload=[prepare.__name__],
                                  workers=pool_lib.worker_count(workers, len(jobs)),
@@ -162,7 +160,9 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
              "laterality": str(record["laterality"]), "view": str(record["view"]),
              "probability": float(outputs["prob"][j]),
              "rois": _roi_rows(outputs["rois"][j], outputs["attention"][j],
-                               outputs["roi_score"][j], record, anchor)}
+                               outputs["roi_score"][j], record, anchor),
+             # Boxes of its proposal file wholly off the image, dropped.
+             "proposals_off_image": int(record.get("proposals_off_image", 0))}
       images.append(out)
       if on_image:
         on_image(out, record)

@@ -58,6 +58,11 @@ def main(argv):
   print(f"{len(images)} images, {len(summary['breasts'])} breasts, {len(summary['exams'])}"
         f" exams -> {out}/predictions.csv, breasts.csv, exams.csv"
         + (", overlays/" if _OVERLAYS.value else ""))
+  off = [im for im in images if im["proposals_off_image"]]
+  if off:
+    print(f"warning: {len(off)} images had proposal boxes wholly off the image, dropped"
+          f" ({sum(im['proposals_off_image'] for im in off)} boxes; proposals_off_image in"
+          f" {out}/predictions.json)", file=sys.stderr)
   if summary["bad_files"]:
     print(f"{len(summary['bad_files'])} files could not be used: see {out}/bad_files.csv",
           file=sys.stderr)

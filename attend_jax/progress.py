@@ -30,6 +30,15 @@ def warn(message: str, *args) -> None:
   logging.warning("%s", text)
 
 
+_OPEN: set = set()
+
+
+def close_all() -> None:
+  """Ends every open status line, so that an error printed next starts a line of its own."""
+  for bar in list(_OPEN):
+    bar.close()
+
+
 class Progress:
   """``progress(done, total)`` callbacks drawn as one tqdm line on stderr.
 
@@ -49,6 +58,7 @@ class Progress:
                        unit_scale=self.unit_scale, file=sys.stderr, dynamic_ncols=True,
                        leave=True, mininterval=0.5 if sys.stderr.isatty() else 30.0,
                        disable=jax.process_index() != 0)
+      _OPEN.add(self)
     self._bar.update(done - self._bar.n)
     if total and done >= total:
       self.close()
@@ -57,3 +67,4 @@ class Progress:
     if self._bar is not None:
       self._bar.close()
       self._bar = None
+    _OPEN.discard(self)

@@ -18,6 +18,11 @@ def base() -> ml_collections.ConfigDict:
   c.data.augment = True
   c.data.eval_split = "val"
   c.data.test_split = "test"
+  # How the records must have been prepared (tools/prepare_data.py --crop, --keep_orientation,
+  # --long_side; -1: data.image_size). A run checks its dataset against it at start and records
+  # what it was trained on in config.json (data.prepared_with), which predict then follows.
+  c.data.prepare = ml_collections.ConfigDict({"crop": "robust", "normalize_orientation": True,
+                                              "long_side": -1})
   # Demo only: generate and prepare synthetic DICOMs into data.dir when it is empty.
   c.data.synthetic = ml_collections.ConfigDict({"num_studies": 0, "min_size": 300,
                                                 "max_size": 400, "benign_fraction": 0.2,

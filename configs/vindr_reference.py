@@ -1,11 +1,11 @@
 r"""The paper's setting: VinDr-Mammo, the reference's CSVs and Grounding-DINO proposals.
 
-Prepare once (full resolution, original orientation, so that the reference's proposal boxes
-and box embeddings apply unchanged), then train:
+Prepare once with the reference's own preprocessing (its breast crop, whose pixels the
+proposal files use; full resolution, no resizing; the original orientation), then train:
 
   python tools/prepare_data.py --dataset csv --root /data/vindr-mammo/images \
       --csv_dir /data/reference_csvs --proposals /data/focal_rois \
-      --keep_orientation --long_side 4096 --out data/vindr_reference
+      --crop=reference --keep_orientation --long_side 0 --out data/vindr_reference
   python tools/convert_dinov2.py --variant vitb14 --out weights/dinov2_vitb14
   python -m attend_jax.main --config=configs/vindr_reference.py --workdir=workdirs/vindr_ref
 
@@ -14,7 +14,7 @@ and box embeddings apply unchanged), then train:
   python -m attend_jax.main --config=configs/vindr_reference.py:smoke --workdir=/tmp/ref \
       --config.data.dir=data/vindr_reference
 
-Every hyper-parameter is the released code's (DESIGN.md): ViT-B/14 at 448, patch embedding
+Every hyper-parameter is the released code's (docs/method.md): ViT-B/14 at 448, patch embedding
 and blocks 0-2 frozen, the top 5 proposals after NMS at IoU 0.5 with no forced anchor, anchor
 pooling, BCE with pos_weight 10 plus 0.3 x repulsive, AdamW at a constant 1e-6, batch 4,
 dropout 0.25, early stopping on validation AUC with patience 5, evaluated once per epoch of
@@ -30,8 +30,10 @@ EPOCH_STEPS = 12_800 // 4
 def get_config(arg: str = ""):
   c = common.base()
   c.data.dir = "data/vindr_reference"
-  c.data.name = "csv_4096"  # = prepare's --dataset csv --long_side 4096.
-  c.data.image_size = 4096  # No resizing: the proposal files' pixels are full-size pixels.
+  c.data.name = "csv_full"  # = prepare's --dataset csv --long_side 0.
+  # Breast crops are stored at full size and padded to this square; one larger is an error.
+  c.data.image_size = 4096
+  c.data.prepare.update({"crop": "reference", "normalize_orientation": False, "long_side": 0})
   c.data.batch_size = 4
   c.data.eval_batch_size = 8
   c.proposals.source = "files"

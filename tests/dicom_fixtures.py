@@ -7,7 +7,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 def write_mg(pixels, folder, name="mg.dcm", photometric="MONOCHROME2", bits=12, syntax=None,
              **attrs):
-  """Writes ``pixels`` as an MG DICOM file in ``folder``; ``attrs`` set extra attributes."""
+  """Writes ``pixels`` as an MG DICOM file in ``folder``; ``attrs`` set extra attributes (None
+  removes one, e.g. ``ViewPosition=None`` for a DDSM-like file without it)."""
   meta = FileMetaDataset()
   meta.TransferSyntaxUID = ExplicitVRLittleEndian
   meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
@@ -22,7 +23,10 @@ def write_mg(pixels, folder, name="mg.dcm", photometric="MONOCHROME2", bits=12, 
   ds.ImageLaterality, ds.ViewPosition, ds.Manufacturer = "R", "MLO", "test"
   ds.ImagerPixelSpacing = [0.1, 0.1]
   for key, value in attrs.items():
-    setattr(ds, key, value)
+    if value is None:
+      delattr(ds, key)
+    else:
+      setattr(ds, key, value)
   ds.PixelData = pixels.astype(np.uint16).tobytes()
   if syntax is not None:
     ds.compress(syntax, pixels.astype(np.uint16), generate_instance_uid=False)

@@ -24,3 +24,13 @@ def job(kind: str) -> str:
   if kind == "exit":
     os._exit(3)
   return kind.upper()
+
+
+def decode(path) -> tuple | str:
+  """The real reader on one file: its shape, or the DicomError's reason."""
+  from attend_jax.data import dicom
+
+  try:
+    return dicom.read_dicom(path).pixels.shape
+  except dicom.DicomError as e:
+    return e.reason

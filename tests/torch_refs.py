@@ -128,3 +128,21 @@ def timm_state_from_meta(meta: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
     out["pos_embed"] = out["pos_embed"][:, 1:].contiguous()
   return out
+
+
+def reference_crop(image_u16: np.ndarray, box, out_size: int) -> np.ndarray:
+  """docs/method.md's crop: int() corner, zero canvas, /65535, torch antialiased bilinear resize."""
+  import torch.nn.functional as F
+
+  cx, cy, w, h = box[:4]
+  side = max(w, h)
+  x0, y0, size = int(cx - side / 2 - 20), int(cy - side / 2 - 20), int(side + 40)
+  canvas = np.zeros((size, size), np.float32)
+  H, W = image_u16.shape
+  ys, xs = max(0, y0), max(0, x0)
+  ye, xe = min(H, y0 + size), min(W, x0 + size)
+  if ye > ys and xe > xs:
+    canvas[ys - y0:ye - y0, xs - x0:xe - x0] = image_u16[ys:ye, xs:xe]
+  t = torch.from_numpy(canvas / 65535.0)[None, None]
+  return F.interpolate(t, size=(out_size, out_size), mode="bilinear", align_corners=False,
+                       antialias=True)[0, 0].numpy()

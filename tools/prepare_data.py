@@ -5,7 +5,8 @@ r"""Decodes a mammography dataset once into TFDS ArrayRecord shards for training
   python tools/prepare_data.py --dataset cbis_ddsm --root /data/CBIS-DDSM --out data/prepared
   python tools/prepare_data.py --dataset rsna --root /data/rsna --out data/prepared
   python tools/prepare_data.py --dataset csv --root /data/vindr-mammo/images \
-      --csv_dir reference_csvs --proposals /data/focal_rois --out data/prepared
+      --csv_dir reference_csvs --proposals /data/focal_rois --keep_orientation --long_side 0 \
+      --out data/prepared
 
 Rerunning the same command resumes an interrupted run and skips a finished one. Unusable
 images and rows are listed in OUT/bad_files.csv with the reason; counts go to OUT/manifest.json,
@@ -25,7 +26,12 @@ _DATASET = flags.DEFINE_enum("dataset", None, sorted(SOURCES), "Which dataset la
                              required=True)
 _ROOT = flags.DEFINE_string("root", None, "The dataset folder as downloaded.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output folder (TFDS data_dir).", required=True)
-_LONG_SIDE = flags.DEFINE_integer("long_side", 1024, "Stored breast crops' maximum long side.")
+_LONG_SIDE = flags.DEFINE_integer("long_side", 1024, "Stored breast crops' maximum long side;"
+                                   " 0 keeps full resolution (the reference's RoIs need it).")
+_CROP = flags.DEFINE_enum("crop", None, ["robust", "reference"],
+                          "Breast crop rule. robust (default): the breast without film edges,"
+                          " labels or markers; reference (default for --dataset csv): the"
+                          " authors' exact crop, whose pixels their proposal files use.")
 _WORKERS = flags.DEFINE_integer("workers", None, "Decoding processes (default: all cores).")
 _NO_FLIP = flags.DEFINE_bool("keep_orientation", False,
                              "Do not flip breasts so that the chest wall is on the left.")
@@ -37,9 +43,10 @@ _KEEP_CACHE = flags.DEFINE_bool("keep_cache", False, "Keep the per-image decode 
 
 def main(argv):
   del argv
+  crop = _CROP.value or ("reference" if _DATASET.value == "csv" else "robust")
   opts = prepare.PrepareOptions(long_side=_LONG_SIDE.value,
                                 normalize_orientation=not _NO_FLIP.value,
-                                max_proposals=_MAX_PROPOSALS.value)
+                                max_proposals=_MAX_PROPOSALS.value, crop=crop)
   kwargs = {}
   if _DATASET.value == "csv":
     kwargs = {"csv_dir": _CSV_DIR.value, "proposal_dir": _PROPOSALS.value}

@@ -40,9 +40,14 @@ BAD_FILES = "bad_files.csv"
 
 @dataclasses.dataclass(frozen=True)
 class PrepareOptions:
-  long_side: int = 1024  # Stored breast crops are at most this many pixels on the long side.
+  # Stored breast crops are at most this many pixels on the long side; 0 stores them at full
+  # resolution, as the reference crops its RoIs.
+  long_side: int = 1024
   padding: int = breast.PADDING
   normalize_orientation: bool = True
+  # "robust" (film edges, labels and markers left out) or "reference": the authors' exact crop,
+  # whose pixels their proposal files use.
+  crop: str = "robust"
   max_proposals: int = 32  # Detector proposals kept per image (after NMS), when the source has them.
 
 
@@ -99,12 +104,12 @@ def process_example(ex: Example, opts: PrepareOptions) -> dict:
   """One record. Raises DataError (with the file and the reason) for unusable input."""
   image = dicom.read_dicom(ex.path)
   pixels = image.pixels
-  crop = breast.find_breast(pixels, ex.path, padding=opts.padding)
+  crop = breast.find_breast(pixels, ex.path, padding=opts.padding, rule=opts.crop)
   cropped = pixels[crop.y0:crop.y1, crop.x0:crop.x1]
   flipped = False
   if opts.normalize_orientation:
     cropped, flipped = breast.normalize_orientation(cropped)
-  scale = min(1.0, opts.long_side / max(cropped.shape))
+  scale = min(1.0, opts.long_side / max(cropped.shape)) if opts.long_side else 1.0
   stored = np.ascontiguousarray(_resize(cropped, scale))
   scale_yx = (stored.shape[0] / cropped.shape[0], stored.shape[1] / cropped.shape[1])
   scale = float(np.mean(scale_yx))
@@ -119,9 +124,10 @@ def process_example(ex: Example, opts: PrepareOptions) -> dict:
   props = np.zeros((0, 5), np.float32)
   off_image = 0
   if ex.proposals_path:
-    # Reference proposals are in pixels of its own breast crop (same rule as ours, at full size).
+    # The reference's proposals are in pixels of its breast crop (crop="reference"), full size.
     raw = proposals.read_proposals(ex.proposals_path)
     raw, off_image = proposals.on_image(raw, cropped.shape, ex.proposals_path)
+    proposals.check_extent(raw, cropped.shape, ex.proposals_path)
     kept, is_real = proposals.select_proposals(raw, opts.max_proposals,
                                                image_hw=cropped.shape)
     kept = kept[is_real]
@@ -210,8 +216,35 @@ def _read_bad(out: pathlib.Path) -> list[tuple[str, str]]:
     return [(row["path"], row["reason"]) for row in csv.DictReader(f)]
 
 
+def config_name(dataset: str, long_side: int) -> str:
+  """The prepared dataset's name, e.g. ``vindr_2048``, or ``csv_full`` at full resolution."""
+  return f"{dataset}_{long_side or 'full'}"
+
+
 def builder_name(dataset: str, long_side: int) -> str:
-  return f"mammograms/{dataset}_{long_side}"
+  return f"mammograms/{config_name(dataset, long_side)}"
+
+
+OPTIONS = "prepare_options.json"  # Beside each prepared dataset's versions, in mammograms/<name>/.
+
+
+def options_path(out: str | os.PathLike, name: str) -> pathlib.Path:
+  return pathlib.Path(out) / "mammograms" / name / OPTIONS
+
+
+def read_options(out: str | os.PathLike, name: str) -> PrepareOptions | None:
+  """How the prepared dataset ``name`` in ``out`` was made, or None if it does not say
+  (datasets prepared before the options were recorded)."""
+  path = options_path(out, name)
+  if path.exists():
+    return PrepareOptions(**json.loads(path.read_text()))
+  manifest = pathlib.Path(out) / MANIFEST
+  if manifest.exists():
+    data = json.loads(manifest.read_text())
+    if data.get("builder") == f"mammograms/{name}":
+      fields = {f.name for f in dataclasses.fields(PrepareOptions)}
+      return PrepareOptions(**{k: v for k, v in data["options"].items() if k in fields})
+  return None
 
 
 def _off_image(path: pathlib.Path) -> int:
@@ -238,7 +271,9 @@ def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike,
   """
   start = time.perf_counter()
   out = pathlib.Path(out).absolute()
-  config = f"{dataset}_{opts.long_side}"
+  if opts.crop not in breast.RULES:
+    raise ValueError(f"crop must be one of {breast.RULES}, got {opts.crop!r}.")
+  config = config_name(dataset, opts.long_side)
   if _is_built(out, config) and (out / MANIFEST).exists():
     manifest = json.loads((out / MANIFEST).read_text())
     return PrepareResult(manifest["builder"], manifest["counts"], _read_bad(out), 0.0)
@@ -315,5 +350,6 @@ def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike,
       "write_seconds": round(write_seconds, 1),
   }
   (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+  options_path(out, config).write_text(json.dumps(dataclasses.asdict(opts), indent=2) + "\n")
   return PrepareResult(builder_name(dataset, opts.long_side), counts, bad, seconds,
                        decode_seconds, worker_seconds, len(todo), write_seconds)

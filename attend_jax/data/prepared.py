@@ -3,15 +3,20 @@ a dataset that is not there yet (the prepare command and the raw layout, never a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 
 from attend_jax.data import records
 from attend_jax.data.sources import ORIGINS, DatasetNotFoundError
 from attend_jax.progress import Progress, log
+
+if TYPE_CHECKING:
+  from attend_jax.data import prepare
 
 # Flags of tools/prepare_data.py that a dataset needs beyond --root and --out.
 _EXTRA_FLAGS = {"csv": " --csv_dir REFERENCE_CSVS --proposals PROPOSAL_DIR --keep_orientation"}
@@ -35,7 +40,7 @@ def require(data_dir: str | os.PathLike, name: str, splits: Sequence[str] = (), 
   data_dir = pathlib.Path(data_dir)
   if not is_prepared(data_dir, name):
     dataset, _, size = name.rpartition("_")
-    size = size if size.isdigit() else (long_side or "N")
+    size = size if size.isdigit() else 0 if size == "full" else (long_side or "N")
     where, layout = ORIGINS.get(dataset, ("", ""))
     lines = [f"No prepared dataset {name!r} in {data_dir.absolute()} ({flag}).",
              "Prepare it once (it resumes if interrupted) with:",
@@ -66,6 +71,50 @@ def require_for_run(config, splits: Sequence[str]) -> list[str]:
   return require(config.data.dir, config.data.name, splits, flag="config.data.dir",
                  instead="point --config.data.dir at the folder you prepared it into",
                  split_advice=advice)
+
+
+class PrepareMismatchError(DatasetNotFoundError):
+  """The prepared dataset was made another way (crop rule, orientation) than the config asks."""
+
+
+def options(config) -> "prepare.PrepareOptions":
+  """How a run's images are preprocessed: as its prepared dataset was (recorded at training
+  start in ``config.data.prepared_with``), else as the config asks (``config.data.prepare``,
+  e.g. a converted reference checkpoint), else the defaults at ``data.image_size``."""
+  from attend_jax.data import prepare
+
+  data = config.data
+  if data.get("prepared_with"):
+    return prepare.PrepareOptions(**dict(data.prepared_with))
+  want = data.get("prepare") or {}
+  long_side = want.get("long_side", -1)
+  return prepare.PrepareOptions(
+      long_side=data.image_size if long_side == -1 else long_side,
+      normalize_orientation=want.get("normalize_orientation", True),
+      crop=want.get("crop", "robust"))
+
+
+def record_options(config) -> None:
+  """Puts how the run's dataset was prepared into ``config.data.prepared_with`` (so config.json
+  says it, and predict does the same); DatasetNotFoundError if the config asks otherwise."""
+  from attend_jax.data import prepare
+
+  made = prepare.read_options(config.data.dir, config.data.name)
+  if made is None:
+    return
+  want = config.data.get("prepare") or {}
+  wrong = [f"{key}={getattr(made, key)!r} (the config asks for {want[key]!r})"
+           for key in ("crop", "normalize_orientation") if key in want
+           and want[key] != getattr(made, key)]
+  if wrong:
+    raise PrepareMismatchError(
+        f"The prepared dataset {config.data.name!r} in {config.data.dir} was made with"
+        f" {', '.join(wrong)}; prepare it again with"
+        f" --crop={want.get('crop', 'robust')}"
+        + ("" if want.get("normalize_orientation", True) else " --keep_orientation")
+        + ", or set --config.data.prepare.<key> to what it was made with.")
+  with config.unlocked():
+    config.data.prepared_with = dataclasses.asdict(made)
 
 
 def ensure_synthetic(config) -> None:

@@ -80,6 +80,24 @@ def on_image(boxes: np.ndarray, image_hw: tuple[int, int], path: str | os.PathLi
   return boxes[inside], int((~inside).sum())
 
 
+EXTENT_TOLERANCE = 0.05  # Detectors' boxes may overhang their image a little, not by more.
+
+
+def check_extent(boxes: np.ndarray, image_hw: tuple[int, int], path: str | os.PathLike = ""
+                 ) -> None:
+  """ProposalError if the boxes reach well beyond the (H, W) breast crop they must be in: the
+  file was made on another crop (rule or resolution), and every RoI would be shifted."""
+  if not len(boxes):
+    return
+  reach = box_ops.to_xyxy(np.asarray(boxes, np.float32).reshape(-1, 5))[:, 2:].max(axis=0)
+  h, w = image_hw
+  if reach[0] > w * (1 + EXTENT_TOLERANCE) or reach[1] > h * (1 + EXTENT_TOLERANCE):
+    raise ProposalError(path, f"its boxes reach x = {reach[0]:.0f}, y = {reach[1]:.0f}, beyond"
+                        f" the {w} x {h} px breast crop they must be in: the file was made on"
+                        " another crop (the reference's proposals need --crop=reference at full"
+                        " resolution, --long_side 0)")
+
+
 def select_proposals(boxes: np.ndarray, k: int, image_hw: tuple[int, int] | None = None,
                      anchor: np.ndarray | None = None,
                      iou_threshold: float = IOU_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:

@@ -87,7 +87,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _train(config, workdir: pathlib.Path) -> dict:
   # --- setup and mesh ------------------------------------------------------------------------
   task = tasks.get(config)
-  run.write_config(workdir, config)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   if config.data.batch_size % mesh.size or config.data.eval_batch_size % mesh.size:
     raise ValueError(f"data.batch_size ({config.data.batch_size}) and data.eval_batch_size"
@@ -98,6 +97,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
   # --- input ---------------------------------------------------------------------------------
   prepared.ensure_synthetic(config)
   prepared.require_for_run(config, ("train", config.data.eval_split))
+  prepared.record_options(config)  # config.json says how the records were made; predict follows.
+  run.write_config(workdir, config)
   train_iter = iter(pipeline.make_dataset(pipeline.for_split(config, "train", train=True)))
 
   # --- model and sharding --------------------------------------------------------------------

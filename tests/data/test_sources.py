@@ -101,9 +101,13 @@ def test_cbis_ddsm_matches_nbia_folders_not_csv_file_names(tmp_path):
   assert ex.path.endswith("1.000000-full mammogram images-38548/1-1.dcm")
   assert len(ex.mask_paths) == 3  # Both mask folders; the cropped image is told apart by size.
   assert by_id["Calc-Test_P_00038_LEFT_MLO"].split == "test"
-  reasons = sorted(e.reason for e in listing.bad)
+  reasons = sorted(e.reason for e in listing.bad if not isinstance(e, cbis_ddsm.MissingMaskError))
   assert reasons[0].startswith("line 4: no DICOM folder 'Calc-Training_P_00007_LEFT_CC'")
   assert reasons[1].startswith("line 5: unknown pathology 'UNKNOWN'")
+  # A row whose ROI mask is not on disk keeps its image, and is listed.
+  [missing] = [e for e in listing.bad if isinstance(e, cbis_ddsm.MissingMaskError)]
+  assert missing.reason.startswith("line 2: no ROI mask folder 'c'")
+  assert "Calc-Test_P_00038_LEFT_MLO is kept without this lesion's box" in missing.reason
 
 
 def test_rsna_and_label_values(tmp_path):

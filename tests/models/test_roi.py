@@ -7,25 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from attend_jax.models import roi
-
-
-def _reference_crop(image_u16: np.ndarray, box, out_size: int) -> np.ndarray:
-  """docs/method.md's crop: int() corner, zero canvas, /65535, torch antialiased bilinear resize."""
-  cx, cy, w, h = box
-  side = max(w, h)
-  x0, y0, size = int(cx - side / 2 - 20), int(cy - side / 2 - 20), int(side + 40)
-  canvas = np.zeros((size, size), np.float32)
-  H, W = image_u16.shape
-  ys, xs = max(0, y0), max(0, x0)
-  ye, xe = min(H, y0 + size), min(W, x0 + size)
-  if ye > ys and xe > xs:
-    canvas[ys - y0:ye - y0, xs - x0:xe - x0] = image_u16[ys:ye, xs:xe]
-  t = torch.from_numpy(canvas / 65535.0)[None, None]
-  return F.interpolate(t, size=(out_size, out_size), mode="bilinear", align_corners=False,
-                       antialias=True)[0, 0].numpy()
+from torch_refs import reference_crop as _reference_crop
 
 
 @pytest.mark.parametrize("box", [

@@ -139,14 +139,15 @@ def log(message, *args):
       time.sleep(1)  # Holds still here, however long the machine takes, until it is killed.
 trainer.log = log
 config = _config(data_dir, train__steps=int(steps), train__log_every=1)
+config.optim.warmup_steps = int(os.environ.get("TEST_WARMUP_STEPS", "0"))
 config.mesh.data, config.mesh.fsdp = int(mesh_data), int(mesh_fsdp)
 trainer.train_and_evaluate(config, workdir)
 """
 
 
-def _start(data_dir, workdir, steps=6, devices=8, mesh=(-1, 1), pause_at=0):
+def _start(data_dir, workdir, steps=6, devices=8, mesh=(-1, 1), pause_at=0, warmup=0):
   return helpers.start("-c", _RUN, data_dir, workdir, steps, mesh[0], mesh[1], pause_at,
-                       devices=devices)
+                       devices=devices, extra_env={"TEST_WARMUP_STEPS": str(warmup)})
 
 
 def _finish(proc):
@@ -180,6 +181,9 @@ def test_sigkill_then_the_same_command_resumes_exactly(data_dir, tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
+WARMUP = 20
+
+
 def test_eight_devices_train_like_one(data_dir, tmp_path):
   """A 2 x 4 data x fsdp mesh against a single device: losses, gradients, parameters.
 
@@ -187,8 +191,12 @@ def test_eight_devices_train_like_one(data_dir, tmp_path):
   amplifies that for parameters whose gradient is ~0 (m / sqrt(v) is then sign-like): those
   may differ by up to lr per step. Everything else must match closely.
   """
-  one = _start(data_dir, tmp_path / "one", steps=3, devices=1)
-  eight = _start(data_dir, tmp_path / "eight", steps=3, devices=8, mesh=(2, 4))
+  # Adam's first steps are sign(g) * lr for every parameter, so one whose gradient is rounding
+  # noise moves by +-lr either way, and after a few full-lr steps the two runs' losses part by
+  # percents on some data (seen: 1.4 % at step 3). A warmup keeps those steps small, so that
+  # what is compared is the sharded computation, not Adam's amplification of its rounding.
+  one = _start(data_dir, tmp_path / "one", steps=3, devices=1, warmup=WARMUP)
+  eight = _start(data_dir, tmp_path / "eight", steps=3, devices=8, mesh=(2, 4), warmup=WARMUP)
   _finish(one), _finish(eight)
 
   def train_rows(run):
@@ -205,7 +213,7 @@ def test_eight_devices_train_like_one(data_dir, tmp_path):
   np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-4)
   _, pa = _latest_params(tmp_path / "one")
   _, pb = _latest_params(tmp_path / "eight")
-  lr = _config(data_dir).optim.lr
+  lr = sum(r["lr"] for r in a)  # What the three steps could move a parameter by, at most.
   diffs = np.concatenate([np.abs(np.asarray(x) - np.asarray(y)).ravel()
                           for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb))])
   spread = {q: float(np.quantile(diffs, q)) for q in (0.5, 0.99)}

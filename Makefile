@@ -1,5 +1,6 @@
 # Two entry points, each self-contained on a fresh machine with Python 3.10+:
-#   make demo   installs the package into .venv and runs the demo on built-in synthetic data
+#   make demo   installs the package into .venv and runs the demo on built-in synthetic data:
+#               the RoI detector, the classifier on its boxes, predict on held-out DICOMs
 #   make test   also installs the test tools (torch CPU, transformers, pytest) and runs the suite
 # and, for the inner loop, make test-fast: the unit tests only (not the `slow` marker).
 PYTHON ?= python3
@@ -29,8 +30,13 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
+# The two-stage system on synthetic DICOMs: the RoI detector, the classifier on its boxes, then
+# predict on held-out DICOM files with no proposal files (configs/demo.py).
 demo: $(VENV)/.installed
+	$(BIN)/python -m attend_jax.main --config=configs/demo.py:detector --workdir=workdirs/demo_detector
 	$(BIN)/python -m attend_jax.main --config=configs/demo.py --workdir=workdirs/demo
+	$(BIN)/python -m attend_jax.predict --workdir=workdirs/demo workdirs/demo_data/heldout \
+	    --out=workdirs/demo/predict --overlays
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests

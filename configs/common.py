@@ -23,10 +23,15 @@ def base() -> ml_collections.ConfigDict:
   # what it was trained on in config.json (data.prepared_with), which predict then follows.
   c.data.prepare = ml_collections.ConfigDict({"crop": "robust", "normalize_orientation": True,
                                               "long_side": -1})
-  # Demo only: generate and prepare synthetic DICOMs into data.dir when it is empty.
-  c.data.synthetic = ml_collections.ConfigDict({"num_studies": 0, "min_size": 300,
-                                                "max_size": 400, "benign_fraction": 0.2,
-                                                "conspicuity": 1.0})
+  # Demo only: generate and prepare synthetic DICOMs into data.dir when it is empty
+  # (attend_jax.data.synthetic.generate's arguments), and heldout_studies more, never prepared,
+  # into data.dir/heldout for predict. difference >= 0 switches on the fine-grained mode (how
+  # far a cancer looks from its benign look-alikes, 0 .. 1); oracle_proposals > 0 stores that
+  # many boxes around the true lesions per image, for the ablation's oracle variant only.
+  c.data.synthetic = ml_collections.ConfigDict({
+      "num_studies": 0, "heldout_studies": 0, "min_size": 300, "max_size": 400,
+      "benign_fraction": 0.2, "conspicuity": 1.0, "difference": -1.0,
+      "lookalike_fraction": 0.0, "oracle_proposals": 0})
 
   c.proposals = ml_collections.ConfigDict()
   c.proposals.source = "files"  # files | detector | grid | breast_only

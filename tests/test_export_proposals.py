@@ -144,7 +144,7 @@ def test_files_map_back_to_the_detectors_own_boxes(run, direct):
 def test_prepare_data_and_predict_find_and_read_the_files(run, direct):
   """The consumers: the reference-CSV source's and predict's file naming, and
   prepare.process_example on the DICOMs the records came from."""
-  listing = synthetic_source.list_examples(run["data"] / "dicom", simulated_proposals=0)
+  listing = synthetic_source.list_examples(run["data"] / "dicom")
   examples = {ex.image_id: ex for ex in listing.examples}
   opts = prepare.PrepareOptions(long_side=256, max_proposals=1000)
   checked = 0

@@ -124,6 +124,7 @@ def make_batch(s: dict, seed: int = 0) -> dict:
       "proposal_mask": np.ones((b, k), bool),
       "lesion_boxes": np.zeros((b, 8, 4), np.float32),
       "lesion_mask": np.zeros((b, 8), bool),
+      "lesion_malignant": np.zeros((b, 8), bool),
       "label": (np.arange(b) % 2).astype(np.int32),
       "brightness": np.ones(b, np.float32),
       "contrast": np.ones(b, np.float32),

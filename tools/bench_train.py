@@ -86,6 +86,7 @@ def make_batch(config, batch: int, seed: int = 0) -> dict:
       "proposal_mask": np.ones((batch, k), bool),
       "lesion_boxes": np.zeros((batch, 8, 4), np.float32),
       "lesion_mask": np.zeros((batch, 8), bool),
+      "lesion_malignant": np.zeros((batch, 8), bool),
       "label": (np.arange(batch) % 2).astype(np.int32),
       "brightness": np.ones(batch, np.float32),
       "contrast": np.ones(batch, np.float32),

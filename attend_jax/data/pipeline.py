@@ -10,7 +10,8 @@ Batches hold host numpy arrays:
 - ``image`` (B, S, S) uint16, the breast crop at the top-left, zeros elsewhere;
 - ``image_hw`` (B, 2) int32, the crop's real height and width inside the padding;
 - ``label`` (B,) int32;
-- ``lesion_boxes`` (B, L, 4) float32 ``x0 y0 x1 y1`` and ``lesion_mask`` (B, L) bool;
+- ``lesion_boxes`` (B, L, 4) float32 ``x0 y0 x1 y1``, ``lesion_mask`` (B, L) bool and
+  ``lesion_malignant`` (B, L) bool (the lesions that are cancers);
 - ``proposals`` (B, K, 5) float32 ``cx cy w h score`` and ``proposal_mask`` (B, K) bool;
 - ``brightness``, ``contrast`` (B,) float32 jitter factors (1.0 without augmentation);
 - ``index`` (B,) int64, the record's index in the split, to look its ids up.
@@ -104,6 +105,7 @@ def to_fixed_shapes(record: dict[str, Any], index: int, cfg: PipelineConfig) -> 
   padded = np.zeros((cfg.image_size, cfg.image_size), np.uint16)
   padded[:h, :w] = image
   lesions, lesion_mask = _pad_rows(record["lesion_boxes"], cfg.max_lesions, 4)
+  malignant, _ = _pad_rows(record["lesion_malignant"], cfg.max_lesions, 1)
   props, prop_mask = _pad_rows(record["proposals"], cfg.num_proposals, 5)
   return {
       "image": padded,
@@ -111,6 +113,7 @@ def to_fixed_shapes(record: dict[str, Any], index: int, cfg: PipelineConfig) -> 
       "label": np.int32(record["label"]),
       "lesion_boxes": lesions,
       "lesion_mask": lesion_mask,
+      "lesion_malignant": (malignant[:, 0] > 0) & lesion_mask,
       "proposals": props,
       "proposal_mask": prop_mask,
       "brightness": np.float32(record.get("brightness", 1.0)),

@@ -81,13 +81,14 @@ def to_original(boxes_xyxy: np.ndarray, crop_box: np.ndarray, flipped: bool,
   return boxes + np.array([x0, y0, x0, y0], np.float64)
 
 
-def _mask_boxes(mask_paths, original_hw, image_path) -> list[tuple[int, int, int, int]]:
-  """Lesion boxes from CBIS-DDSM ROI masks: binary DICOMs the size of the full image.
+def _mask_boxes(mask_paths, malignant, original_hw, image_path
+                ) -> list[tuple[tuple[int, int, int, int], bool]]:
+  """(lesion box, is a cancer) from CBIS-DDSM ROI masks: binary DICOMs the size of the image.
 
   A mask folder also holds the small cropped-lesion image; it is told apart by its size.
   """
   boxes = []
-  for path in mask_paths:
+  for path, cancer in zip(mask_paths, malignant):
     try:
       arr = pydicom.dcmread(path).pixel_array
     except Exception as e:  # noqa: BLE001  (any unreadable mask is reported, not fatal)
@@ -96,7 +97,8 @@ def _mask_boxes(mask_paths, original_hw, image_path) -> list[tuple[int, int, int
       continue
     ys, xs = np.nonzero(arr)
     if len(ys):
-      boxes.append((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+      boxes.append(((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1),
+                    bool(cancer)))
   return boxes
 
 
@@ -114,12 +116,15 @@ def process_example(ex: Example, opts: PrepareOptions) -> dict:
   scale_yx = (stored.shape[0] / cropped.shape[0], stored.shape[1] / cropped.shape[1])
   scale = float(np.mean(scale_yx))
 
-  lesions = list(ex.lesion_boxes)
+  cancer = bool(ex.label)  # Lesions without their own pathology take the image's.
+  lesions = list(zip(ex.lesion_boxes, ex.lesion_malignant or [cancer] * len(ex.lesion_boxes)))
   if ex.mask_paths:
-    lesions += _mask_boxes(ex.mask_paths, pixels.shape, ex.path)
-  lesion_boxes = to_stored(np.array(lesions).reshape(-1, 4), crop, flipped, scale)
-  lesion_boxes = lesion_boxes[(lesion_boxes[:, 2] > lesion_boxes[:, 0])
-                              & (lesion_boxes[:, 3] > lesion_boxes[:, 1])]
+    lesions += _mask_boxes(ex.mask_paths, ex.mask_malignant or [cancer] * len(ex.mask_paths),
+                           pixels.shape, ex.path)
+  lesion_boxes = to_stored(np.array([b for b, _ in lesions]).reshape(-1, 4), crop, flipped, scale)
+  lesion_malignant = np.array([m for _, m in lesions], bool)
+  kept = (lesion_boxes[:, 2] > lesion_boxes[:, 0]) & (lesion_boxes[:, 3] > lesion_boxes[:, 1])
+  lesion_boxes, lesion_malignant = lesion_boxes[kept], lesion_malignant[kept]
 
   props = np.zeros((0, 5), np.float32)
   off_image = 0
@@ -147,6 +152,7 @@ def process_example(ex: Example, opts: PrepareOptions) -> dict:
       "image": stored,
       "label": int(ex.label),
       "lesion_boxes": lesion_boxes.astype(np.float32),
+      "lesion_malignant": lesion_malignant,
       "proposals": props,
       "image_id": ex.image_id,
       "study_id": ex.study_id,

@@ -127,16 +127,23 @@ def ensure_synthetic(config) -> None:
 
   if jax.process_index() == 0:
     dicoms = data_dir / "dicom"
+    kwargs = dict(size_range=(syn.min_size, syn.max_size), benign_fraction=syn.benign_fraction,
+                  conspicuity=syn.conspicuity,
+                  difference=syn.get("difference", -1.0) if syn.get("difference", -1.0) >= 0
+                  else None, lookalike_fraction=syn.get("lookalike_fraction", 0.0))
     if not (dicoms / "labels.csv").exists():
       log("Writing %d synthetic studies to %s", syn.num_studies, dicoms)
       synthetic.generate(dicoms, syn.num_studies, seed=config.seed,
-                         size_range=(syn.min_size, syn.max_size),
-                         benign_fraction=syn.benign_fraction, conspicuity=syn.conspicuity,
-                         progress=Progress("writing DICOMs", "img"))
+                         progress=Progress("writing DICOMs", "img"), **kwargs)
+    heldout = data_dir / "heldout"
+    if syn.get("heldout_studies", 0) and not (heldout / "labels.csv").exists():
+      # Another seed: other patients, never prepared, for predict on new DICOMs.
+      synthetic.generate(heldout, syn.heldout_studies, seed=config.seed + 1, **kwargs)
     log("Preparing %s into %s", dicoms, data_dir)
     prepare.prepare("synthetic", dicoms, data_dir,
                     prepare.PrepareOptions(long_side=config.data.image_size),
-                    progress=Progress("preparing", "img"))
+                    progress=Progress("preparing", "img"),
+                    oracle_proposals=syn.get("oracle_proposals", 0))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("synthetic data ready")

@@ -32,8 +32,10 @@ logging.getLogger("absl").addFilter(_NoCustomConfigWarning())
 class Mammograms(tfds.core.GeneratorBasedBuilder):
   """Breast crops decoded from DICOM by ``attend_jax.data.prepare``, one config per dataset."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Breast crops as uint16, lesion boxes, proposals, ids."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Breast crops as uint16, lesion boxes, proposals, ids.",
+                   "1.1.0": "lesion_malignant: which lesion boxes are cancers (benign"
+                            " look-alikes are the contrastive term's hard negatives)."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Run `python tools/prepare_data.py --dataset ... --root ... --out ...`; it decodes the"
       " DICOMs into the manual folder this builder reads.")
@@ -46,6 +48,7 @@ class Mammograms(tfds.core.GeneratorBasedBuilder):
             "image": tfds.features.Tensor(shape=(None, None), dtype=np.uint16, encoding="bytes"),
             "label": tfds.features.ClassLabel(names=LABEL_NAMES),
             "lesion_boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+            "lesion_malignant": tfds.features.Tensor(shape=(None,), dtype=np.bool_),
             "proposals": tfds.features.Tensor(shape=(None, 5), dtype=np.float32),
             "image_id": text,
             "study_id": text,

@@ -59,8 +59,11 @@ from attend_jax.data import pool as pool_lib
 SPICULATED_MASS = "spiculated_mass"
 CALCIFICATION_CLUSTER = "calcification_cluster"
 ROUND_MASS = "round_mass"
+BENIGN_CALCIFICATIONS = "benign_calcifications"  # Fine-grained mode only.
 MALIGNANT_KINDS = (SPICULATED_MASS, CALCIFICATION_CLUSTER)
-KINDS = MALIGNANT_KINDS + (ROUND_MASS,)
+KINDS = MALIGNANT_KINDS + (ROUND_MASS,)  # The default renderers'.
+BENIGN_KINDS = (ROUND_MASS, BENIGN_CALCIFICATIONS)  # The fine-grained mode's look-alikes.
+_CALCIFICATIONS = (CALCIFICATION_CLUSTER, BENIGN_CALCIFICATIONS)
 
 LABEL_COLUMNS = ("image_id", "study_id", "patient_id", "laterality", "view", "label", "path",
                  "width", "height", "photometric", "bits_stored", "transfer_syntax", "lesions")
@@ -163,6 +166,9 @@ class _Finding:
   size: float  # Radius (masses) or cluster radius, as a fraction of the image height.
   contrast: float  # Density added at the centre, in display units.
   depth: float  # Distance from the chest wall as a fraction of the breast's depth.
+  # Fine-grained mode: how malignant the finding looks, 0 (benign) .. 1; None: the default
+  # renderers, where the kind alone decides.
+  malignancy: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,9 +265,101 @@ def _calcification_cluster(rng, dx, dy, radius, contrast, speck_sigma):
                  float((px + m).max()), float((py + m).max()))
 
 
+# ---------------------------------------------------------------------------------------------
+# Fine-grained mode: benign and malignant findings drawn by the same functions from the same
+# random draws, apart by one number, the finding's malignancy m (the dataset's ``difference``
+# for cancers, 0 for look-alikes). At m = 0 a cancer is drawn exactly as a benign finding.
+
+
+def _fine_mass(rng, dx, dy, radius, contrast, m):
+  """A mass between benign (m = 0: an oval with a sharp margin) and malignant (m = 1: a lobulated
+  outline, an ill-defined margin and radiating spicules)."""
+  rx, ry = radius * rng.uniform(0.85, 1.15, 2)
+  phi = rng.uniform(0, np.pi)
+  k = np.arange(2, 12)
+  amp, phase = rng.uniform(0.0, 0.22, k.size) / k**0.8, rng.uniform(0, 2 * np.pi, k.size)
+  n = 25
+  spicules = (rng.uniform(0, 2 * np.pi, n), rng.uniform(1.5, 3.0, n), rng.uniform(0.04, 0.08, n),
+              rng.normal(0, 0.15, n), rng.uniform(0.6, 1.0, n))
+  count, level = rng.integers(10, 26), rng.uniform(0.6, 0.85)
+  c, s = np.cos(phi), np.sin(phi)
+  u, v = (dx * c + dy * s) / rx, (dy * c - dx * s) / ry
+  angle = np.arctan2(v, u)
+  outline = 1.0 + m * sum(a * np.cos(ki * angle + p) for ki, a, p in zip(k, amp, phase))
+  q = np.hypot(u, v) / outline
+  sharp = np.clip(1.0 - q * q, 0.0, 1.0) ** 0.35
+  blurred = 0.65 * np.sqrt(np.clip(1.0 - q * q, 0.0, 1.0)) + 0.35 * (1.0 - _smoothstep(0.5, 1.25, q))
+  patch = contrast * ((1.0 - m) * sharp + m * blurred)
+  if m > 0:
+    lines = np.zeros_like(patch)
+    for theta, length, width, bend, strength in zip(*(p[:count] for p in spicules)):
+      length, width = radius * length, max(0.6, radius * width)
+      frac = (dx * np.cos(theta) + dy * np.sin(theta)) / length
+      perp = dy * np.cos(theta) - dx * np.sin(theta) - bend * length * frac * frac
+      taper = np.clip(1.0 - frac, 0.0, 1.0) * (frac > 0)
+      np.maximum(lines, strength * np.exp(-(perp / (width * taper + 0.35)) ** 2) * np.sqrt(taper),
+                 out=lines)
+    np.maximum(patch, m * contrast * level * lines, out=patch)
+  # The box frames the core outline, as radiologists draw it.
+  t = np.linspace(-np.pi, np.pi, 181)
+  r = 1.0 + m * sum(a * np.cos(ki * t + p) for ki, a, p in zip(k, amp, phase))
+  ox, oy = r * np.cos(t) * rx, r * np.sin(t) * ry
+  xs, ys = ox * c - oy * s, ox * s + oy * c
+  return patch, (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+
+
+def _fine_calcifications(rng, dx, dy, radius, contrast, speck_sigma, m):
+  """Calcifications between benign (m = 0: a few coarse, round, even specks, scattered) and
+  malignant (m = 1: many fine, elongated, uneven specks in a tight cluster)."""
+  u = rng.uniform()
+  n = int(round((3 + 5 * u) * (1 - m) + (8 + 12 * u) * m))
+  rho, theta = np.sqrt(rng.uniform(0, 1, 20)), rng.uniform(0, 2 * np.pi, 20)
+  spread = radius * (2.0 - m)
+  px, py = (spread * rho * np.cos(theta))[:n], (spread * rho * np.sin(theta))[:n]
+  size = speck_sigma * rng.uniform(0.8, 1.6, 20)[:n] * (2.5 - 1.5 * m)
+  aspect = 1.0 + m * rng.uniform(0.0, 1.5, 20)[:n]
+  turn = rng.uniform(0, np.pi, 20)[:n]
+  brightness = contrast * (1.0 - 0.4 * m * rng.uniform(0, 1, 20)[:n])
+  patch = np.zeros_like(dx)
+  for x, y, sz, a, phi, b in zip(px, py, size, aspect, turn, brightness):
+    ax = (dx - x) * np.cos(phi) + (dy - y) * np.sin(phi)
+    ay = (dy - y) * np.cos(phi) - (dx - x) * np.sin(phi)
+    patch += b * np.exp(-(ax * ax / (a * a) + ay * ay) / (2 * sz * sz))
+  np.minimum(patch, 1.2 * contrast, out=patch)
+  reach = 2 * size * aspect
+  return patch, (float((px - reach).min()), float((py - reach).min()),
+                 float((px + reach).max()), float((py + reach).max()))
+
+
+def _draw_fine(rng: np.random.Generator, kind: str, difference: float) -> _Finding:
+  """A fine-grained finding: size and contrast from one range per type (mass or
+  calcifications), whatever its class, so that only its look tells."""
+  calc = kind in _CALCIFICATIONS
+  size, contrast = ((0.015, 0.03), (0.35, 0.6)) if calc else ((0.02, 0.045), (0.11, 0.23))
+  return _Finding(kind, rng.uniform(*size), rng.uniform(*contrast), rng.uniform(0.3, 0.75),
+                  malignancy=difference if kind in MALIGNANT_KINDS else 0.0)
+
+
+def _fine_kinds(rng: np.random.Generator, cls: str, lookalike_fraction: float) -> list[str]:
+  """A malignant breast: one cancer (a mass 60 %), and with ``lookalike_fraction`` a benign
+  look-alike of either type beside it; a benign breast: one or two benign findings."""
+  benign = lambda: BENIGN_KINDS[int(rng.uniform() < 0.5)]  # noqa: E731
+  if cls == "malignant":
+    kinds = [MALIGNANT_KINDS[int(rng.uniform() < 0.4)]]
+    return kinds + [benign()] * int(rng.uniform() < lookalike_fraction)
+  if cls == "benign":
+    return [benign() for _ in range(1 + int(rng.uniform() < 0.2))]
+  return []
+
+
 def _reach(finding: _Finding, h: int) -> float:
   """Half-size of the window a finding draws into, in pixels."""
   radius = _radius_px(finding, h)
+  m = finding.malignancy
+  if m is not None:  # Fine-grained: spicules grow with m; benign calcifications spread wider.
+    if finding.kind in _CALCIFICATIONS:
+      return (2.0 - m) * radius + 4 * 2.5 * _speck_sigma(h) + 2
+    return (1.25 + 1.95 * m) * radius + 2
   return {SPICULATED_MASS: 3.2 * radius, ROUND_MASS: 1.25 * radius,
           CALCIFICATION_CLUSTER: radius + 4 * _speck_sigma(h)}[finding.kind] + 2
 
@@ -350,21 +448,26 @@ def _render(rng: np.random.Generator, h: int, w: int, laterality: str, view: str
   safe_grid = safe[::stride, ::stride].copy()
   for finding in findings:
     radius, reach = _radius_px(finding, h), _reach(finding, h)
-    box_half = reach if finding.kind == CALCIFICATION_CLUSTER else 1.2 * radius
+    box_half = reach if finding.kind in _CALCIFICATIONS else 1.2 * radius
     cy_l, cx_l = _place(rng, safe_grid, stride, h, w, finding.depth * depth, box_half)
     x0, x1 = max(0, int(cx_l - reach)), min(w, int(cx_l + reach) + 1)
     y0, y1 = max(0, int(cy_l - reach)), min(h, int(cy_l + reach) + 1)
     dx = np.arange(x0, x1, dtype=np.float32)[None, :] - cx_l
     dy = np.arange(y0, y1, dtype=np.float32)[:, None] - cy_l
     dx, dy = np.broadcast_arrays(dx, dy)
-    if finding.kind == ROUND_MASS:
+    if finding.malignancy is not None and finding.kind in _CALCIFICATIONS:
+      patch, ext = _fine_calcifications(rng, dx, dy, radius, finding.contrast, _speck_sigma(h),
+                                        finding.malignancy)
+    elif finding.malignancy is not None:
+      patch, ext = _fine_mass(rng, dx, dy, radius, finding.contrast, finding.malignancy)
+    elif finding.kind == ROUND_MASS:
       patch, ext = _round_mass(rng, dx, dy, radius, finding.contrast)
     elif finding.kind == SPICULATED_MASS:
       patch, ext = _spiculated_mass(rng, dx, dy, radius, finding.contrast)
     else:
       patch, ext = _calcification_cluster(rng, dx, dy, radius, finding.contrast, _speck_sigma(h))
     region = image[y0:y1, x0:x1]
-    if finding.kind != CALCIFICATION_CLUSTER:
+    if finding.kind not in _CALCIFICATIONS:
       # A mass displaces fat: under it the tissue is at least fully glandular, so it shows
       # against dense surroundings too.
       glandular = thickness[y0:y1, x0:x1] * (fat + dense)
@@ -668,6 +771,7 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
              benign_fraction: float = 0.2, jpeg2000_fraction: float = 0.3,
              monochrome1_fraction: float = 0.3, windowed_fraction: float = 0.5,
              conspicuity: float = 1.0, film_fraction: float = 0.0,
+             difference: float | None = None, lookalike_fraction: float = 0.0,
              progress: Callable[[int, int], None] | None = None,
              workers: int | None = None) -> list[SyntheticImage]:
   """Writes ``num_studies`` four-view studies and labels.csv into ``out_dir``.
@@ -684,6 +788,14 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
   ``film_fraction`` > 0, labels.csv adds FILM_COLUMNS: ``film`` (0 / 1), ``breast_box`` (the
   tissue's ``[x0, y0, x1, y1]``, every image) and ``label_boxes`` (JSON list of
   ``{"box", "kind", "text"}``, film images); with 0 the output is what it was before film mode.
+  ``difference`` (0 .. 1) switches on the fine-grained mode, where cancers and look-alikes
+  share images: malignant breasts carry a spiculated mass or a malignant calcification cluster
+  and, with ``lookalike_fraction``, a benign look-alike beside it; benign breasts (label 0)
+  carry benign masses (oval, sharply margined) or benign calcifications (few, coarse, round,
+  scattered). Every finding is drawn by the same functions from the same random draws, and a
+  cancer's look is ``difference`` of the way from benign to malignant: at 1 the classes differ
+  in outline, margin, spicules, speck count, size and shape; at 0 they are identical, and only
+  the labels tell them apart. Size and contrast come from one range per type for both classes.
   ``progress(done, total)`` is called after each image. ``workers`` processes render in
   parallel (default: every core); the files are the same for any number. Raises SyntheticError
   for bad arguments, a folder that already holds a dataset, or a missing JPEG 2000 encoder.
@@ -699,6 +811,10 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
                   ("windowed_fraction", windowed_fraction), ("film_fraction", film_fraction)):
     _check(0.0 <= f <= 1.0, f"{name} {f} is outside [0, 1]")
   _check(conspicuity > 0, f"conspicuity must be positive, got {conspicuity}")
+  _check(difference is None or 0.0 <= difference <= 1.0,
+         f"difference {difference} is outside [0, 1]")
+  _check(0.0 <= lookalike_fraction <= 1.0, f"lookalike_fraction {lookalike_fraction} is outside"
+         " [0, 1]")
   _check(malignant_fraction + benign_fraction <= 1.0,
          f"malignant_fraction + benign_fraction = {malignant_fraction + benign_fraction} > 1")
   encoder = get_encoder(dcm_uid.JPEG2000Lossless)
@@ -734,8 +850,12 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
     for b, laterality in enumerate(_LATERALITIES):
       breast_rng = np.random.default_rng([_SEED_TAG, seed, 2, study, b])
       cls = classes[2 * study + b]
-      findings = [dataclasses.replace(f, contrast=f.contrast * conspicuity)
-                  for f in (_draw_finding(breast_rng, k) for k in _breast_kinds(breast_rng, cls))]
+      if difference is None:
+        drawn = [_draw_finding(breast_rng, k) for k in _breast_kinds(breast_rng, cls)]
+      else:
+        drawn = [_draw_fine(breast_rng, k, difference)
+                 for k in _fine_kinds(breast_rng, cls, lookalike_fraction)]
+      findings = [dataclasses.replace(f, contrast=f.contrast * conspicuity) for f in drawn]
       density = float(np.clip(patient_density + breast_rng.normal(0, 0.05), 0, 1))
       for v, view in enumerate(_VIEWS):
         index = len(jobs)

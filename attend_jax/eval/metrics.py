@@ -324,3 +324,36 @@ def summary(labels, scores, groups: Sequence | None = None, num_bootstrap: int =
     result["breast"] = _level_summary(group_labels.astype(bool), group_scores, num_bootstrap,
                                       seed)
   return result
+
+
+def paired_difference(labels, scores_a, scores_b, metric=None, num_samples: int = 2000,
+                      alpha: float = 0.05, seed: int = 0) -> dict[str, float]:
+  """The mean over seeds of ``metric(a) - metric(b)``, with a percentile bootstrap CI over seeds
+  and examples, paired by example.
+
+  ``scores_a`` and ``scores_b`` are (seeds, examples): seed s of a against seed s of b, on the
+  same examples with ``labels``. Each resample draws seeds with replacement and examples with
+  replacement, the same examples for both (the pairing that cancels what is hard about the
+  examples themselves), and resamples with a single class are drawn again. ``metric(labels,
+  scores)`` defaults to the AUC.
+  """
+  metric = metric or auc
+  labels = np.asarray(labels).astype(bool)
+  a, b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
+  if a.ndim != 2 or a.shape != b.shape or a.shape[1] != len(labels):
+    raise MetricError(f"scores must both be (seeds, {len(labels)}), got {a.shape} and {b.shape}")
+  _require_both_classes(labels, "paired_difference")
+  if not 0 < alpha < 1:
+    raise MetricError(f"alpha must lie in (0, 1), got {alpha}")
+  seeds, n = a.shape
+  diff = float(np.mean([metric(labels, a[s]) - metric(labels, b[s]) for s in range(seeds)]))
+  rng = np.random.default_rng(seed)
+  samples = []
+  while len(samples) < num_samples:
+    rows, idx = rng.integers(0, seeds, seeds), rng.integers(0, n, n)
+    y = labels[idx]
+    if y.all() or not y.any():
+      continue
+    samples.append(np.mean([metric(y, a[s, idx]) - metric(y, b[s, idx]) for s in rows]))
+  low, high = np.quantile(samples, [alpha / 2, 1 - alpha / 2])
+  return {"mean": diff, "ci_low": float(low), "ci_high": float(high)}

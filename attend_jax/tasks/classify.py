@@ -51,9 +51,10 @@ def loss_terms(logits, aux, rois, batch, config) -> dict[str, jax.Array]:
   if config.loss.contrastive_weight:
     items, classes = [aux["projection"]], [labels]
     if config.loss.contrast_rois and rois.shape[1] > 1:
-      # RoIs on a lesion of a cancer are positives; every other RoI, above all a detector's
-      # false positives on a cancer image, is a hard negative.
-      hits = roi.lesion_hits(rois[:, 1:], batch["lesion_boxes"], batch["lesion_mask"],
+      # RoIs on a cancer's malignant lesion are positives; every other RoI of a cancer image,
+      # above all a detector's boxes on a benign look-alike or on nothing, is a hard negative.
+      hits = roi.lesion_hits(rois[:, 1:], batch["lesion_boxes"],
+                             batch["lesion_mask"] & batch["lesion_malignant"],
                              min_iou=config.loss.get("hit_iou", 0.0))
       cancer = labels[:, None] == 1
       items.append(aux["roi_projection"][:, 1:].reshape(-1, aux["projection"].shape[-1]))

@@ -21,13 +21,15 @@ pytestmark = pytest.mark.slow  # Each test trains; the unit tests of the loop's 
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("trainer_data")
   synthetic.generate(root / "dicom", 6, seed=0, size_range=(200, 260), jpeg2000_fraction=0.0)
+  # With proposal files (the oracle's boxes), so the RoIs come from the records.
   prepare.prepare("synthetic", root / "dicom", root, prepare.PrepareOptions(long_side=96),
-                  workers=1)
+                  workers=1, oracle_proposals=6)
   return root
 
 
 def _config(data_dir, **train):
   c = demo.get_config("smoke")
+  c.proposals.source = "files"
   c.data.dir = str(data_dir)
   c.data.name = "synthetic_96"
   c.data.image_size = 96

@@ -26,10 +26,13 @@ class Example:
   label: int  # 1 = cancer.
   path: str  # The DICOM file.
   split: str  # "train" / "val" / "test".
-  # Lesion boxes x0 y0 x1 y1 in original pixels, when the dataset gives them as boxes.
+  # Lesion boxes x0 y0 x1 y1 in original pixels, when the dataset gives them as boxes, and
+  # which are cancers (empty: as the image's label says).
   lesion_boxes: tuple[tuple[float, float, float, float], ...] = ()
-  # ROI mask DICOMs (CBIS-DDSM); boxes are read from them while preparing.
+  lesion_malignant: tuple[bool, ...] = ()
+  # ROI mask DICOMs (CBIS-DDSM), boxes read from them while preparing; which are cancers.
   mask_paths: tuple[str, ...] = ()
+  mask_malignant: tuple[bool, ...] = ()
   proposals_path: str | None = None  # Reference-format detector proposals, if any.
   # Or proposals given directly: x0 y0 x1 y1 score in original pixels (the synthetic source).
   proposal_boxes: tuple[tuple[float, float, float, float, float], ...] = ()

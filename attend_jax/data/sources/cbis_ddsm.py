@@ -71,7 +71,8 @@ def list_examples(root, val_fraction: float = 0.15) -> Listing:
       if mask_top not in index:
         bad.append(MissingMaskError(csv_path, f"line {line}: no ROI mask folder {mask_top!r}"
                                     f" under {root}; {top} is kept without this lesion's box"))
-      entry["masks"].extend(str(p) for p in index.get(mask_top, []))
+      entry["masks"].extend((str(p), PATHOLOGIES[pathology] == 1)
+                            for p in index.get(mask_top, []))
   examples = []
   for top, entry in sorted(images.items()):
     row = entry["row"]
@@ -81,5 +82,6 @@ def list_examples(root, val_fraction: float = 0.15) -> Listing:
         image_id=top, study_id=patient, patient_id=patient,
         laterality=row["left or right breast"].upper()[:1], view=row["image view"].upper(),
         label=entry["label"], path=str(index[top][0]), split=split,
-        mask_paths=tuple(entry["masks"])))
+        mask_paths=tuple(p for p, _ in entry["masks"]),
+        mask_malignant=tuple(m for _, m in entry["masks"])))
   return Listing(examples, bad)

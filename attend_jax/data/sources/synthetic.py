@@ -14,9 +14,10 @@ WHERE = "python tools/make_synthetic.py --out ROOT"
 
 
 def list_examples(root, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                  simulated_proposals: int = 6) -> Listing:
-  """``simulated_proposals`` > 0 attaches that many proposals from ``simulate_detector`` to
-  each row that has the image's width and height (the generator always writes them)."""
+                  oracle_proposals: int = 0) -> Listing:
+  """``oracle_proposals`` > 0 attaches that many proposals from ``simulate_detector`` (an
+  oracle: boxes around the true lesions, jittered, and false positives) to each row that has
+  the image's width and height, for ablations against a real detector."""
   root = require_dir(root, "Synthetic dataset", WHERE, LAYOUT)
   csv_path = root / "labels.csv"
   examples, bad = [], []
@@ -26,23 +27,25 @@ def list_examples(root, val_fraction: float = 0.15, test_fraction: float = 0.15,
       bad.append(LabelError(csv_path, f"line {line}: label must be 0 or 1, got {row['label']!r}"))
       continue
     try:
-      lesions = tuple(tuple(float(v) for v in item["box"]) for item in json.loads(row["lesions"]))
-    except (ValueError, KeyError, TypeError) as e:
+      items = json.loads(row["lesions"])
+      lesions = tuple(tuple(float(v) for v in item["box"]) for item in items)
+      malignant = tuple(item.get("kind") in synthetic.MALIGNANT_KINDS for item in items)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
       bad.append(LabelError(csv_path, f"line {line}: unreadable lesions column ({e})"))
       continue
     proposals = ()
-    if simulated_proposals > 0 and row.get("width") and row.get("height"):
+    if oracle_proposals > 0 and row.get("width") and row.get("height"):
       try:
         size = int(row["width"]), int(row["height"])
       except ValueError as e:
         bad.append(LabelError(csv_path, f"line {line}: width and height must be integers ({e})"))
         continue
       proposals = tuple(map(tuple, synthetic.simulate_detector(
-          lesions, *size, row["laterality"], count=simulated_proposals, key=row["image_id"])))
+          lesions, *size, row["laterality"], count=oracle_proposals, key=row["image_id"])))
     examples.append(Example(
         image_id=row["image_id"], study_id=row["study_id"],
         patient_id=row.get("patient_id") or row["study_id"], laterality=row["laterality"],
         view=row["view"], label=int(row["label"]), path=str(root / row["path"]),
         split=split_by_key(row["study_id"], val_fraction, test_fraction), lesion_boxes=lesions,
-        proposal_boxes=proposals))
+        lesion_malignant=malignant, proposal_boxes=proposals))
   return Listing(examples, bad)

@@ -48,11 +48,13 @@ def list_examples(root, val_fraction: float = 0.2) -> Listing:
         image_id=row["image_id"], study_id=row["study_id"], patient_id=row["study_id"],
         laterality=row["laterality"].upper(), view=row["view_position"].upper(), label=label,
         path=str(root / "images" / row["study_id"] / f"{row['image_id']}.dicom"), split=split,
-        lesion_boxes=tuple(boxes.get(row["image_id"], ()))))
+        lesion_boxes=tuple(b for b, _ in boxes.get(row["image_id"], ())),
+        lesion_malignant=tuple(m for _, m in boxes.get(row["image_id"], ()))))
   return Listing(examples, bad)
 
 
-def _lesion_boxes(path: pathlib.Path) -> dict[str, list[tuple[float, float, float, float]]]:
+def _lesion_boxes(path: pathlib.Path) -> dict[str, list[tuple[tuple[float, ...], bool]]]:
+  """Per image, (mass or calcification box, is a cancer: finding BI-RADS 4 or 5)."""
   if not path.exists():
     return {}
   boxes: dict[str, list] = {}
@@ -65,5 +67,9 @@ def _lesion_boxes(path: pathlib.Path) -> dict[str, list[tuple[float, float, floa
     except ValueError:
       continue
     if all(math.isfinite(v) for v in box) and box[2] > box[0] and box[3] > box[1]:
-      boxes.setdefault(row["image_id"], []).append(box)
+      try:
+        cancer = _birads(row.get("finding_birads", "")) in CANCER_BIRADS
+      except ValueError:
+        cancer = False
+      boxes.setdefault(row["image_id"], []).append((box, cancer))
   return boxes

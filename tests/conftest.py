@@ -1,5 +1,5 @@
 """Test set-up: 8 simulated CPU devices, so sharded code paths run on any machine; a temp root of
-this session's own; the `slow` tier."""
+this session's own; the `slow` tier; a GCS emulator (``gcs``) for the bucket tests."""
 
 import os
 
@@ -15,6 +15,8 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
+
+import gcs as gcs_emulator  # noqa: E402
 
 # The PyTorch model of the reference lives with the dev tools (tools/bench_train.py uses it).
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
@@ -39,3 +41,12 @@ def pytest_unconfigure(config):
 
 def pytest_sessionfinish(session, exitstatus):
   session.config._attend_jax_passed = exitstatus == 0
+
+
+@pytest.fixture(scope="session")
+def gcs():
+  """fake-gcs-server on 127.0.0.1, one per test process; ``gcs.path(name)`` is a fresh
+  ``gs://`` folder, and this process and its children talk to the emulator."""
+  server, emulator = gcs_emulator.emulator()
+  yield emulator
+  server.stop()

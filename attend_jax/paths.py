@@ -78,8 +78,8 @@ def staged(folder: str | os.PathLike):
 
 class Mirror:
   """A local copy of a remote folder's growing files (TensorBoard events, metrics.jsonl,
-  log.txt), uploaded by ``sync``: at most every ``every_s`` seconds unless forced, so a busy
-  loop does not upload at every step. A local folder is its own mirror (``sync`` does nothing).
+  log.txt), uploaded by ``sync``; ``due`` says when ``every_s`` has passed, so that a busy loop
+  need not upload at every step. A local folder is its own mirror (``sync`` does nothing).
 
   Files already in the remote folder are downloaded first when ``resume`` names them, so that
   appending continues them.
@@ -100,12 +100,21 @@ class Mirror:
       if (self.remote / name).exists():
         (self.dir / name).write_bytes((self.remote / name).read_bytes())
 
-  def sync(self, force: bool = False) -> None:
-    if is_local(self.remote):
-      return
-    if force or time.monotonic() - self._last >= self.every_s:
+  def due(self) -> bool:
+    """Whether ``every_s`` has passed since the last upload (always False for a local folder)."""
+    return not is_local(self.remote) and time.monotonic() - self._last >= self.every_s
+
+  def sync(self) -> None:
+    """Uploads the mirror now."""
+    if not is_local(self.remote):
       upload(self.dir, self.remote)
       self._last = time.monotonic()
+
+  def close(self) -> None:
+    """A last upload; the local copy of a remote folder is then removed."""
+    if not is_local(self.remote):
+      self.sync()
+      shutil.rmtree(self.dir)
 
 
 class RemoteRecordsError(DataError):
@@ -113,6 +122,6 @@ class RemoteRecordsError(DataError):
 
   def __init__(self, data_dir, reason: str):
     super().__init__(
-        f"{data_dir}: ArrayRecord shards cannot be read from a bucket ({reason}); copy the"
-        f" prepared folder to local disk (gcloud storage cp -r {data_dir} /mnt/disks/ssd/) and"
-        " pass that folder as --config.data.dir")
+        data_dir, f"prepared records cannot be read from a bucket ({reason}); copy the prepared"
+        f" folder to local disk (gcloud storage cp -r {data_dir} /mnt/disks/ssd/) and pass that"
+        " folder as --config.data.dir")

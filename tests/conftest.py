@@ -47,6 +47,6 @@ def pytest_sessionfinish(session, exitstatus):
 def gcs():
   """fake-gcs-server on 127.0.0.1, one per test process; ``gcs.path(name)`` is a fresh
   ``gs://`` folder, and this process and its children talk to the emulator."""
-  server, emulator = gcs_emulator.emulator()
+  process, emulator = gcs_emulator.emulator()
   yield emulator
-  server.stop()
+  gcs_emulator.stop(process)

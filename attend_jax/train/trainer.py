@@ -12,16 +12,16 @@ from __future__ import annotations
 import functools
 import json
 import os
-import pathlib
 import time
 
 import jax
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from attend_jax import config_check, run, tasks
+from attend_jax import config_check, paths, run, tasks
 from attend_jax.data import pipeline, prepared, records
 from attend_jax.eval import loop as eval_loop
 from attend_jax.models import build
@@ -78,13 +78,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains ``config`` in ``workdir`` (resuming what is there) and returns the test metrics."""
   config_check.check(config)  # Before anything is written or loaded.
   maybe_initialize_distributed()
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = paths.path(workdir)  # A local folder or a bucket URL, the same on every host.
   workdir.mkdir(parents=True, exist_ok=True)
   with run.locked(workdir):
     return _train(config, workdir)
 
 
-def _train(config, workdir: pathlib.Path) -> dict:
+def _train(config, workdir: epath.Path) -> dict:
   # --- setup and mesh ------------------------------------------------------------------------
   task = tasks.get(config)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -211,7 +211,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
   pred = predict(split)
   summary = {}
   if jax.process_index() == 0:
-    summary = task.write(pred, workdir / "eval", split)
+    with paths.staged(workdir / "eval") as out:
+      summary = task.write(pred, out, split)
     log("%s: %s", split, json.dumps({k: v for k, v in summary.items()
                                     if not isinstance(v, dict)}))
     log("Wrote %s", workdir / "eval")

@@ -26,7 +26,7 @@ from attend_jax.data import pipeline, prepared, records
 from attend_jax.eval import loop as eval_loop
 from attend_jax.models import build
 from attend_jax.progress import log
-from attend_jax.train import checkpoint, optim, sharding
+from attend_jax.train import checkpoint, optim, preemption, sharding
 from attend_jax.train.writer import MetricWriter
 
 
@@ -80,11 +80,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   maybe_initialize_distributed()
   workdir = paths.path(workdir)  # A local folder or a bucket URL, the same on every host.
   workdir.mkdir(parents=True, exist_ok=True)
-  with run.locked(workdir):
-    return _train(config, workdir)
+  with run.locked(workdir), preemption.StopSignal(config.train.preemption_grace_s) as stop:
+    return _train(config, workdir, stop)
 
 
-def _train(config, workdir: epath.Path) -> dict:
+def _train(config, workdir: epath.Path, stop: preemption.StopSignal) -> dict:
   # --- setup and mesh ------------------------------------------------------------------------
   task = tasks.get(config)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -193,8 +193,18 @@ def _train(config, workdir: epath.Path) -> dict:
           counters["stopped_early"] = True
           log("No better validation %s in %d evaluations: stopping early.", metric,
               config.train.patience)
+    saved = False
     if step % config.train.checkpoint_every == 0 or step == total or counters["stopped_early"]:
       ckpts.save_latest(step, current_state(), counters, train_iter.get_state())
+      saved = True
+    if stop.requested():  # Every host, every step: they agree on this step.
+      if not saved:
+        ckpts.save_latest(step, current_state(), counters, train_iter.get_state())
+      ckpts.wait()
+      ckpts.close()
+      writer.close()
+      log("Stopped after step %d: its checkpoint is in %s", step, workdir / checkpoint.LATEST)
+      raise preemption.Preempted(stop.signum, step, workdir / checkpoint.LATEST)
   ckpts.wait()
   if hasattr(train_iter, "close"):
     train_iter.close()

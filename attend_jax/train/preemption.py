@@ -49,6 +49,7 @@ class StopSignal:
     self.grace_s = grace_s
     self.signum: int | None = None
     self._previous: dict[int, object] = {}
+    self._timer: threading.Timer | None = None
 
   def __enter__(self) -> "StopSignal":
     if threading.current_thread() is threading.main_thread():
@@ -69,9 +70,20 @@ class StopSignal:
     self.signum = signum
     print(f"{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping"
           f" (within {self.grace_s:g} s).", file=sys.stderr, flush=True)
-    timer = threading.Timer(self.grace_s, self._out_of_time)
-    timer.daemon = True  # Never keeps a finished process alive.
-    timer.start()
+    self._timer = threading.Timer(self.grace_s, self._out_of_time)
+    self._timer.daemon = True  # Never keeps a finished process alive.
+    self._timer.start()
+
+  @property
+  def counting_down(self) -> bool:
+    """Whether the grace period runs (a signal came, its checkpoint is not committed yet)."""
+    return self._timer is not None and self._timer.is_alive()
+
+  def committed(self) -> None:
+    """The stop checkpoint is committed: the grace period has done its work."""
+    if self._timer is not None:
+      self._timer.cancel()
+      self._timer.join()
 
   def _out_of_time(self) -> None:
     print(f"error: the checkpoint did not commit within train.preemption_grace_s"

@@ -201,8 +201,11 @@ def _train(config, workdir: epath.Path, stop: preemption.StopSignal) -> dict:
       if not saved:
         ckpts.save_latest(step, current_state(), counters, train_iter.get_state())
       ckpts.wait()
+      stop.committed()
       ckpts.close()
       writer.close()
+      if hasattr(train_iter, "close"):
+        train_iter.close()
       log("Stopped after step %d: its checkpoint is in %s", step, workdir / checkpoint.LATEST)
       raise preemption.Preempted(stop.signum, step, workdir / checkpoint.LATEST)
   ckpts.wait()

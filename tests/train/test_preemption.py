@@ -25,6 +25,14 @@ def test_a_signal_is_noted_and_the_old_handlers_come_back():
   assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
+def test_a_committed_checkpoint_ends_the_grace_period():
+  with preemption.StopSignal(grace_s=600) as stop:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.counting_down
+    stop.committed()
+    assert not stop.counting_down
+
+
 def test_preempted_says_the_step_and_where_its_checkpoint_is():
   e = preemption.Preempted(signal.SIGINT, 7, "gs://b/run/checkpoints")
   assert str(e) == ("stopped by SIGINT after step 7; its checkpoint is committed in"

@@ -19,7 +19,7 @@ import helpers
 
 pytestmark = pytest.mark.slow
 
-# `python -m attend_jax.main ARGS`, holding still (signal.pause) right after logging step
+# `python -m attend_jax.main ARGS`, holding still (in sigwait) right after logging step
 # PAUSE_AT until a signal comes: the test then knows which step the signal lands after.
 _MAIN = """
 import signal, sys
@@ -30,8 +30,12 @@ printed = trainer.log
 def log(message, *args):
   printed(message, *args)
   if pause_at and message.startswith("step %d/%d") and args[0] == pause_at:
+    # Blocked first, so that a signal sent as soon as "paused" is read cannot be lost.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     print("paused", flush=True)
-    signal.pause()
+    signal.sigwait({signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    signal.raise_signal(signal.SIGTERM)  # Now to the trainer's handler.
 trainer.log = log
 sys.argv = ["attend_jax.main", *sys.argv[2:]]
 main.run_cli()

@@ -35,10 +35,13 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class Preempted(Exception):
   """The run stopped on a signal after ``step``, with a committed checkpoint of it."""
 
-  def __init__(self, signum: int, step: int, where):
+  def __init__(self, signum: int | None, step: int, where):
+    """``signum`` None: this host got no signal, another one did."""
     self.signum, self.step, self.where = signum, step, where
-    super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; its"
-                     f" checkpoint is committed in {where}. Rerun the same command to resume.")
+    cause = (f"by {signal.Signals(signum).name}" if signum is not None
+             else "with the other hosts (one of them was signalled)")
+    super().__init__(f"stopped {cause} after step {step}; its checkpoint is committed in"
+                     f" {where}. Rerun the same command to resume.")
 
 
 class StopSignal:

@@ -37,6 +37,8 @@ def test_preempted_says_the_step_and_where_its_checkpoint_is():
   e = preemption.Preempted(signal.SIGINT, 7, "gs://b/run/checkpoints")
   assert str(e) == ("stopped by SIGINT after step 7; its checkpoint is committed in"
                     " gs://b/run/checkpoints. Rerun the same command to resume.")
+  assert str(preemption.Preempted(None, 7, "x")).startswith(
+      "stopped with the other hosts (one of them was signalled) after step 7;")
 
 
 _OUT_OF_TIME = """

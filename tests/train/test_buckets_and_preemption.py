@@ -19,10 +19,10 @@ import helpers
 
 pytestmark = pytest.mark.slow
 
-# `python -m attend_jax.main ARGS`, holding still (in sigwait) right after logging step
+# `python -m attend_jax.main ARGS`, holding still right after logging step
 # PAUSE_AT until a signal comes: the test then knows which step the signal lands after.
 _MAIN = """
-import signal, sys
+import signal, sys, time
 from attend_jax import main
 from attend_jax.train import trainer
 pause_at = int(sys.argv[1])
@@ -30,12 +30,11 @@ printed = trainer.log
 def log(message, *args):
   printed(message, *args)
   if pause_at and message.startswith("step %d/%d") and args[0] == pause_at:
-    # Blocked first, so that a signal sent as soon as "paused" is read cannot be lost.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    # Until the trainer's own handler has noted a signal (which may come before this loop).
+    stop = signal.getsignal(signal.SIGTERM).__self__
     print("paused", flush=True)
-    signal.sigwait({signal.SIGTERM})
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    signal.raise_signal(signal.SIGTERM)  # Now to the trainer's handler.
+    while stop.signum is None:
+      time.sleep(0.05)
 trainer.log = log
 sys.argv = ["attend_jax.main", *sys.argv[2:]]
 main.run_cli()

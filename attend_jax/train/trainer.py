@@ -47,7 +47,7 @@ def make_train_step(task: tasks.Task, train_def, tx: optax.GradientTransformatio
     nnx.reseed(m, default=jax.random.fold_in(dropout_key, step))
 
     def loss_fn(m):
-      terms = task.loss_terms(m, batch, train=True)
+      terms = task.loss_terms(m, batch, train=True, step=step)
       return terms["loss"], terms
 
     grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)

@@ -19,7 +19,6 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from attend_jax import config_check, run, tasks
 from attend_jax.data import pipeline, prepared, records
@@ -112,12 +111,10 @@ def _train(config, workdir: pathlib.Path) -> dict:
   eval_def = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]
   writer.parameter_overview(params)
   tx = optim.make(config, params, model.cfg.vit.depth)
-  # Scalars (step counts) replicated on the mesh, moments sharded like their parameters; an
-  # explicit layout also makes restores land on the same devices.
-  opt_state = jax.jit(tx.init)(params)
-  opt_state = jax.tree.map(
-      lambda x: x if isinstance(getattr(x, "sharding", None), NamedSharding)
-      else jax.device_put(x, NamedSharding(mesh, PartitionSpec())), opt_state)
+  # Moments sharded like their parameters, step counts replicated on the mesh; an explicit
+  # layout also makes restores land on the same devices.
+  opt_state = jax.jit(tx.init, out_shardings=sharding.opt_state_shardings(tx.init, params, mesh)
+                      )(params)
   dropout_key = jax.random.key(config.seed + 1)
 
   # --- update and evaluation steps -----------------------------------------------------------

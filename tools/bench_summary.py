@@ -52,7 +52,8 @@ def markdown(s: dict) -> str:
               + (f" (ViT MFU {100 * st_['jax']['mfu']:.1f} %)" if "mfu" in st_["jax"] else "")
               + f"; torch fp32 {st_['torch fp32']['images_per_s']:.1f}, autocast"
               f" {st_['torch autocast']['images_per_s']:.1f}; JAX speed-up"
-              f" {st_['torch fp32']['jax_speedup']:.2f}x / {st_['torch autocast']['jax_speedup']:.2f}x")
+              f" {st_['torch fp32']['jax_speedup']:.2f}x /"
+              f" {st_['torch autocast']['jax_speedup']:.2f}x")
     elif fig and p == "detector":
       text = (f"detect {fig['detect_images_per_s']:.1f} images/s, backbone"
               f" {fig['backbone_tflops']:.2f} TFLOP/s; step {fig['step_files_images_per_s']:.1f}"
@@ -60,8 +61,8 @@ def markdown(s: dict) -> str:
     elif fig and p == "data" and fig.get("feed"):
       f = fig["feed"]
       text = (f"{fig['long_side']} px: {f['images_per_cpu_s']:.1f} images per CPU-second;"
-              f" {f['read_bytes_per_image'] / 1e6:.2f} MB read, {f['sent_bytes_per_image'] / 1e6:.2f}"
-              " MB sent per image")
+              f" {f['read_bytes_per_image'] / 1e6:.2f} MB read,"
+              f" {f['sent_bytes_per_image'] / 1e6:.2f} MB sent per image")
     lines.append(f"| {p} | {st.get('rc', '-')} | {st.get('seconds', '-')} | {text} |")
   if "loader_vs_step" in s:
     ls = s["loader_vs_step"]

@@ -187,8 +187,10 @@ def analytic_flops(config, model_cfg: attend.AttendConfig, batch: int, train: bo
 
   A train step is 3x the forward for every layer whose input needs a gradient, 2x for those
   whose input is data: the patch embedding (its input is the image) and the box embedding
-  (sine features of the boxes). Frozen blocks still get weight gradients (the logged gradient
-  norm covers every parameter). The RoI crop has no gradient. The contrastive projections only
+  (sine features of the boxes). Frozen blocks (``model.freeze_blocks``) are 2x: their weight
+  gradients are never read, so XLA drops them, but the input gradients still flow through them
+  to the position embeddings and CLS token, which train (as in the reference); a frozen patch
+  embedding is forward only. The RoI crop has no gradient. The contrastive projections only
   run in training (evaluation does not use them). Norms, activations, softmax, the losses'
   similarity matrices and the position-embedding resize are left out: they are the cost
   analysis's remainder.
@@ -209,8 +211,16 @@ def analytic_flops(config, model_cfg: attend.AttendConfig, batch: int, train: bo
     projection = (1 + k) * (2 * e * e + 2 * e * model_cfg.contrastive_dim)
   position = 2 * k * pos * pos
   crop = 2 * k * s * size * size + 2 * k * s * size * s  # Rows then columns, per image.
+  block = (backbone - patch) / v.depth
+  freeze = config.model.freeze_blocks
+  frozen = min(freeze, v.depth) if freeze >= 0 else 0
+  if train:  # Trained blocks 3x, frozen ones 2x; the patch embedding 2x, or 1x when frozen.
+    vit_flops = 3 * (v.depth - frozen) * block + 2 * frozen * block
+    vit_flops += patch if freeze >= 0 else 2 * patch
+  else:
+    vit_flops = backbone
   g = 3 if train else 1
-  parts = {"vit": batch * k * (g * backbone - (g - 1) // 2 * patch),
+  parts = {"vit": batch * k * vit_flops,
            "crop": batch * crop,
            "aggregator_head": batch * (g * (aggregator + head + projection)
                                        + (2 if train else 1) * position)}

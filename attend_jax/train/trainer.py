@@ -53,7 +53,11 @@ def make_train_step(task: tasks.Task, train_def, tx: optax.GradientTransformatio
     (_, terms), grads = grad_fn(m)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    terms["grad_norm"] = optax.global_norm(grads)
+    # Over the trained parameters only: then nothing reads the frozen ones' weight gradients,
+    # and XLA drops them (in the paper's setting, 3 blocks and the patch embedding).
+    trained = jax.tree.leaves(optim.trainable(task.config, params))
+    terms["grad_norm"] = optax.global_norm(
+        [g for g, t in zip(jax.tree.leaves(grads), trained, strict=True) if t])
     return params, nnx.state(m, nnx.BatchStat), opt_state, terms
 
   return jax.jit(train_step, donate_argnums=(0, 1, 2))

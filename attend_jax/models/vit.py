@@ -236,6 +236,17 @@ class SwiGLU(nnx.Module):
     return self.w3(jax.nn.silu(gate) * value)
 
 
+def batch_sharded(x):
+  """Keeps activations split over the batch on a data x fsdp mesh, so that the partitioner
+  gathers the fsdp-sharded weights instead of resharding activations; no-op without a mesh."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or "fsdp" not in mesh.axis_names or mesh.shape["fsdp"] == 1:
+    return x
+  if x.shape[0] % (mesh.shape["fsdp"] * mesh.shape.get("data", 1)):
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(("data", "fsdp")))
+
+
 class Block(nnx.Module):
 
   def __init__(self, cfg: ViTConfig, rngs: nnx.Rngs):
@@ -247,10 +258,11 @@ class Block(nnx.Module):
     self.ls2 = LayerScale(cfg.width, cfg.layerscale_init)
 
   def __call__(self, x, return_weights: bool = False):
+    x = batch_sharded(x)
     y, weights = self.attn(self.norm1(x), return_weights)
     x = x + self.ls1(y)
     x = x + self.ls2(self.mlp(self.norm2(x)))
-    return x, weights
+    return batch_sharded(x), weights
 
 
 class PatchEmbed(nnx.Module):

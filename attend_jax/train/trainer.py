@@ -88,9 +88,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _train(config, workdir: pathlib.Path) -> dict:
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  # Steps traced under the mesh: layers keep activations split over the batch (vit.batch_sharded),
+  # so that fsdp gathers weights rather than resharding activations.
+  with jax.set_mesh(mesh):
+    return _train_on(config, workdir, mesh)
+
+
+def _train_on(config, workdir: pathlib.Path, mesh) -> dict:
   # --- setup and mesh ------------------------------------------------------------------------
   task = tasks.get(config)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   if config.data.batch_size % mesh.size or config.data.eval_batch_size % mesh.size:
     raise ValueError(f"data.batch_size ({config.data.batch_size}) and data.eval_batch_size"
                      f" ({config.data.eval_batch_size}) must be multiples of the {mesh.size}"
@@ -105,8 +112,7 @@ def _train(config, workdir: pathlib.Path) -> dict:
   train_iter = iter(pipeline.make_dataset(pipeline.for_split(config, "train", train=True)))
 
   # --- model and sharding --------------------------------------------------------------------
-  with jax.set_mesh(mesh):
-    model = sharding.create_sharded(lambda: task.build_model(config.seed), mesh)
+  model = sharding.create_sharded(lambda: task.build_model(config.seed), mesh)
   if config.model.pretrained:
     build.load_pretrained_backbone(model, config.model.pretrained)
   model.train()

@@ -63,6 +63,7 @@ def base() -> ml_collections.ConfigDict:
   c.loss.label_smoothing = 0.0  # Softmax head only.
   c.loss.repulsive_weight = 0.3
   c.loss.contrastive_weight = 0.0
+  c.loss.contrastive_warmup = 0  # Updates over which that weight ramps up from 0 (0: none).
   c.loss.temperature = 0.1
   c.loss.beta = 1.0  # Hard-negative reweighting; 0 for plain SupCon.
   c.loss.top_m = 0  # > 0: keep only the m hardest negatives instead.

@@ -1,5 +1,8 @@
-"""tools/bench_detector.py runs end to end at the tiniest shapes and prints parseable figures."""
+"""tools/bench_detector.py runs end to end at the tiniest shapes and prints parseable figures:
+the accelerator preset's own code path, through --dry_run, so a device session never finds it
+broken."""
 
+import json
 import re
 
 import pytest
@@ -7,16 +10,18 @@ import pytest
 import helpers
 
 pytestmark = pytest.mark.slow
-# input_size 112: 8 x 8 patches, 336 points over strides 7/14/28, enough for pre_nms 300.
-FLAGS = ["--batch=1", "--image_size=128", "--input_size=112", "--roi_size=28", "--fpn_dim=16",
-         "--topk=3", "--reps=1", "--warmup=0"]
 NUMBER = r"(-?[0-9.]+)"
 
 
-def test_bench_detector_tiny():
-  proc = helpers.run("tools/bench_detector.py", *FLAGS)  # One CPU device, as a user has.
+def test_bench_detector_gpu_preset_dry_run(tmp_path):
+  out_json = tmp_path / "detector.json"
+  proc = helpers.run("tools/bench_detector.py", "--preset=gpu", "--dry_run",
+                     f"--json={out_json}")  # One CPU device, as a user has.
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   out = proc.stdout
+  assert re.search(r"^gpu \(dry run\): vitb14 \(tiny.*bfloat16, batch 1", out, re.MULTILINE), out
+  figures = json.loads(out_json.read_text())
+  assert figures["dry_run"] and figures["detect_images_per_s"] > 0
 
   def figure(pattern: str) -> float:
     match = re.search(pattern, out, re.MULTILINE)

@@ -399,9 +399,9 @@ def _same_params(a, b):
 
 @pytest.mark.slow
 def test_a_truncated_checkpoint_falls_back_and_loses_nothing(tiny_data, tmp_path):
-  straight, broken = tmp_path / "straight", tmp_path / "broken"
-  assert helpers.run(*_train_args(tiny_data, straight, "--config.train.steps=6")).returncode == 0
+  broken = tmp_path / "broken"
   assert helpers.run(*_train_args(tiny_data, broken, "--config.train.steps=6")).returncode == 0
+  _, straight = _params(broken)  # Step 6 as trained, before it is broken.
   # Truncate every array file of the newest checkpoint, and of the best one.
   assert list((broken / "best").iterdir())
   for sub in ("checkpoints/6", "best"):
@@ -419,8 +419,9 @@ def test_a_truncated_checkpoint_falls_back_and_loses_nothing(tiny_data, tmp_path
   assert "warning: checkpoint checkpoints/6 could not be read" in proc.stderr
   assert "Resumed from step 3" in proc.stdout and "Traceback" not in proc.stderr
   assert (broken / "corrupt_checkpoints" / "checkpoints-6").is_dir()  # Kept, not deleted.
-  (_, a), (_, b) = _params(straight), _params(broken)
-  _same_params(a, b)
+  step, resumed = _params(broken)
+  assert step == 6
+  _same_params(straight, resumed)
 
 
 def _start_paused(data, workdir, steps=6, pause_at=4):

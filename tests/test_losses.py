@@ -120,3 +120,15 @@ def test_global_batch_on_8_devices_equals_one_device(beta, top_m):
   # A per-device loss would see only 4 items per shard: the global one differs from it.
   local = np.mean([fn(z[i:i + 4], classes[i:i + 4]) for i in range(0, 32, 4)])
   assert abs(local - float(ref_loss)) > 1e-3
+
+
+def test_the_contrastive_weight_warms_up_linearly_then_holds():
+  from attend_jax.tasks import classify
+  from configs import demo
+
+  config = demo.get_config("smoke")
+  config.loss.contrastive_weight, config.loss.contrastive_warmup = 0.5, 100
+  weights = [float(classify.contrastive_weight(config, jnp.asarray(s))) for s in (0, 25, 100, 400)]
+  np.testing.assert_allclose(weights, [0.0, 0.125, 0.5, 0.5])
+  config.loss.contrastive_warmup = 0  # Off: the full weight from the first update.
+  assert classify.contrastive_weight(config, jnp.asarray(0)) == 0.5

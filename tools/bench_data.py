@@ -2,6 +2,12 @@ r"""Input throughput: prepare vs raw DICOM decode, and the grain loader vs on-th
 
   python tools/bench_data.py                      # 16 synthetic 2400-px mammograms per codec
   python tools/bench_data.py --size 3000 --num_studies 4
+  # Production shapes: configs/vindr.py (2048 px, batch 32) and vindr_reference.py (full
+  # resolution in 4096-px squares, batch 4); --target is a projected images/s per accelerator.
+  python tools/bench_data.py --size 3500 --long_side 2048 --batch 32 --codecs uncompressed \
+      --target 136 --json bench_data_2048.json
+  python tools/bench_data.py --size 3500 --long_side 4096 --batch 4 --codecs uncompressed \
+      --target 23 --json bench_data_4096.json
 
 Everything is measured side by side in one run on the same files:
 
@@ -13,8 +19,15 @@ Everything is measured side by side in one run on the same files:
    does.
 
 Goals (from the issue): prepare within 2x of the raw decode cost; loader >= 20x faster.
+
+4. feed: what one accelerator needs from its host. The loader's images per CPU-second of this
+   process (all its threads; wall-clock-free, so a busy machine does not skew it), the bytes
+   per image read from the records on disk and sent to the device (the padded S x S uint16
+   batch and the rest), and at ``--target`` images/s per accelerator (tools/scale_report.py's
+   projection) the host cores, disk and host-to-device bandwidth that takes.
 """
 
+import json
 import os
 import pathlib
 import shutil
@@ -26,7 +39,10 @@ from absl import app
 from absl import flags
 import pydicom
 
+import numpy as np
+
 from attend_jax.data import pipeline, prepare, synthetic
+from attend_jax.data import records as records_lib
 from attend_jax.data.sources import synthetic as synthetic_source
 
 _NUM_STUDIES = flags.DEFINE_integer("num_studies", 4, "Four-image studies per codec.")
@@ -36,6 +52,11 @@ _WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "prepare process
 _BATCH = flags.DEFINE_integer("batch", 4, "Loader batch size.")
 _BATCHES = flags.DEFINE_integer("batches", 20, "Loader batches to time.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where to write (default: a temp folder).")
+_CODECS = flags.DEFINE_list("codecs", ["uncompressed", "jpeg2000"], "DICOM codecs to generate.")
+_TARGET = flags.DEFINE_float("target", 0.0,
+                             "Images/s one accelerator consumes (0: leave the feed section out).")
+_JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+CODECS = {"uncompressed": 0.0, "jpeg2000": 1.0}
 
 
 def _raw_decode_seconds(paths) -> float:
@@ -65,6 +86,26 @@ def _loader_batches_per_s(out, config, batch, n, image_size) -> float:
   return n / (time.perf_counter() - start)
 
 
+def _feed(out, config, batch, n, image_size) -> dict:
+  """Loader cost per image in CPU seconds, and bytes per image from disk and to the device."""
+  cfg = pipeline.PipelineConfig(data_dir=str(out), config=config, split="train", batch_size=batch,
+                                image_size=image_size, augment=True)
+  it = iter(pipeline.make_dataset(cfg))
+  first = next(it)
+  cpu, wall = time.process_time(), time.perf_counter()
+  for _ in range(n):
+    next(it)
+  cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+  files = [f for f in pathlib.Path(out).rglob("*") if f.is_file() and "array_record" in f.name
+           and "train" in f.name]
+  records = len(records_lib.data_source(str(out), config, "train"))
+  return {"images_per_cpu_s": n * batch / cpu, "images_per_wall_s": n * batch / wall,
+          "read_bytes_per_image": sum(f.stat().st_size for f in files) / records,
+          "sent_bytes_per_image": sum(np.asarray(v).nbytes for v in first.values()) / batch,
+          "image_bytes_per_image": np.asarray(first["image"]).nbytes / batch,
+          "real_pixel_fraction": float(np.mean(np.prod(first["image_hw"], 1))) / image_size**2}
+
+
 def main(argv):
   del argv
   root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="bench_data_"))
@@ -74,7 +115,7 @@ def main(argv):
   print(f"{'codec':<14}{'raw decode':>12}{'prepare: per image':>20}{'+ write':>10}"
         f"{'prepare/raw':>13}{'pool start':>12}")
   rows = {}
-  for codec, j2k in (("uncompressed", 0.0), ("jpeg2000", 1.0)):
+  for codec, j2k in ((c, CODECS[c]) for c in _CODECS.value):
     data = root / codec
     if not (data / "labels.csv").exists():
       shutil.rmtree(data, ignore_errors=True)
@@ -102,6 +143,28 @@ def main(argv):
     slow = _on_the_fly_batches_per_s(examples, opts, _BATCH.value, max(2, _BATCHES.value // 10))
     print(f"{codec:<14}{fast:>10.1f} bat/s{slow:>14.2f} bat/s{fast / slow:>10.1f}x")
   print(f"\n(times per image; batches of {_BATCH.value})")
+  figures = {"size": _SIZE.value, "long_side": _LONG_SIDE.value, "batch": _BATCH.value}
+  if _TARGET.value:
+    out = next(iter(rows.values()))[1]
+    feed = _feed(out, f"synthetic_{_LONG_SIDE.value}", _BATCH.value, _BATCHES.value,
+                 _LONG_SIDE.value)
+    target = _TARGET.value
+    feed.update(target_images_per_s=target, cores=target / feed["images_per_cpu_s"],
+                read_mb_per_s=target * feed["read_bytes_per_image"] / 1e6,
+                sent_mb_per_s=target * feed["sent_bytes_per_image"] / 1e6)
+    figures["feed"] = feed
+    mb = 1e6
+    print(f"\nfeed at {_LONG_SIDE.value} px, batch {_BATCH.value}: loader"
+          f" {feed['images_per_cpu_s']:.1f} images per CPU-second"
+          f" ({feed['images_per_wall_s']:.1f} images/s wall);"
+          f" per image {feed['read_bytes_per_image'] / mb:.2f} MB read,"
+          f" {feed['sent_bytes_per_image'] / mb:.2f} MB sent"
+          f" ({100 * feed['real_pixel_fraction']:.0f} % of the square is breast crop)")
+    print(f"at {target:g} images/s per accelerator: {feed['cores']:.2f} host cores,"
+          f" {feed['read_mb_per_s']:.0f} MB/s from disk, {feed['sent_mb_per_s']:.0f} MB/s to"
+          " the device")
+  if _JSON.value:
+    pathlib.Path(_JSON.value).write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

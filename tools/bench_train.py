@@ -12,6 +12,11 @@ ViT FLOPs of one whole mammogram at patch 14 against K RoIs.
 
   .venv/bin/python tools/bench_train.py                 # CPU: a tiny ViT, a few seconds
   python tools/bench_train.py --preset=gpu              # ViT-B/14, 448 px, K=5, batch 32, bf16
+  .venv/bin/python tools/bench_train.py --preset=gpu --dry_run   # its code path, tiny, on CPU
+
+``--dry_run`` keeps the preset (its dtype, loss, optimiser, both frameworks) but shrinks the
+shapes and runs one step of each, so a device session never finds a broken benchmark.
+``--json=PATH`` also writes the figures (tools/bench_accelerator.sh collects them).
 
 ``--preset=gpu`` reports MFU against --peak_tflops; the FLOPs are the ViT's matmuls and
 attention (3x the forward for a train step), counting frozen blocks as if trained.
@@ -19,7 +24,9 @@ attention (3x the forward for a train step), counting frozen blocks as if traine
 
 from __future__ import annotations
 
+import json
 import math
+import pathlib
 
 from absl import app, flags
 import jax
@@ -43,6 +50,8 @@ flags.DEFINE_integer("batch", None, "Images per step (default 4 on cpu, 32 on gp
 flags.DEFINE_integer("reps", 5, "Timed steps per framework, alternating.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps per framework after compiling.")
 flags.DEFINE_float("peak_tflops", 989.0, "Accelerator dense bf16 peak for MFU (H100/H200).")
+flags.DEFINE_bool("dry_run", False, "The preset's code path at tiny shapes, one step each.")
+flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 
 transformers.logging.set_verbosity_error()
 
@@ -54,6 +63,9 @@ PRESETS = {
     "gpu": {"variant": "vitb14", "roi_size": 448, "image_size": 3072, "topk": 5, "batch": 32,
             "dtype": "bfloat16", "overrides": {}},
 }
+# --dry_run: the smallest shapes the model takes (a 2 x 2 patch grid), whatever the preset.
+DRY_RUN = {"variant": "vits14", "roi_size": 28, "image_size": 64, "topk": 3, "batch": 2,
+           "overrides": {"width": 32, "depth": 1, "num_heads": 2, "pretrained_grid": 2}}
 MAMMOGRAM_HW = (3000, 2400)  # A full-field mammogram, as docs/method.md counts it.
 
 
@@ -169,8 +181,11 @@ def token_reduction(cfg: vit.ViTConfig, roi_size: int, k: int) -> None:
 def main(argv):
   del argv
   preset = dict(PRESETS[FLAGS.preset])
+  if FLAGS.dry_run:
+    preset.update(DRY_RUN)
   if FLAGS.batch:
     preset["batch"] = FLAGS.batch
+  reps, warmup = (1, 0) if FLAGS.dry_run else (FLAGS.reps, FLAGS.warmup)
   gpu = jax.default_backend() == "gpu"
   device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
   config = make_config(preset)
@@ -178,20 +193,32 @@ def main(argv):
   step, model_cfg = jax_step(config, batch)
   fns = {"jax": step, "torch fp32": torch_step(model_cfg, batch, device, autocast=False),
          "torch autocast": torch_step(model_cfg, batch, device, autocast=True)}
-  print(f"{FLAGS.preset}: {preset['variant']} {preset['overrides'] or ''} RoIs {preset['topk']}"
-        f" x {preset['roi_size']} px, batch {preset['batch']}, JAX {preset['dtype']};"
-        f" jax on {jax.devices()[0].platform}, torch on {device}")
-  seconds = interleaved(fns, FLAGS.reps, FLAGS.warmup)
+  dry = " (dry run)" if FLAGS.dry_run else ""
+  print(f"{FLAGS.preset}{dry}: {preset['variant']} {preset['overrides'] or ''} RoIs"
+        f" {preset['topk']} x {preset['roi_size']} px, batch {preset['batch']}, JAX"
+        f" {preset['dtype']}; jax on {jax.devices()[0].platform}, torch on {device}")
+  seconds = interleaved(fns, reps, warmup)
   flops = 3 * forward_flops(model_cfg.vit, preset["roi_size"], preset["batch"] * preset["topk"])
+  rows = {}
   for name, sec in seconds.items():
+    rows[name] = {"ms_per_step": sec * 1e3, "images_per_s": preset["batch"] / sec,
+                  "vit_tflops": flops / sec / 1e12}
     line = (f"  {name:15s} {sec * 1e3:9.1f} ms/step  {preset['batch'] / sec:8.2f} images/s"
             f"  {flops / sec / 1e12:7.3f} TFLOP/s")
     if gpu:
-      line += f"  MFU {100 * flops / sec / 1e12 / FLAGS.peak_tflops:5.1f} %"
+      rows[name]["mfu"] = flops / sec / 1e12 / FLAGS.peak_tflops
+      line += f"  MFU {100 * rows[name]['mfu']:5.1f} %"
     print(line)
   for name in ("torch fp32", "torch autocast"):
-    print(f"  JAX speed-up over {name}: {seconds[name] / seconds['jax']:.2f}x")
+    rows[name]["jax_speedup"] = seconds[name] / seconds["jax"]
+    print(f"  JAX speed-up over {name}: {rows[name]['jax_speedup']:.2f}x")
   token_reduction(vit.config_for("vitb14"), 448, 5)  # The paper's backbone and RoIs.
+  if FLAGS.json:
+    device_kind = jax.devices()[0].device_kind
+    pathlib.Path(FLAGS.json).write_text(json.dumps(
+        {"bench": "train", "preset": FLAGS.preset, "dry_run": FLAGS.dry_run,
+         "device": device_kind, "torch_device": device, "shapes": preset, "steps": rows},
+        indent=2) + "\n")
 
 
 if __name__ == "__main__":

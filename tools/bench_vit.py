@@ -11,12 +11,17 @@ On a GPU backend it adds ViT-B/14 at 448 px in bfloat16 and reports TFLOP/s and 
 --peak_tflops (torch runs on cuda under bf16 autocast when it has CUDA, else is skipped).
 
   .venv/bin/python tools/bench_vit.py --sizes=224,448 --reps=10
+  .venv/bin/python tools/bench_vit.py --dry_run         # the same code path, tiny, one call each
+
+``--json=PATH`` also writes every row (tools/bench_accelerator.sh collects them).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import pathlib
 import time
 from typing import Callable
 
@@ -46,6 +51,8 @@ flags.DEFINE_enum("jit", "jax", ["jax", "nnx"],
 flags.DEFINE_integer("attention_chunk", None, "Overrides ViTConfig.attention_chunk.")
 flags.DEFINE_float("peak_tflops", 989.0, "Accelerator dense bf16 peak for MFU (H100/H200).")
 flags.DEFINE_integer("gemm_n", 4096, "Side of the square GEMM yardstick.")
+flags.DEFINE_bool("dry_run", False, "28 px, batch 1, one timed call each, no GEMM: a check.")
+flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
 
 transformers.logging.set_verbosity_error()
 
@@ -202,7 +209,7 @@ def run_case(case: Case, device: str | None, parts: list[str]):
     compile_s = time.perf_counter() - start
     fns = {"torch": tfns[part]} if tfns else {}
     fns["jax"] = jfns[part]
-    med = interleaved(fns, FLAGS.reps, FLAGS.warmup)
+    med = interleaved(fns, *((1, 0) if FLAGS.dry_run else (FLAGS.reps, FLAGS.warmup)))
     work = flops * (3 if part == "train" else 1)
     yield case, part, med, work, compile_s
 
@@ -212,6 +219,20 @@ def print_header(gpu: bool) -> None:
            else "   torch GF/s %gemm    jax GF/s %gemm")
   print(f"\n{'model':<8}{'size':>5} {'dtype':<9}{'part':<8}{'torch ms':>10}{'jax ms':>10}"
         f"{'torch/jax':>10}{rates}  jax compile s", flush=True)
+
+
+def row_figures(row, gpu: bool) -> dict:
+  case, part, med, work, compile_s = row
+  out = {"variant": case.variant, "size": case.size, "dtype": case.dtype, "part": part,
+         "batch": FLAGS.batch, "compile_s": compile_s}
+  for name, sec in med.items():
+    out[f"{name}_ms"] = 1e3 * sec
+    out[f"{name}_tflops"] = work / sec / 1e12
+    if gpu:
+      out[f"{name}_mfu"] = work / sec / 1e12 / FLAGS.peak_tflops
+  if "torch" in med:
+    out["torch_over_jax"] = med["torch"] / med["jax"]
+  return out
 
 
 def print_row(row, gemm: dict | None, gpu: bool) -> None:
@@ -245,18 +266,26 @@ def main(argv):
         f"torch {torch.__version__} on {device}, {torch.get_num_threads()} threads; "
         f"batch {FLAGS.batch}, {FLAGS.reps} reps, jit={FLAGS.jit}")
   gemm = None
-  if "gemm" in FLAGS.parts and device:
+  if FLAGS.dry_run:
+    FLAGS.sizes, FLAGS.batch = ["28"], 1
+  if "gemm" in FLAGS.parts and device and not FLAGS.dry_run:
     gemm = _gemm_rates(FLAGS.gemm_n, max(3, FLAGS.reps // 2), device)
     print(f"fp32 GEMM {FLAGS.gemm_n}^3: torch {gemm['torch'] / 1e9:.1f} GFLOP/s, "
           f"jax {gemm['jax'] / 1e9:.1f} GFLOP/s", flush=True)
   parts = [p for p in FLAGS.parts if p in ("forward", "train")]
   cases = [Case(FLAGS.variant, int(s), FLAGS.dtype) for s in FLAGS.sizes]
-  if gpu:
+  if gpu and not FLAGS.dry_run:
     cases.append(Case("vitb14", 448, "bfloat16"))
   print_header(gpu)
+  rows = []
   for case in cases:
     for row in run_case(case, device, parts):
       print_row(row, gemm, gpu)
+      rows.append(row_figures(row, gpu))
+  if FLAGS.json:
+    pathlib.Path(FLAGS.json).write_text(json.dumps(
+        {"bench": "vit", "dry_run": FLAGS.dry_run, "device": jax.devices()[0].device_kind,
+         "peak_tflops": FLAGS.peak_tflops, "gemm_flops": gemm, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

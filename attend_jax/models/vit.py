@@ -12,6 +12,8 @@ model's own algorithm (see ``interpolate.py``).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from typing import Any
@@ -156,16 +158,31 @@ def _attend_chunked(q, k, v, chunk: int):
   return out[..., :n, :]
 
 
+_ATTENTION_BACKEND = contextvars.ContextVar("attention_backend", default=None)
+
+
+@contextlib.contextmanager
+def attention_as_on(backend: str):
+  """Traces ``multihead_attention`` as on ``backend`` ("gpu", "tpu" or "cpu") whatever the
+  default backend is: tools/scale_report.py compiles the accelerator's program on CPU."""
+  token = _ATTENTION_BACKEND.set(backend)
+  try:
+    yield
+  finally:
+    _ATTENTION_BACKEND.reset(token)
+
+
 def multihead_attention(q, k, v, chunk: int = 0):
   """Softmax attention over (B, N, H, D) inputs, optionally in blocks of ``chunk`` queries."""
-  if jax.default_backend() != "cpu" and not chunk:
+  backend = _ATTENTION_BACKEND.get() or jax.default_backend()
+  if backend != "cpu" and not chunk:
     # cuDNN's fused (flash) attention on GPUs where it applies, XLA's otherwise.
     return jax.nn.dot_product_attention(q, k, v)
   b, n, h, d = q.shape
   # Head-major layout, with the scale folded into q (the smallest operand).
   q = (q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)).transpose(0, 2, 1, 3)
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-  if jax.default_backend() == "cpu":
+  if backend == "cpu":
     # XLA:CPU runs batched matmuls at half the rate of plain 2-D ones, and a full (B, H, N, N)
     # score tensor does not stay in cache. One (batch, head) pair at a time fixes both.
     flat = lambda t: t.reshape(b * h, *t.shape[2:])
@@ -219,6 +236,17 @@ class SwiGLU(nnx.Module):
     return self.w3(jax.nn.silu(gate) * value)
 
 
+def batch_sharded(x):
+  """Keeps activations split over the batch on a data x fsdp mesh, so that the partitioner
+  gathers the fsdp-sharded weights instead of resharding activations; no-op without a mesh."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or "fsdp" not in mesh.axis_names or mesh.shape["fsdp"] == 1:
+    return x
+  if x.shape[0] % (mesh.shape["fsdp"] * mesh.shape.get("data", 1)):
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(("data", "fsdp")))
+
+
 class Block(nnx.Module):
 
   def __init__(self, cfg: ViTConfig, rngs: nnx.Rngs):
@@ -230,10 +258,11 @@ class Block(nnx.Module):
     self.ls2 = LayerScale(cfg.width, cfg.layerscale_init)
 
   def __call__(self, x, return_weights: bool = False):
+    x = batch_sharded(x)
     y, weights = self.attn(self.norm1(x), return_weights)
     x = x + self.ls1(y)
     x = x + self.ls2(self.mlp(self.norm2(x)))
-    return x, weights
+    return batch_sharded(x), weights
 
 
 class PatchEmbed(nnx.Module):

@@ -47,8 +47,10 @@ class Task(abc.ABC):
     """Why a split may give no ``selection_metric``, for the log."""
 
   @abc.abstractmethod
-  def loss_terms(self, model: nnx.Module, batch: dict, train: bool) -> dict[str, jax.Array]:
-    """Scalar terms for the log; ``loss`` among them is what the optimiser minimises."""
+  def loss_terms(self, model: nnx.Module, batch: dict, train: bool,
+                 step: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Scalar terms for the log; ``loss`` among them is what the optimiser minimises. ``step``,
+    the update about to be made (a traced scalar), is for terms on a schedule."""
 
   @abc.abstractmethod
   def eval_outputs(self, model: nnx.Module, batch: dict, detail: bool = False

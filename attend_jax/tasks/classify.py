@@ -40,7 +40,16 @@ def forward(model: attend.AttendModel, batch: dict, config, train: bool):
   return logits, aux, rois, index
 
 
-def loss_terms(logits, aux, rois, batch, config) -> dict[str, jax.Array]:
+def contrastive_weight(config, step: jax.Array | None) -> jax.Array | float:
+  """``loss.contrastive_weight``, ramped linearly from 0 over the first
+  ``loss.contrastive_warmup`` updates (0: at full weight from the start)."""
+  weight, warmup = config.loss.contrastive_weight, config.loss.get("contrastive_warmup", 0)
+  if not warmup or step is None:
+    return weight
+  return weight * jnp.minimum(1.0, step / warmup)
+
+
+def loss_terms(logits, aux, rois, batch, config, step=None) -> dict[str, jax.Array]:
   labels = batch["label"]
   if config.model.num_classes == 1:
     cls = losses.bce_with_logits(logits, labels, config.loss.pos_weight)
@@ -63,7 +72,7 @@ def loss_terms(logits, aux, rois, batch, config) -> dict[str, jax.Array]:
     out["contrastive"] = losses.hard_negative_supcon(
         jnp.concatenate(items), jnp.concatenate(classes), temperature=config.loss.temperature,
         beta=config.loss.beta, top_m=config.loss.top_m)
-    total = total + config.loss.contrastive_weight * out["contrastive"]
+    total = total + contrastive_weight(config, step) * out["contrastive"]
   out["loss"] = total
   return out
 
@@ -87,9 +96,9 @@ class Classify(Task):
   def no_metric_reason(self) -> str:
     return "it holds one class only"
 
-  def loss_terms(self, model, batch, train):
+  def loss_terms(self, model, batch, train, step=None):
     logits, aux, rois, _ = forward(model, batch, self.config, train)
-    return loss_terms(logits, aux, rois, batch, self.config)
+    return loss_terms(logits, aux, rois, batch, self.config, step)
 
   def eval_outputs(self, model, batch, detail=False):
     """``prob`` (B,); with ``detail`` also ``rois`` (B, K, 4), ``attention`` (B, K) of the

@@ -41,7 +41,8 @@ class Detect(Task):
   def no_metric_reason(self) -> str:
     return "it holds no lesion"
 
-  def loss_terms(self, model, batch, train):
+  def loss_terms(self, model, batch, train, step=None):
+    del step  # No term of the detector is on a schedule.
     images = device_augment.images(batch, train)
     return detector.losses(model(images, batch["image_hw"]), batch["lesion_boxes"],
                            batch["lesion_mask"], model.scale(images.shape[-1]), model.cfg)

@@ -35,6 +35,12 @@ def is_frozen(path: str, freeze_blocks: int) -> bool:
   return block is not None and block < freeze_blocks
 
 
+def trainable(cfg, params):
+  """A tree like ``params``: True where the optimiser updates the parameter."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: not is_frozen(_path_str(path), cfg.model.freeze_blocks), params)
+
+
 def schedule(cfg) -> optax.Schedule:
   if cfg.optim.schedule == "constant":
     if cfg.optim.warmup_steps:

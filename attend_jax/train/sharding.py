@@ -59,6 +59,27 @@ def state_shardings(abstract_state, mesh: Mesh):
   )
 
 
+def opt_state_shardings(init: Callable, params, mesh: Mesh):
+  """NamedShardings of ``init(params)`` (an optax state): every leaf shaped like a parameter at
+  the end of its path (Adam's moments) is sharded like it, the rest (step counts) replicated.
+
+  ``jax.jit(init)`` alone gives no such layout: the moments do not depend on the parameters'
+  values, so XLA places them on one device and a mesh would replicate them.
+  """
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  like = {path: (tuple(x.shape), x.sharding) for path, x in flat}
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def pick(path, leaf):
+    for start in range(len(path)):
+      shape, spec = like.get(tuple(path[start:]), (None, None))
+      if shape == tuple(leaf.shape):
+        return spec
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(pick, jax.eval_shape(init, params))
+
+
 def create_sharded(make_model: Callable[[], M], mesh: Mesh) -> M:
   """Builds ``make_model()`` with every variable created in place in its sharded layout."""
   graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))

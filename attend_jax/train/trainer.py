@@ -19,7 +19,6 @@ import numpy as np
 import optax
 from etils import epath
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from attend_jax import config_check, paths, run, tasks
 from attend_jax.data import pipeline, prepared, records
@@ -47,14 +46,18 @@ def make_train_step(task: tasks.Task, train_def, tx: optax.GradientTransformatio
     nnx.reseed(m, default=jax.random.fold_in(dropout_key, step))
 
     def loss_fn(m):
-      terms = task.loss_terms(m, batch, train=True)
+      terms = task.loss_terms(m, batch, train=True, step=step)
       return terms["loss"], terms
 
     grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)
     (_, terms), grads = grad_fn(m)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    terms["grad_norm"] = optax.global_norm(grads)
+    # Over the trained parameters only: then nothing reads the frozen ones' weight gradients,
+    # and XLA drops them (in the paper's setting, 3 blocks and the patch embedding).
+    trained = jax.tree.leaves(optim.trainable(task.config, params))
+    terms["grad_norm"] = optax.global_norm(
+        [g for g, t in zip(jax.tree.leaves(grads), trained, strict=True) if t])
     return params, nnx.state(m, nnx.BatchStat), opt_state, terms
 
   return jax.jit(train_step, donate_argnums=(0, 1, 2))
@@ -85,9 +88,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _train(config, workdir: epath.Path, stop: preemption.StopSignal) -> dict:
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  # Steps traced under the mesh: layers keep activations split over the batch (vit.batch_sharded),
+  # so that fsdp gathers weights rather than resharding activations.
+  with jax.set_mesh(mesh):
+    return _train_on(config, workdir, stop, mesh)
+
+
+def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) -> dict:
   # --- setup and mesh ------------------------------------------------------------------------
   task = tasks.get(config)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   if config.data.batch_size % mesh.size or config.data.eval_batch_size % mesh.size:
     raise ValueError(f"data.batch_size ({config.data.batch_size}) and data.eval_batch_size"
                      f" ({config.data.eval_batch_size}) must be multiples of the {mesh.size}"
@@ -102,8 +112,7 @@ def _train(config, workdir: epath.Path, stop: preemption.StopSignal) -> dict:
   train_iter = iter(pipeline.make_dataset(pipeline.for_split(config, "train", train=True)))
 
   # --- model and sharding --------------------------------------------------------------------
-  with jax.set_mesh(mesh):
-    model = sharding.create_sharded(lambda: task.build_model(config.seed), mesh)
+  model = sharding.create_sharded(lambda: task.build_model(config.seed), mesh)
   if config.model.pretrained:
     build.load_pretrained_backbone(model, config.model.pretrained)
   model.train()
@@ -112,12 +121,10 @@ def _train(config, workdir: epath.Path, stop: preemption.StopSignal) -> dict:
   eval_def = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]
   writer.parameter_overview(params)
   tx = optim.make(config, params, model.cfg.vit.depth)
-  # Scalars (step counts) replicated on the mesh, moments sharded like their parameters; an
-  # explicit layout also makes restores land on the same devices.
-  opt_state = jax.jit(tx.init)(params)
-  opt_state = jax.tree.map(
-      lambda x: x if isinstance(getattr(x, "sharding", None), NamedSharding)
-      else jax.device_put(x, NamedSharding(mesh, PartitionSpec())), opt_state)
+  # Moments sharded like their parameters, step counts replicated on the mesh; an explicit
+  # layout also makes restores land on the same devices.
+  opt_state = jax.jit(tx.init, out_shardings=sharding.opt_state_shardings(tx.init, params, mesh)
+                      )(params)
   dropout_key = jax.random.key(config.seed + 1)
 
   # --- update and evaluation steps -----------------------------------------------------------

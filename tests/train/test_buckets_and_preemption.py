@@ -71,15 +71,9 @@ def _config_file(data_dir, tmp_path):
   return path
 
 
-def _cache(tmp_path) -> dict[str, str]:
-  """The runs of one test compile the same programs: XLA's persistent cache compiles them once."""
-  return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache"),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-
-
 def _start(config, workdir, pause_at=0):
   return helpers.start("-c", _MAIN, pause_at, f"--config={config}", f"--workdir={workdir}",
-                       extra_env={"PYTHONUNBUFFERED": "1", **_cache(config.parent)})
+                       extra_env={"PYTHONUNBUFFERED": "1"})
 
 
 def _wait_for(proc, marker: str) -> str:
@@ -155,13 +149,12 @@ def test_a_bucket_run_killed_then_preempted_resumes_exactly_and_is_read_back(gcs
 
   # predict and evaluate open the run on the bucket and write there too.
   out = helpers.run("-m", "attend_jax.predict", f"--workdir={bucket}", data_dir / "dicom",
-                    f"--out={bucket}/predict", "--workers=1", extra_env=_cache(tmp_path))
+                    f"--out={bucket}/predict", "--workers=1")
   assert out.returncode == 0, out.stderr[-3000:]
   gcs_emulator.fresh_listings()
   rows = (run / "predict" / "predictions.csv").read_text().splitlines()
   assert len(rows) > 1 and rows[0].startswith("path,")
-  out = helpers.run("-m", "attend_jax.evaluate", f"--workdir={bucket}", "--split=val",
-                    extra_env=_cache(tmp_path))
+  out = helpers.run("-m", "attend_jax.evaluate", f"--workdir={bucket}", "--split=val")
   assert out.returncode == 0, out.stderr[-3000:]
   gcs_emulator.fresh_listings()
   assert json.loads((run / "evaluate_val" / "metrics.json").read_text())["num_examples"] > 0

@@ -122,7 +122,7 @@ print("processes", jax.process_count(), "devices", jax.device_count(), flush=Tru
 """
 
 
-def _two_processes(data_dir, workdir, pause_at=0, cache=None):
+def _two_processes(data_dir, workdir, pause_at=0):
   import socket
 
   with socket.socket() as s:
@@ -131,7 +131,6 @@ def _two_processes(data_dir, workdir, pause_at=0, cache=None):
   return [helpers.start("-c", _WORKER, data_dir, workdir, pause_at, extra_env={
       "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
       "JAX_PROCESS_ID": str(i), "PYTHONUNBUFFERED": "1",
-      "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
   }) for i in range(2)]
 
 
@@ -160,8 +159,7 @@ def test_two_processes_with_jax_distributed_train_in_step_and_stop_together(data
 
   from attend_jax.train import preemption
 
-  cache = tmp_path / "xla_cache"
-  procs = _two_processes(data_dir, tmp_path / "run", cache=cache)
+  procs = _two_processes(data_dir, tmp_path / "run")
   outs = [helpers.finish(p) for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
@@ -172,7 +170,7 @@ def test_two_processes_with_jax_distributed_train_in_step_and_stop_together(data
   assert (tmp_path / "run" / "eval" / "metrics.json").exists()
 
   bucket = gcs.path("two_hosts")
-  procs = _two_processes(data_dir, bucket, pause_at=2, cache=cache)
+  procs = _two_processes(data_dir, bucket, pause_at=2)
   seen = []
   for line in procs[1].stdout:  # Host 1 holds still after step 2, host 0 waits for it.
     seen.append(line)
@@ -191,7 +189,7 @@ def test_two_processes_with_jax_distributed_train_in_step_and_stop_together(data
   assert sorted(int(p.name) for p in steps.iterdir() if p.name.isdigit()) == [2]
   assert (steps / "2" / "commit_success.txt").exists()
 
-  procs = _two_processes(data_dir, bucket, cache=cache)
+  procs = _two_processes(data_dir, bucket)
   outs = [helpers.finish(p) for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]

@@ -64,6 +64,9 @@ class StopSignal:
     for s, handler in self._previous.items():
       signal.signal(s, handler)
     self._previous.clear()
+    # Out of the block nothing is saved any more: the grace period's exit would only kill
+    # whatever the process does next (a test session's worker, 600 s later, did).
+    self.committed()
 
   def _note(self, signum: int, frame) -> None:
     if self.signum is not None:

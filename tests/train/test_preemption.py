@@ -22,7 +22,11 @@ def test_a_signal_is_noted_and_the_old_handlers_come_back():
     assert stop.signum == signal.SIGTERM
     with pytest.raises(KeyboardInterrupt):  # A second Ctrl-C interrupts at once.
       os.kill(os.getpid(), signal.SIGINT)
+    assert stop.counting_down
   assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+  # Its grace period ends with the block: left running, it exited this process 600 s later
+  # (an xdist worker: "node down: Not properly terminated").
+  assert not stop.counting_down
 
 
 def test_a_committed_checkpoint_ends_the_grace_period():

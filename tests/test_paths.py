@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from etils import epath
+from flax import nnx
 
 from attend_jax import paths, run
 from attend_jax.train import checkpoint
@@ -190,3 +191,35 @@ def test_prepare_writes_to_a_bucket_and_a_run_cannot_read_records_there(gcs, els
                      split_advice="")
   with pytest.raises(paths.RemoteRecordsError):
     records.data_source(out, "synthetic_64", "train")
+
+
+def test_a_pretrained_backbone_and_a_detector_are_read_from_a_bucket(gcs, elsewhere):
+  """config.model.pretrained (a converter's weights folder) and proposals.detector on a bucket:
+  the backbone's parameters arrive as saved, and the classifier's run copies the detector into
+  its own bucket workdir."""
+  from attend_jax import tasks
+  from attend_jax.convert import dinov2
+  from attend_jax.models import build
+  from configs import demo
+
+  config = demo.get_config("smoke")
+  source = tasks.get(config).build_model(seed=0)
+  weights = gcs.path("weights/dinov2")
+  dinov2.save(source.vision_model, weights)  # What tools/convert_dinov2.py --out writes.
+  model = tasks.get(config).build_model(seed=1)
+  build.load_pretrained_backbone(model, weights)
+  want = jax.tree.leaves(nnx.state(source.vision_model, nnx.Param))
+  got = jax.tree.leaves(nnx.state(model.vision_model, nnx.Param))
+  assert len(want) == len(got) > 0
+  for a, b in zip(want, got):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  detector_config = demo.get_config("smoke,detector")
+  detector = tasks.get(detector_config).build_model()
+  config.proposals.detector = gcs.path("detector_run")
+  run.save_export(config.proposals.detector, detector, detector_config)
+  workdir = gcs.path("classifier_run")
+  assert run.proposer(config, workdir) is not None
+  copy = run.load(epath.Path(workdir) / run.DETECTOR_COPY)
+  assert tasks.name(copy.config) == "detect"
+  _no_local_copy(elsewhere)

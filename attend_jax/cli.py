@@ -11,10 +11,10 @@ traceback for every error.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import logging
 import os
-import pathlib
 import re
 import sys
 import threading
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from absl import app, flags
 from absl import logging as absl_logging
 
-from attend_jax import progress
+from attend_jax import paths, progress
 from attend_jax.data.errors import DataError, DiskFullError
 from attend_jax.data.sources import DatasetNotFoundError
 
@@ -42,7 +42,7 @@ def verbose() -> bool:
 
 def setup_logging(log_dir: str | os.PathLike | None = None) -> None:
   """Library logs off the terminal (unless ``--verbose`` or ``--verbosity``) and, with
-  ``log_dir``, into ``log_dir/log.txt`` at INFO."""
+  ``log_dir``, into ``log_dir/log.txt`` at INFO (on a bucket: a local copy, uploaded at exit)."""
   logging.captureWarnings(True)
   if flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].present:
     return  # The user chose absl's levels.
@@ -53,11 +53,12 @@ def setup_logging(log_dir: str | os.PathLike | None = None) -> None:
   if not verbose():
     _background_errors_to_the_log()
   if log_dir is not None:
-    path = pathlib.Path(log_dir) / LOG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
-    if not any(getattr(h, "baseFilename", None) == str(path.absolute()) for h in root.handlers):
-      handler = logging.FileHandler(path)
+    if not any(getattr(h, "log_dir", None) == str(paths.path(log_dir)) for h in root.handlers):
+      mirror = paths.Mirror(log_dir, resume=(LOG_FILE,))
+      handler = logging.FileHandler(mirror.dir / LOG_FILE)
+      handler.log_dir = str(paths.path(log_dir))
+      atexit.register(lambda: (handler.close(), mirror.close()))
       handler.setLevel(logging.INFO)
       handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
       root.addHandler(handler)

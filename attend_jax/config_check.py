@@ -55,6 +55,9 @@ def check(config) -> None:
   _one_of(config, "model.dtype", ("float32", "bfloat16"))
   _one_of(config, "model.num_classes", (1, 2))
   _one_of(config, "optim.schedule", ("constant", "cosine"))
+  if config.train.get("preemption_grace_s", 1.0) <= 0:
+    raise ConfigError("config.train.preemption_grace_s must be positive (seconds), got"
+                      f" {config.train.preemption_grace_s!r}.")
   if config.optim.lr <= 0:
     raise ConfigError(f"config.optim.lr must be positive, got {config.optim.lr!r}.")
   source, topk, grid = config.proposals.source, config.proposals.topk, config.proposals.grid

@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 from absl import app, flags
 
-from attend_jax import cli, run, tasks
+from attend_jax import cli, paths, run, tasks
 from attend_jax.data import pipeline, prepared, records
 from attend_jax.eval import loop as eval_loop
 from attend_jax.eval import metrics, report
@@ -81,6 +81,7 @@ def plot_gallery(pred: dict, config, split: str, path: pathlib.Path, k: int) -> 
 
 
 def evaluate(workdir: str, split: str, out: pathlib.Path, gallery: int = 4) -> dict:
+  """Writes the evaluation into the local folder ``out`` (main stages a bucket's)."""
   loaded = run.load(workdir)
   config = loaded.config
   prepared.require(config.data.dir, config.data.name, (split,), flag="the run's config.data.dir",
@@ -123,10 +124,10 @@ def evaluate(workdir: str, split: str, out: pathlib.Path, gallery: int = 4) -> d
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  out = pathlib.Path(_OUT.value or pathlib.Path(_WORKDIR.value) / f"evaluate_{_SPLIT.value}")
-  out.mkdir(parents=True, exist_ok=True)
-  cli.setup_logging(out)
-  summary = evaluate(_WORKDIR.value, _SPLIT.value, out, _GALLERY.value)
+  out = paths.path(_OUT.value or paths.path(_WORKDIR.value) / f"evaluate_{_SPLIT.value}")
+  with paths.staged(out) as folder:  # Written here, uploaded when --out is on a bucket.
+    cli.setup_logging(folder)
+    summary = evaluate(_WORKDIR.value, _SPLIT.value, folder, _GALLERY.value)
   print(f"{_SPLIT.value}: AUC {summary.get('auc')}  ({summary['num_examples']} images) -> "
         f"{out}/report.md")
 

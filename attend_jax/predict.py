@@ -13,12 +13,11 @@ of one study: mean and max), exams.csv (per study: the most suspicious breast), 
 log.txt (library logs).
 """
 
-import pathlib
 import sys
 
 from absl import app, flags
 
-from attend_jax import cli, inference, run
+from attend_jax import cli, inference, paths, run
 from attend_jax.progress import Progress
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (its best checkpoint).")
@@ -39,21 +38,27 @@ def main(argv):
   if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
     raise app.UsageError("Pass exactly one of --workdir and --checkpoint.")
   # The inputs and the output folder first: the model takes a while to load.
-  paths, missing = inference.find_dicoms(inputs)
+  files, missing = inference.find_dicoms(inputs)
   for path, reason in missing:
     print(f"warning: {path}: {reason}", file=sys.stderr)
-  if not paths:
+  if not files:
     print(f"error: no DICOM files (*.dcm, *.dicom) in {', '.join(map(str, inputs))}",
           file=sys.stderr)
     return 1
-  out = pathlib.Path(_OUT.value)
-  writer = inference.OutputWriter(out, overlays=_OVERLAYS.value)
-  cli.setup_logging(out)
+  out = paths.path(_OUT.value)
+  with paths.staged(out) as folder:  # Written here, uploaded when --out is on a bucket.
+    return _predict(files, missing, folder, out)
+
+
+def _predict(files, missing, folder, out) -> int:
+  """predict into the local ``folder`` (``out`` in the messages)."""
+  writer = inference.OutputWriter(folder, overlays=_OVERLAYS.value)
+  cli.setup_logging(folder)
   loaded = run.load(_WORKDIR.value or _CHECKPOINT.value)
-  print(f"{len(paths)} files; model {loaded.source}", file=sys.stderr)
-  images, bad = inference.predict(loaded, paths, _PROPOSALS.value, _BATCH.value,
+  print(f"{len(files)} files; model {loaded.source}", file=sys.stderr)
+  images, bad = inference.predict(loaded, files, _PROPOSALS.value, _BATCH.value,
                                   _WORKERS.value, Progress("predicting", "img"), writer.image,
-                                  log_path=out / cli.LOG_FILE)
+                                  log_path=folder / cli.LOG_FILE)
   summary = writer.finish(images, missing + bad, loaded.source)
   print(f"{len(images)} images, {len(summary['breasts'])} breasts, {len(summary['exams'])}"
         f" exams -> {out}/predictions.csv, breasts.csv, exams.csv"

@@ -17,7 +17,6 @@ import dataclasses
 import fcntl
 import json
 import os
-import pathlib
 import socket
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from attend_jax import tasks
+from attend_jax import paths, tasks
 from attend_jax.progress import log
 from attend_jax.tasks import detect
 from attend_jax.train import checkpoint
@@ -56,12 +55,13 @@ class Loaded:
 def write_config(directory: str | os.PathLike, config) -> None:
   """``DIR/config.json`` (host 0)."""
   if jax.process_index() == 0:
-    path = pathlib.Path(directory) / CONFIG
+    path = paths.path(directory) / CONFIG
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config.to_json_best_effort(indent=2) + "\n")
 
 
 def read_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
-  path = pathlib.Path(directory).absolute() / CONFIG
+  path = paths.path(directory) / CONFIG
   if not path.exists():
     raise ModelNotFoundError(f"{path.parent}: no {CONFIG}; pass a training workdir"
                              " (python -m attend_jax.main --workdir) or a converted checkpoint.")
@@ -71,7 +71,7 @@ def read_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
 def save_export(directory: str | os.PathLike, model: nnx.Module, config) -> None:
   """``model``'s parameters and BatchNorm statistics with ``config``, as a folder ``load``
   opens (a converted checkpoint, a classifier's detector copy)."""
-  directory = pathlib.Path(directory).absolute()
+  directory = paths.path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
   checkpoint.save_weights(directory / WEIGHTS, {"params": params, "stats": stats})
@@ -82,7 +82,7 @@ def load(directory: str | os.PathLike) -> Loaded:
   """The model of a training workdir (best checkpoint, else the latest) or of a weights export:
   a classifier, with the detector that proposes its RoIs if it was trained with one, or a
   detector. The config comes from ``DIR/config.json``."""
-  directory = pathlib.Path(directory).absolute()
+  directory = paths.path(directory)
   config = read_config(directory)
   config.model.pretrained = ""  # The checkpoint holds the backbone too.
   model = tasks.get(config).build_model()
@@ -110,7 +110,7 @@ def proposer(config, workdir: str | os.PathLike, mesh=None) -> Callable[[dict], 
   """
   if config.proposals.source != "detector":
     return None
-  own = pathlib.Path(workdir).absolute() / DETECTOR_COPY
+  own = paths.path(workdir) / DETECTOR_COPY
   if (own / CONFIG).exists():
     loaded = load(own)
   else:
@@ -140,12 +140,19 @@ def locked(workdir: str | os.PathLike):
   """Holds ``WORKDIR/.lock`` while a run trains in it (host 0 only: one job per workdir).
 
   An flock: the kernel drops it when its process dies, so a killed run's lock never blocks the
-  resume, and a second run refuses at once, naming the holder.
+  resume, and a second run refuses at once, naming the holder. A bucket has no such lock (an
+  object that outlives a preempted VM would block its resume), so a workdir on a bucket is not
+  guarded: the log says so.
   """
   if jax.process_index() != 0:
     yield
     return
-  path = pathlib.Path(workdir) / LOCK
+  if not paths.is_local(workdir):
+    log("%s is on a bucket: nothing stops a second run from using it at the same time.",
+        workdir)
+    yield
+    return
+  path = paths.local(workdir) / LOCK
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
     try:

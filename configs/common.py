@@ -86,6 +86,9 @@ def base() -> ml_collections.ConfigDict:
   c.train.eval_every = 1000
   c.train.checkpoint_every = 1000
   c.train.patience = 5  # Evaluations without a better validation AUC before stopping.
+  # On SIGTERM / SIGINT: seconds to save and commit a checkpoint before the process exits anyway
+  # (spot and preemptible VMs get about 30 s).
+  c.train.preemption_grace_s = 25.0
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
 

@@ -1,5 +1,6 @@
 """Test set-up: 8 simulated CPU devices, so sharded code paths run on any machine; a temp root and
-an XLA compilation cache of this session's own; the `slow` tier."""
+an XLA compilation cache of this session's own; the `slow` tier; a GCS emulator (``gcs``) for the
+bucket tests."""
 
 import os
 
@@ -31,6 +32,8 @@ import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
 
+import gcs as gcs_emulator  # noqa: E402
+
 # The PyTorch model of the reference lives with the dev tools (tools/bench_train.py uses it).
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
 
@@ -58,13 +61,22 @@ def pytest_sessionfinish(session, exitstatus):
   session.config._attend_jax_passed = exitstatus == 0
 
 
+@pytest.fixture(scope="session")
+def gcs():
+  """fake-gcs-server on 127.0.0.1, one per test process; ``gcs.path(name)`` is a fresh
+  ``gs://`` folder, and this process and its children talk to the emulator."""
+  process, emulator = gcs_emulator.emulator()
+  yield emulator
+  gcs_emulator.stop(process)
+
+
 # The longest files first (measured with --durations on 2 workers): xdist hands out whole files
 # (--dist=loadfile) in collection order, so a long file collected last would run alone at the
 # end while the other workers idle.
 LONGEST_FIRST = (
     "train/test_trainer.py", "test_demo.py", "test_configs.py", "test_faults.py",
     "models/test_attend.py", "test_notebooks.py", "test_ablate.py", "test_export_proposals.py",
-    "test_reference_mode.py", "train/test_sharding.py",
+    "test_reference_mode.py", "train/test_sharding.py", "train/test_buckets_and_preemption.py",
 )
 
 

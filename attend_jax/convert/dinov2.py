@@ -20,7 +20,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -33,6 +32,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from attend_jax import paths
 from attend_jax.data.errors import DataError
 from attend_jax.models import vit
 
@@ -490,11 +490,11 @@ def save(model: vit.DinoV2, out_dir: str | os.PathLike, metadata: dict | None = 
   """Writes ``out_dir/vit_config.json`` and the parameters as an orbax checkpoint."""
   import orbax.checkpoint as ocp
 
-  out_dir = pathlib.Path(out_dir).absolute()
+  out_dir = paths.path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   state_dir = out_dir / STATE_DIR
   if state_dir.exists():
-    shutil.rmtree(state_dir)
+    state_dir.rmtree()
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(state_dir, nnx.state(model, nnx.Param))
     ckptr.wait_until_finished()
@@ -506,7 +506,7 @@ def load(ckpt_dir: str | os.PathLike, shardings=None, **config_overrides) -> vit
   """Loads a backbone written by ``save``; ``shardings`` (a state-shaped tree) places it."""
   import orbax.checkpoint as ocp
 
-  ckpt_dir = pathlib.Path(ckpt_dir).absolute()
+  ckpt_dir = paths.path(ckpt_dir)
   config_path = ckpt_dir / CONFIG_FILE
   if not config_path.exists():
     raise CheckpointError(ckpt_dir, f"not a converted DINOv2 checkpoint (no {CONFIG_FILE})")

@@ -16,10 +16,13 @@ import collections
 import csv
 import dataclasses
 import errno
+import hashlib
+import io
 import json
 import os
 import pathlib
 import shutil
+import tempfile
 import time
 from typing import Callable
 
@@ -27,7 +30,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from attend_jax import box_ops
+from attend_jax import box_ops, paths
 from attend_jax.data import breast, dicom, proposals
 from attend_jax.data import pool as pool_lib
 from attend_jax.data.errors import DataError, DicomError, DiskFullError, NoUsableImagesError
@@ -212,14 +215,14 @@ class PrepareResult:
   write_seconds: float = 0.0  # Writing the ArrayRecord shards.
 
 
-def _is_built(out: pathlib.Path, config: str) -> bool:
+def _is_built(out, config: str) -> bool:
   """A finished TFDS build (written last, so a crashed build does not count)."""
-  return any((out / "mammograms" / config).glob("*/dataset_info.json"))
+  return any((paths.path(out) / "mammograms" / config).glob("*/dataset_info.json"))
 
 
-def _read_bad(out: pathlib.Path) -> list[tuple[str, str]]:
-  with open(out / BAD_FILES, newline="") as f:
-    return [(row["path"], row["reason"]) for row in csv.DictReader(f)]
+def _read_bad(out) -> list[tuple[str, str]]:
+  text = (paths.path(out) / BAD_FILES).read_text()
+  return [(row["path"], row["reason"]) for row in csv.DictReader(io.StringIO(text))]
 
 
 def config_name(dataset: str, long_side: int) -> str:
@@ -234,8 +237,8 @@ def builder_name(dataset: str, long_side: int) -> str:
 OPTIONS = "prepare_options.json"  # Beside each prepared dataset's versions, in mammograms/<name>/.
 
 
-def options_path(out: str | os.PathLike, name: str) -> pathlib.Path:
-  return pathlib.Path(out) / "mammograms" / name / OPTIONS
+def options_path(out: str | os.PathLike, name: str):
+  return paths.path(out) / "mammograms" / name / OPTIONS
 
 
 def read_options(out: str | os.PathLike, name: str) -> PrepareOptions | None:
@@ -244,7 +247,7 @@ def read_options(out: str | os.PathLike, name: str) -> PrepareOptions | None:
   path = options_path(out, name)
   if path.exists():
     return PrepareOptions(**json.loads(path.read_text()))
-  manifest = pathlib.Path(out) / MANIFEST
+  manifest = paths.path(out) / MANIFEST
   if manifest.exists():
     data = json.loads(manifest.read_text())
     if data.get("builder") == f"mammograms/{name}":
@@ -274,9 +277,32 @@ def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike,
 
   An unusable image or row, whatever its decoder does (error, crash, hang past ``time_limit``
   seconds), is listed in bad_files.csv with its reason and the rest carries on.
+
+  ``out`` may be a bucket: the dataset is then prepared in a local folder named after it (in
+  the temp folder, so a rerun on the same machine resumes), uploaded, and the local copy
+  removed.
   """
+  kwargs = dict(opts=opts, workers=workers, keep_cache=keep_cache, progress=progress,
+                time_limit=time_limit, **source_kwargs)
+  if paths.is_local(out):
+    return _prepare(dataset, root, paths.local(out), **kwargs)
+  remote = paths.path(out)
+  config = config_name(dataset, opts.long_side)
+  if _is_built(remote, config) and (remote / MANIFEST).exists():
+    manifest = json.loads((remote / MANIFEST).read_text())
+    return PrepareResult(manifest["builder"], manifest["counts"], _read_bad(remote), 0.0)
+  key = hashlib.sha1(str(remote).encode()).hexdigest()[:12]
+  staging = pathlib.Path(tempfile.gettempdir()) / f"attend_jax-prepare-{key}"
+  result = _prepare(dataset, root, staging, **kwargs)
+  paths.upload(staging, remote)
+  shutil.rmtree(staging)
+  return result
+
+
+def _prepare(dataset: str, root: str | os.PathLike, out: pathlib.Path, opts: PrepareOptions,
+             workers: int | None, keep_cache: bool, progress: Callable[[int, int], None] | None,
+             time_limit: float, **source_kwargs) -> PrepareResult:
   start = time.perf_counter()
-  out = pathlib.Path(out).absolute()
   if opts.crop not in breast.RULES:
     raise ValueError(f"crop must be one of {breast.RULES}, got {opts.crop!r}.")
   config = config_name(dataset, opts.long_side)

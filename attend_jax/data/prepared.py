@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import jax
 
+from attend_jax import paths
 from attend_jax.data import records
 from attend_jax.data.sources import ORIGINS, DatasetNotFoundError
 from attend_jax.progress import Progress, log
@@ -24,7 +24,7 @@ _EXTRA_FLAGS = {"csv": " --csv_dir REFERENCE_CSVS --proposals PROPOSAL_DIR --kee
 
 def is_prepared(data_dir: str | os.PathLike, name: str) -> bool:
   """A finished TFDS build of ``name`` (its dataset_info.json is written last)."""
-  return any((pathlib.Path(data_dir) / records.NAME / name).glob("*/dataset_info.json"))
+  return any((paths.path(data_dir) / records.NAME / name).glob("*/dataset_info.json"))
 
 
 def require(data_dir: str | os.PathLike, name: str, splits: Sequence[str] = (), *,
@@ -37,21 +37,23 @@ def require(data_dir: str | os.PathLike, name: str, splits: Sequence[str] = (), 
   have. ``flag`` names the setting that chose ``data_dir``, ``instead`` says how to point at
   another folder, and ``split_advice`` what to do about a missing split.
   """
-  data_dir = pathlib.Path(data_dir)
+  given = data_dir
+  data_dir = paths.path(data_dir)
   if not is_prepared(data_dir, name):
     dataset, _, size = name.rpartition("_")
     size = size if size.isdigit() else 0 if size == "full" else (long_side or "N")
     where, layout = ORIGINS.get(dataset, ("", ""))
-    lines = [f"No prepared dataset {name!r} in {data_dir.absolute()} ({flag}).",
+    lines = [f"No prepared dataset {name!r} in {data_dir} ({flag}).",
              "Prepare it once (it resumes if interrupted) with:",
              f"  python tools/prepare_data.py --dataset {dataset or 'DATASET'} --root ROOT"
-             f" --out {data_dir if str(data_dir) != '.' else 'OUT'} --long_side {size}"
+             f" --out {given if str(given) != '.' else 'OUT'} --long_side {size}"
              f"{_EXTRA_FLAGS.get(dataset, '')}",
              f"or {instead}."]
     if where:
       lines += [f"The raw dataset comes from {where}; ROOT must look like:", layout]
     raise DatasetNotFoundError("\n".join(lines))
   have = records.splits(data_dir, name)
+  records.require_local(given)
   missing = [s for s in splits if s not in have]
   if missing:
     raise DatasetNotFoundError(
@@ -120,9 +122,14 @@ def record_options(config) -> None:
 def ensure_synthetic(config) -> None:
   """The demo's data: synthetic DICOMs generated and prepared on first use (host 0 writes)."""
   syn = config.data.synthetic
-  data_dir = pathlib.Path(config.data.dir)
+  data_dir = paths.path(config.data.dir)
   if not syn.num_studies or (data_dir / "manifest.json").exists():
     return
+  if not paths.is_local(data_dir):
+    raise DatasetNotFoundError(
+        f"{data_dir}: the demo's synthetic data is generated on local disk; point"
+        " --config.data.dir at a local folder")
+  data_dir = paths.local(data_dir)
   from attend_jax.data import prepare, synthetic
 
   if jax.process_index() == 0:

@@ -14,6 +14,8 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
+from attend_jax import paths
+
 NAME = "mammograms"
 LABEL_NAMES = ("no_cancer", "cancer")
 
@@ -100,8 +102,17 @@ def build(data_dir, config: str, cache_dir) -> None:
 
 
 def data_source(data_dir, config: str, split: str):
-  """A random-access source of decoded records (dicts of numpy arrays and bytes)."""
+  """A random-access source of decoded records (dicts of numpy arrays and bytes), from local
+  disk: ArrayRecord's reader opens only local files (on a gs:// folder it hangs at the first
+  record), so a bucket is refused with one line."""
+  require_local(data_dir)
   return builder(data_dir, config).as_data_source(split=split)
+
+
+def require_local(data_dir) -> None:
+  """RemoteRecordsError for prepared records on a bucket."""
+  if not paths.is_local(data_dir):
+    raise paths.RemoteRecordsError(data_dir, "the ArrayRecord reader opens local files only")
 
 
 def splits(data_dir, config: str) -> list[str]:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import pathlib
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
+from attend_jax import paths
 from attend_jax.data.errors import DiskFullError
 from attend_jax.progress import warn
 
@@ -49,7 +49,7 @@ def _reason(e: BaseException) -> str:
 class Checkpoints:
 
   def __init__(self, workdir: str | os.PathLike, keep: int = 2):
-    self.workdir = pathlib.Path(workdir).absolute()
+    self.workdir = paths.path(workdir)
     self.keep = keep
     self._open()
 
@@ -83,7 +83,7 @@ class Checkpoints:
       self.best.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), metrics=ocp.args.JsonSave(metrics)))
 
-  def _set_aside(self, manager: ocp.CheckpointManager, sub: str, step: int) -> pathlib.Path:
+  def _set_aside(self, manager: ocp.CheckpointManager, sub: str, step: int) -> epath.Path:
     """Moves ``sub/step`` to ``corrupt_checkpoints/sub-step`` and reopens the managers, so the
     step can be written again."""
     manager.wait_until_finished()
@@ -94,7 +94,7 @@ class Checkpoints:
       dest = self.workdir / CORRUPT / f"{sub}-{step}-{n}"
     if jax.process_index() == 0:
       dest.parent.mkdir(exist_ok=True)
-      shutil.move(str(self.workdir / sub / str(step)), dest)
+      (self.workdir / sub / str(step)).rename(dest)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f"set aside {sub} {step}")
@@ -163,7 +163,7 @@ def restore_weights(directory: str | os.PathLike, target: dict):
   For inference: whatever else the checkpoint holds (optimizer state, counters) is not read, and
   nothing is moved (the folder may be another process's, or read-only).
   """
-  directory = pathlib.Path(directory).absolute()
+  directory = paths.path(directory)
   if not directory.is_dir():
     return None
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False,
@@ -188,7 +188,7 @@ def restore_weights(directory: str | os.PathLike, target: dict):
 def save_weights(directory: str | os.PathLike, state: dict, step: int = 0) -> None:
   """A standalone weights checkpoint (parameters and BatchNorm statistics), e.g. a converted
   reference model, in the layout ``restore_weights`` reads."""
-  manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(),
+  manager = ocp.CheckpointManager(paths.path(directory),
                                   options=ocp.CheckpointManagerOptions(create=True))
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
   manager.wait_until_finished()

@@ -12,20 +12,20 @@ from __future__ import annotations
 import functools
 import json
 import os
-import pathlib
 import time
 
 import jax
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 
-from attend_jax import config_check, run, tasks
+from attend_jax import config_check, paths, run, tasks
 from attend_jax.data import pipeline, prepared, records
 from attend_jax.eval import loop as eval_loop
 from attend_jax.models import build
 from attend_jax.progress import log
-from attend_jax.train import checkpoint, optim, sharding
+from attend_jax.train import checkpoint, optim, preemption, sharding
 from attend_jax.train.writer import MetricWriter
 
 
@@ -81,21 +81,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains ``config`` in ``workdir`` (resuming what is there) and returns the test metrics."""
   config_check.check(config)  # Before anything is written or loaded.
   maybe_initialize_distributed()
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = paths.path(workdir)  # A local folder or a bucket URL, the same on every host.
   workdir.mkdir(parents=True, exist_ok=True)
-  with run.locked(workdir):
-    return _train(config, workdir)
+  with run.locked(workdir), preemption.StopSignal(config.train.preemption_grace_s) as stop:
+    return _train(config, workdir, stop)
 
 
-def _train(config, workdir: pathlib.Path) -> dict:
+def _train(config, workdir: epath.Path, stop: preemption.StopSignal) -> dict:
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   # Steps traced under the mesh: layers keep activations split over the batch (vit.batch_sharded),
   # so that fsdp gathers weights rather than resharding activations.
   with jax.set_mesh(mesh):
-    return _train_on(config, workdir, mesh)
+    return _train_on(config, workdir, stop, mesh)
 
 
-def _train_on(config, workdir: pathlib.Path, mesh) -> dict:
+def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) -> dict:
   # --- setup and mesh ------------------------------------------------------------------------
   task = tasks.get(config)
   if config.data.batch_size % mesh.size or config.data.eval_batch_size % mesh.size:
@@ -200,8 +200,21 @@ def _train_on(config, workdir: pathlib.Path, mesh) -> dict:
           counters["stopped_early"] = True
           log("No better validation %s in %d evaluations: stopping early.", metric,
               config.train.patience)
+    saved = False
     if step % config.train.checkpoint_every == 0 or step == total or counters["stopped_early"]:
       ckpts.save_latest(step, current_state(), counters, train_iter.get_state())
+      saved = True
+    if stop.requested():  # Every host, every step: they agree on this step.
+      if not saved:
+        ckpts.save_latest(step, current_state(), counters, train_iter.get_state())
+      ckpts.wait()
+      stop.committed()
+      ckpts.close()
+      writer.close()
+      if hasattr(train_iter, "close"):
+        train_iter.close()
+      log("Stopped after step %d: its checkpoint is in %s", step, workdir / checkpoint.LATEST)
+      raise preemption.Preempted(stop.signum, step, workdir / checkpoint.LATEST)
   ckpts.wait()
   if hasattr(train_iter, "close"):
     train_iter.close()
@@ -218,7 +231,8 @@ def _train_on(config, workdir: pathlib.Path, mesh) -> dict:
   pred = predict(split)
   summary = {}
   if jax.process_index() == 0:
-    summary = task.write(pred, workdir / "eval", split)
+    with paths.staged(workdir / "eval") as out:
+      summary = task.write(pred, out, split)
     log("%s: %s", split, json.dumps({k: v for k, v in summary.items()
                                     if not isinstance(v, dict)}))
     log("Wrote %s", workdir / "eval")

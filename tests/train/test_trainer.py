@@ -12,6 +12,7 @@ from attend_jax.data import prepare, synthetic
 from attend_jax.train import trainer
 from configs import demo
 
+import gcs as gcs_emulator
 import helpers
 
 pytestmark = pytest.mark.slow  # Each test trains; the unit tests of the loop's parts are fast.
@@ -91,40 +92,113 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
 
 
 _WORKER = """
-import os, sys
+import os, signal, sys, time
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 from configs import demo
-from attend_jax.train import trainer
+from attend_jax.train import preemption, trainer
 sys.path[:0] = [os.path.join(os.getcwd(), "tests"), os.path.join(os.getcwd(), "tests", "train")]
 from test_trainer import _config
-trainer.log = lambda message, *args: print(message % args if args else message, flush=True)
+pause_at = int(sys.argv[3])
+def log(message, *args):
+  print(message % args if args else message, flush=True)
+  if (pause_at and jax.process_index() == 1 and message.startswith("step %d/%d")
+      and args[0] == pause_at):
+    # Until the trainer's own handler has noted a signal (which may come before this loop).
+    stop = signal.getsignal(signal.SIGTERM).__self__
+    print("paused", flush=True)
+    while stop.signum is None:
+      time.sleep(0.05)
+trainer.log = log
 config = _config(sys.argv[1])
 config.train.steps, config.train.log_every = 4, 1
-trainer.train_and_evaluate(config, sys.argv[2])
+config.train.preemption_grace_s = 600.0  # A busy CI machine; the grace period has its own test.
+try:
+  trainer.train_and_evaluate(config, sys.argv[2])
+except preemption.Preempted as e:
+  print("preempted after step", e.step, flush=True)
+  sys.exit(preemption.EXIT_PREEMPTED)
 print("processes", jax.process_count(), "devices", jax.device_count(), flush=True)
 """
 
 
-def test_two_processes_with_jax_distributed_train_in_step(data_dir, tmp_path):
+def _two_processes(data_dir, workdir, pause_at=0):
   import socket
 
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  procs = [helpers.start("-c", _WORKER, data_dir, tmp_path / "run", extra_env={
+  return [helpers.start("-c", _WORKER, data_dir, workdir, pause_at, extra_env={
       "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
-      "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+      "JAX_PROCESS_ID": str(i), "PYTHONUNBUFFERED": "1",
+  }) for i in range(2)]
+
+
+def _losses(out):
+  """The logged global losses ("step 3/4  loss 1.3747", without the rates and ETAs)."""
+  return [l.split("steps/s")[0].rsplit(" ", 3)[0] for l in out.splitlines()
+          if l.startswith("step ") and "loss" in l]
+
+
+def _train_losses(workdir):
+  """step -> the loss in metrics.jsonl, at full precision."""
+  from etils import epath
+
+  gcs_emulator.fresh_listings()
+  lines = (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return {r["step"]: r["loss"] for r in map(json.loads, lines) if r["split"] == "train"}
+
+
+def test_two_processes_with_jax_distributed_train_in_step_and_stop_together(data_dir, tmp_path,
+                                                                              gcs):
+  """Two hosts train in step; on an emulated bucket, one host's SIGTERM stops both after the
+  same step with one committed checkpoint, and rerunning both resumes exactly."""
+  import signal
+
+  from etils import epath
+
+  from attend_jax.train import preemption
+
+  procs = _two_processes(data_dir, tmp_path / "run")
   outs = [helpers.finish(p) for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
     assert "processes 2 devices 2" in out
-  # The same global loss on both hosts ("step 3/4  loss 1.3747", without the rates and ETAs).
-  losses = [[l.split("steps/s")[0].rsplit(" ", 3)[0] for l in out.splitlines()
-             if l.startswith("step ") and "loss" in l] for out in outs]
+  losses = [_losses(out) for out in outs]  # The same global loss on both hosts.
   assert len(losses[0]) == 4 and losses[0] == losses[1]
   assert (tmp_path / "run" / "checkpoints" / "4" / "state").is_dir()
   assert (tmp_path / "run" / "eval" / "metrics.json").exists()
+
+  bucket = gcs.path("two_hosts")
+  procs = _two_processes(data_dir, bucket, pause_at=2)
+  seen = []
+  for line in procs[1].stdout:  # Host 1 holds still after step 2, host 0 waits for it.
+    seen.append(line)
+    if line.startswith("paused"):
+      break
+  else:
+    raise AssertionError("".join(seen)[-3000:])
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [helpers.finish(procs[0]), "".join(seen) + helpers.finish(procs[1])]
+  for p, out in zip(procs, outs):
+    assert p.returncode == preemption.EXIT_PREEMPTED, out[-3000:]
+    assert "preempted after step 2" in out
+  assert "SIGTERM: saving a checkpoint after this step" in outs[1]
+  gcs_emulator.fresh_listings()
+  steps = epath.Path(bucket) / "checkpoints"
+  assert sorted(int(p.name) for p in steps.iterdir() if p.name.isdigit()) == [2]
+  assert (steps / "2" / "commit_success.txt").exists()
+
+  procs = _two_processes(data_dir, bucket)
+  outs = [helpers.finish(p) for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+    assert "Resumed from step 2" in out
+  assert _losses(outs[0]) == _losses(outs[1]) == losses[0][2:]
+  straight, resumed = _train_losses(tmp_path / "run"), _train_losses(bucket)
+  assert resumed == straight, (resumed, straight)  # Every step's loss, bit for bit.
+  gcs_emulator.fresh_listings()
+  assert (epath.Path(bucket) / "eval" / "metrics.json").exists()
 
 
 _RUN = """

@@ -1,0 +1,127 @@
+"""Folders a user names: local paths or bucket URLs (``gs://...``, whatever ``etils.epath`` opens).
+
+Every path a user gives (a workdir, ``config.data.dir``, prepare's ``--out``, converted weights,
+``proposals.detector``, predict and evaluate's folders) goes through ``path``, and everything
+written there goes through ``epath``, orbax or ``staged``. ``pathlib.Path`` would turn
+``gs://b/run`` into a local folder named ``gs:``, and each host of a pod slice would write its
+own (``tests/test_paths.py`` holds the package to this).
+
+What cannot write to a bucket directly (tensorboardX, ``logging.FileHandler``, csv and
+matplotlib writers) writes into a local folder that is then uploaded: ``staged`` for a folder
+written in one go, ``Mirror`` for files that grow during a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+import urllib.parse
+
+from etils import epath
+
+from attend_jax.data.errors import DataError
+
+
+def path(p: str | os.PathLike) -> epath.Path:
+  """``p`` as an ``epath.Path``: a URL as it is, a local path made absolute."""
+  text = os.fspath(p)
+  if is_local(text):
+    return epath.Path(os.path.abspath(os.path.expanduser(text)))
+  return epath.Path(text)
+
+
+def is_local(p: str | os.PathLike) -> bool:
+  """A path on this machine's file system (no URL scheme, or ``file:``)."""
+  return urllib.parse.urlsplit(os.fspath(p)).scheme in ("", "file")
+
+
+def local(p: str | os.PathLike) -> pathlib.Path:
+  """``p`` as a ``pathlib.Path`` for code that needs the local file system (flock, C++ readers);
+  ValueError for a URL."""
+  if not is_local(p):
+    raise ValueError(f"{p} is not on the local file system")
+  return pathlib.Path(os.fspath(path(p)))
+
+
+def upload(src: pathlib.Path, dest: epath.Path) -> None:
+  """Copies the files under the local folder ``src`` to ``dest``, replacing what is there."""
+  for file in sorted(src.rglob("*")):
+    if file.is_file():
+      target = dest / file.relative_to(src).as_posix()
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(file.read_bytes())
+
+
+@contextlib.contextmanager
+def staged(folder: str | os.PathLike):
+  """A local folder to write ``folder``'s files into: ``folder`` itself when it is local, else
+  a temporary one that is uploaded on the way out (also after an error, so what was written is
+  kept)."""
+  folder = path(folder)
+  if is_local(folder):
+    out = local(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    yield out
+    return
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix="attend_jax-staged-"))
+  try:
+    yield tmp
+  finally:
+    upload(tmp, folder)
+    shutil.rmtree(tmp)
+
+
+class Mirror:
+  """A local copy of a remote folder's growing files (TensorBoard events, metrics.jsonl,
+  log.txt), uploaded by ``sync``; ``due`` says when ``every_s`` has passed, so that a busy loop
+  need not upload at every step. A local folder is its own mirror (``sync`` does nothing).
+
+  Files already in the remote folder are downloaded first when ``resume`` names them, so that
+  appending continues them.
+  """
+
+  def __init__(self, folder: str | os.PathLike, resume: tuple[str, ...] = (),
+               every_s: float = 30.0):
+    self.remote = path(folder)
+    self.every_s = every_s
+    self._last = time.monotonic()
+    if is_local(self.remote):
+      self.dir = local(self.remote)
+      self.dir.mkdir(parents=True, exist_ok=True)
+      return
+    key = hashlib.sha1(str(self.remote).encode()).hexdigest()[:12]
+    self.dir = pathlib.Path(tempfile.mkdtemp(prefix=f"attend_jax-mirror-{key}-"))
+    for name in resume:
+      if (self.remote / name).exists():
+        (self.dir / name).write_bytes((self.remote / name).read_bytes())
+
+  def due(self) -> bool:
+    """Whether ``every_s`` has passed since the last upload (always False for a local folder)."""
+    return not is_local(self.remote) and time.monotonic() - self._last >= self.every_s
+
+  def sync(self) -> None:
+    """Uploads the mirror now."""
+    if not is_local(self.remote):
+      upload(self.dir, self.remote)
+      self._last = time.monotonic()
+
+  def close(self) -> None:
+    """A last upload; the local copy of a remote folder is then removed."""
+    if not is_local(self.remote):
+      self.sync()
+      shutil.rmtree(self.dir)
+
+
+class RemoteRecordsError(DataError):
+  """Prepared records on a bucket, which the ArrayRecord reader cannot open."""
+
+  def __init__(self, data_dir, reason: str):
+    super().__init__(
+        data_dir, f"prepared records cannot be read from a bucket ({reason}); copy the prepared"
+        f" folder to local disk (gcloud storage cp -r {data_dir} /mnt/disks/ssd/) and pass that"
+        " folder as --config.data.dir")

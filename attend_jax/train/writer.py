@@ -24,14 +24,14 @@ def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch whenever
   it is installed (Colab, our test environment), only to recognise torch tensors, which we never
   pass; that was 1.7 s of every run's start."""
-  if "torch" in sys.modules:
-    from tensorboardX import SummaryWriter
-    return SummaryWriter
-  sys.modules["torch"] = None  # An import of it raises ImportError, which tensorboardX expects.
+  block = "torch" not in sys.modules
+  if block:
+    sys.modules["torch"] = None  # An import of it raises ImportError, which tensorboardX expects.
   try:
     from tensorboardX import SummaryWriter
   finally:
-    del sys.modules["torch"]
+    if block:
+      del sys.modules["torch"]
   return SummaryWriter
 
 

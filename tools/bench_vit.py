@@ -14,6 +14,10 @@ On a GPU backend it adds ViT-B/14 at 448 px in bfloat16 and reports TFLOP/s and 
   .venv/bin/python tools/bench_vit.py --dry_run         # the same code path, tiny, one call each
 
 ``--json=PATH`` also writes every row (tools/bench_accelerator.sh collects them).
+``--profile=PATH`` then traces each part in both frameworks and writes per-op tables (markdown):
+which XLA op (its HLO, its class) takes the time, beside PyTorch's aten ops (tools/op_profile.py).
+
+  .venv/bin/python tools/bench_vit.py --sizes=224 --parts=train --profile=profile_vit.md
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from flax import nnx
 from attend_jax.convert import dinov2 as conv
 from attend_jax.models import vit
 from bench_util import forward_flops, interleaved
+import op_profile
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["224", "448"], "Square image sizes, multiples of 14.")
@@ -53,6 +58,9 @@ flags.DEFINE_float("peak_tflops", 989.0, "Accelerator dense bf16 peak for MFU (H
 flags.DEFINE_integer("gemm_n", 4096, "Side of the square GEMM yardstick.")
 flags.DEFINE_bool("dry_run", False, "28 px, batch 1, one timed call each, no GEMM: a check.")
 flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
+flags.DEFINE_string("profile", None, "Also write per-op time tables of each part to this "
+                    "markdown file (needs --jit=jax).")
+flags.DEFINE_integer("profile_reps", 3, "Traced calls per part and framework for --profile.")
 
 transformers.logging.set_verbosity_error()
 
@@ -144,7 +152,10 @@ def _jax_fns(model: vit.DinoV2, x: jax.Array) -> dict[str, Callable[[], None]]:
     state[0], state[1], loss = step(state[0], state[1], x)
     loss.block_until_ready()
 
-  return {"forward": lambda: fwd(params, x).block_until_ready(), "train": train}
+  # The optimised HLO of each, for --profile to name what each traced op computes.
+  hlo = {"forward": lambda: fwd.lower(params, x).compile().as_text(),
+         "train": lambda: step.lower(state[0], state[1], x).compile().as_text()}
+  return {"forward": lambda: fwd(params, x).block_until_ready(), "train": train, "hlo": hlo}
 
 
 def _torch_fns(hf: transformers.Dinov2Model, x: torch.Tensor, dtype: str,
@@ -211,7 +222,17 @@ def run_case(case: Case, device: str | None, parts: list[str]):
     fns["jax"] = jfns[part]
     med = interleaved(fns, *((1, 0) if FLAGS.dry_run else (FLAGS.reps, FLAGS.warmup)))
     work = flops * (3 if part == "train" else 1)
+    if FLAGS.profile:
+      reps = 1 if FLAGS.dry_run else FLAGS.profile_reps
+      jtab = op_profile.jax_ops(jfns[part], jfns["hlo"][part](), reps)
+      ttab = op_profile.torch_ops(tfns[part], reps) if tfns else None
+      _PROFILES.append(op_profile.markdown(
+          f"{case.variant} {case.size} px, batch {FLAGS.batch}, {case.dtype}, {part}: "
+          f"ms per call", jtab, ttab))
     yield case, part, med, work, compile_s
+
+
+_PROFILES: list[str] = []
 
 
 def print_header(gpu: bool) -> None:
@@ -266,6 +287,8 @@ def main(argv):
         f"torch {torch.__version__} on {device}, {torch.get_num_threads()} threads; "
         f"batch {FLAGS.batch}, {FLAGS.reps} reps, jit={FLAGS.jit}")
   gemm = None
+  if FLAGS.profile and FLAGS.jit != "jax":
+    raise app.UsageError("--profile needs --jit=jax (it reads the jitted step's HLO)")
   if FLAGS.dry_run:
     FLAGS.sizes, FLAGS.batch = ["28"], 1
   if "gemm" in FLAGS.parts and device and not FLAGS.dry_run:
@@ -282,6 +305,11 @@ def main(argv):
     for row in run_case(case, device, parts):
       print_row(row, gemm, gpu)
       rows.append(row_figures(row, gpu))
+  if FLAGS.profile:
+    pathlib.Path(FLAGS.profile).write_text(
+        f"# Per-op profile (tools/bench_vit.py; {jax.devices()[0].device_kind}, torch "
+        f"{torch.get_num_threads()} threads)\n\n" + "\n".join(_PROFILES))
+    print(f"Per-op tables: {FLAGS.profile}")
   if FLAGS.json:
     pathlib.Path(FLAGS.json).write_text(json.dumps(
         {"bench": "vit", "dry_run": FLAGS.dry_run, "device": jax.devices()[0].device_kind,

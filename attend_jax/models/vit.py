@@ -172,9 +172,37 @@ def attention_as_on(backend: str):
     _ATTENTION_BACKEND.reset(token)
 
 
+def _backend() -> str:
+  return _ATTENTION_BACKEND.get() or jax.default_backend()
+
+
+@jax.custom_vjp
+def residual_barrier(x):
+  """The identity; in the backward pass its cotangent is materialised (a fusion boundary).
+
+  The gradient of the residual stream is a sum over every later block. Unbarriered, XLA:CPU
+  fuses that whole sum into each block's backward fusions and recomputes it there: the fusion at
+  block i of 12 read 4 + 4 (12 - i) arrays, quadratic in depth, and the ViT-S/14 train step at
+  224 px spent 13 % of its time in 24 such fusions (tools/bench_vit.py --profile).
+  """
+  return x
+
+
+def _materialised(g):
+  # XLA:CPU drops optimisation barriers before fusion, and folds a conditional whose branches
+  # are the same; one on a value it cannot know at compile time, with branches that differ, is
+  # a fusion boundary it keeps. The other branch only runs on a gradient that is already not
+  # finite, and keeps it so.
+  pred = jnp.isfinite(g.reshape(-1)[0])
+  return jax.lax.cond(pred, lambda t: t, lambda t: jnp.full_like(t, jnp.nan), g)
+
+
+residual_barrier.defvjp(lambda x: (x, None), lambda _, g: (_materialised(g),))
+
+
 def multihead_attention(q, k, v, chunk: int = 0):
   """Softmax attention over (B, N, H, D) inputs, optionally in blocks of ``chunk`` queries."""
-  backend = _ATTENTION_BACKEND.get() or jax.default_backend()
+  backend = _backend()
   if backend != "cpu" and not chunk:
     # cuDNN's fused (flash) attention on GPUs where it applies, XLA's otherwise.
     return jax.nn.dot_product_attention(q, k, v)
@@ -258,9 +286,10 @@ class Block(nnx.Module):
     self.ls2 = LayerScale(cfg.width, cfg.layerscale_init)
 
   def __call__(self, x, return_weights: bool = False):
-    x = batch_sharded(x)
+    barrier = residual_barrier if _backend() == "cpu" else lambda t: t
+    x = barrier(batch_sharded(x))
     y, weights = self.attn(self.norm1(x), return_weights)
-    x = x + self.ls1(y)
+    x = barrier(x + self.ls1(y))
     x = x + self.ls2(self.mlp(self.norm2(x)))
     return batch_sharded(x), weights
 

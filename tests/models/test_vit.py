@@ -111,3 +111,27 @@ def test_bfloat16_compute_stays_close_to_float32():
   b, _ = bf16(x)
   assert b.dtype == jnp.bfloat16
   assert np.abs(np.asarray(a) - np.asarray(b, np.float32)).max() < 0.1
+
+
+def _max_fusion_operands(depth: int) -> int:
+  cfg = vit.config_for("vits14", width=32, depth=depth, num_heads=2, pretrained_grid=2)
+  graphdef, params, rest = nnx.split(vit.create(cfg), nnx.Param, ...)
+  loss = lambda p, x: jnp.sum(nnx.merge(graphdef, p, rest)(x)[0] ** 2)
+  hlo = jax.jit(jax.grad(loss)).lower(params, jnp.ones((2, 28, 28, 3))).compile().as_text()
+  fusions = [line.split(" fusion(", 1)[1].split(")", 1)[0] for line in hlo.splitlines()
+             if " fusion(" in line]
+  return max(f.count("%") for f in fusions)
+
+
+def test_backward_fusions_do_not_grow_with_depth():
+  # Without residual_barrier, XLA:CPU recomputed the residual stream's gradient (a sum over every
+  # later block) inside each block's backward fusions: their operands grew by 4 per block.
+  assert _max_fusion_operands(8) == _max_fusion_operands(3)
+
+
+def test_residual_barrier_is_the_identity_and_keeps_a_non_finite_gradient():
+  x = jnp.arange(6.0).reshape(2, 3)
+  f = lambda x, c: jnp.sum(c * vit.residual_barrier(x) ** 2)
+  np.testing.assert_array_equal(vit.residual_barrier(x), x)
+  np.testing.assert_array_equal(jax.jit(jax.grad(f))(x, 1.0), 2 * x)
+  assert not np.isfinite(jax.jit(jax.grad(f))(x, jnp.inf)).any()

@@ -1,0 +1,33 @@
+"""tools/bench_vit.py's dry run, and its per-op profile (tools/op_profile.py)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+
+import helpers
+import op_profile
+
+
+def test_classify_names_the_matmul_and_its_shapes():
+  f = jax.jit(lambda a, b: jnp.tanh(a @ b).sum(0))
+  hlo = f.lower(jnp.ones((8, 16)), jnp.ones((16, 4))).compile().as_text()
+  kinds = op_profile.classify_hlo(hlo)
+  dots = [v["what"] for v in kinds.values() if v["kind"] == "matmul"]
+  assert dots and all("f32[8,16] x f32[16,4]" in d for d in dots), kinds
+  table = op_profile.jax_ops(lambda: f(jnp.ones((8, 16)), jnp.ones((16, 4))).block_until_ready(),
+                             hlo, reps=2)
+  assert table["traced_ms"] > 0 and sum(r["share"] for r in table["ops"].values()) > 0.99
+  assert "matmul" in op_profile.summary(table), table
+
+
+def test_dry_run_writes_rows_and_both_frameworks_op_tables(tmp_path):
+  out = helpers.run("tools/bench_vit.py", "--dry_run", f"--json={tmp_path / 'vit.json'}",
+                    f"--profile={tmp_path / 'profile.md'}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = json.loads((tmp_path / "vit.json").read_text())["rows"]
+  assert {r["part"] for r in rows} == {"forward", "train"}
+  assert all(r["torch_ms"] > 0 and r["jax_ms"] > 0 for r in rows)
+  profile = (tmp_path / "profile.md").read_text()
+  assert profile.count("### vits14 28 px") == 2
+  assert "| aten::" in profile and "= backward dot of" in profile  # The train step's backward.

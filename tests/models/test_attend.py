@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from attend_jax.convert import reference_checkpoint
 from attend_jax.models import attend, roi, vit
@@ -26,6 +27,10 @@ def _pair(pool, seed=0):
       pool=pool, roi_size=SIZE)
   sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
   return ref, reference_checkpoint.load_reference(sd, cfg)
+
+
+# Jitted, one compile each: op by op, a call of the model took 10-30 s on 2 cores.
+_call = nnx.jit(lambda model, *args: model(*args))
 
 
 def _inputs(b=2, k=5, seed=0):
@@ -57,7 +62,8 @@ def test_from_images_crops_on_device_like_the_reference():
   boxes = np.array([[35, 45, 70, 90], [20, 30, 16, 20], [60, 80, 30, 30]], np.float32)
   padded = np.zeros((1, 112, 112), np.float32)
   padded[0, :90, :70] = image / 65535.0
-  logits, _ = ours.from_images(jnp.asarray(padded), jnp.array([[90, 70]]), jnp.asarray(boxes[None]))
+  logits, _ = nnx.jit(lambda m, *a: m.from_images(*a))(
+      ours, jnp.asarray(padded), jnp.array([[90, 70]]), jnp.asarray(boxes[None]))
 
   # The reference's host pipeline, step by step.
   from test_roi import _reference_crop
@@ -75,12 +81,12 @@ def test_from_images_crops_on_device_like_the_reference():
 def test_train_mode_uses_batch_statistics_and_dropout():
   _, model = _pair("anchor")
   crops, positions = _inputs(b=4)
-  eval_logits, _ = model(crops, positions)
-  np.testing.assert_array_equal(model(crops, positions)[0], eval_logits)  # Deterministic.
+  eval_logits, _ = _call(model, crops, positions)
+  np.testing.assert_array_equal(_call(model, crops, positions)[0], eval_logits)  # Deterministic.
   stats_before = np.asarray(model.bn_vision.mean[...]).copy()
   model.train()
-  a, _ = model(crops, positions)
-  b, _ = model(crops, positions)
+  a, _ = _call(model, crops, positions)
+  b, _ = _call(model, crops, positions)
   assert not np.allclose(a, b)  # Dropout draws differ.
   assert not np.allclose(np.asarray(model.bn_vision.mean[...]), stats_before)  # Running stats.
   model.eval()
@@ -93,7 +99,7 @@ def test_two_class_head_and_bad_config():
   model.eval()
   rng = np.random.default_rng(0)
   crops = rng.normal(size=(2, 3, 28, 28, 3)).astype(np.float32)
-  logits, aux = model(crops, rng.uniform(size=(2, 3, 4)).astype(np.float32))
+  logits, aux = _call(model, crops, rng.uniform(size=(2, 3, 4)).astype(np.float32))
   assert logits.shape == (2, 2) and aux["roi_embeddings"].shape == (2, 3, 32 + 256)
   for bad, message in ((dict(pool="max"), "pool must be one of"),
                        (dict(num_classes=3), "num_classes must be 1"),
@@ -106,11 +112,11 @@ def test_two_class_head_and_bad_config():
 def test_bfloat16_compute_stays_close_to_float32():
   ref, ours = _pair("anchor")
   crops, positions = _inputs()
-  f32, _ = ours(crops, positions)
+  f32, _ = _call(ours, crops, positions)
   cfg = dataclasses.replace(ours.cfg, vit=dataclasses.replace(ours.cfg.vit, dtype=jnp.bfloat16))
   sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
   bf16_model = reference_checkpoint.load_reference(sd, cfg)
-  bf16, aux = bf16_model(crops, positions)
+  bf16, aux = _call(bf16_model, crops, positions)
   assert aux["roi_features"].dtype == jnp.float32  # The aggregator and head stay float32.
   np.testing.assert_allclose(bf16, f32, atol=0.1)
 
@@ -134,7 +140,7 @@ def test_convert_reference_cli_output_loads_for_predict(tmp_path):
   crops, positions = _inputs(seed=4)
   with torch.no_grad():
     ref_logits, _ = ref(torch.from_numpy(crops).permute(0, 1, 4, 2, 3), torch.from_numpy(positions))
-  logits, _ = loaded.model(jnp.asarray(crops), jnp.asarray(positions))
+  logits, _ = _call(loaded.model, jnp.asarray(crops), jnp.asarray(positions))
   np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4, rtol=0)
 
   # A state dict of another architecture is refused with the file named.

@@ -30,7 +30,7 @@ def _images(size, batch=2, seed=0):
 
 def _compare(hf_model, ours, images, num_registers):
   ref = run_hf(hf_model, images)
-  cls, aux = jax.jit(lambda x: ours(x))(images)
+  cls, aux = nnx.jit(lambda m, x: m(x))(ours, images)  # Weights as arguments, not constants.
   np.testing.assert_allclose(cls, ref[:, 0], atol=ATOL, rtol=0)
   np.testing.assert_allclose(aux["patch_tokens"], ref[:, 1 + num_registers:], atol=ATOL, rtol=0)
   np.testing.assert_allclose(aux["register_tokens"], ref[:, 1:1 + num_registers], atol=ATOL,

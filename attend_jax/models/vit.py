@@ -163,8 +163,9 @@ _ATTENTION_BACKEND = contextvars.ContextVar("attention_backend", default=None)
 
 @contextlib.contextmanager
 def attention_as_on(backend: str):
-  """Traces ``multihead_attention`` as on ``backend`` ("gpu", "tpu" or "cpu") whatever the
-  default backend is: tools/scale_report.py compiles the accelerator's program on CPU."""
+  """Traces ``multihead_attention`` and the blocks' ``residual_barrier`` as on ``backend``
+  ("gpu", "tpu" or "cpu") whatever the default backend is: tools/scale_report.py compiles the
+  accelerator's program on CPU."""
   token = _ATTENTION_BACKEND.set(backend)
   try:
     yield

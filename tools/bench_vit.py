@@ -64,6 +64,8 @@ flags.DEFINE_integer("profile_reps", 3, "Traced calls per part and framework for
 
 transformers.logging.set_verbosity_error()
 
+_PROFILES: list[str] = []  # --profile's tables, one per case and part, written at the end.
+
 _JNP_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -230,9 +232,6 @@ def run_case(case: Case, device: str | None, parts: list[str]):
           f"{case.variant} {case.size} px, batch {FLAGS.batch}, {case.dtype}, {part}: "
           f"ms per call", jtab, ttab))
     yield case, part, med, work, compile_s
-
-
-_PROFILES: list[str] = []
 
 
 def print_header(gpu: bool) -> None:

@@ -69,7 +69,8 @@ def classify_hlo(hlo: str) -> dict[str, dict]:
   table = {}
   for instrs in comps.values():
     for name, shape, op, rest in instrs:
-      inner = opcodes(_CALLS.search(rest).group(1)) if _CALLS.search(rest) else []
+      callee = _CALLS.search(rest)
+      inner = opcodes(callee.group(1)) if callee else []
       ops = {o for _, _, o, _ in inner} | {op}
       dots = [(s, r) for _, s, o, r in inner + [(name, shape, op, rest)]
               if o in ("dot", "convolution")]
@@ -101,7 +102,7 @@ def classify_hlo(hlo: str) -> dict[str, dict]:
 
 def jax_ops(fn: Callable[[], None], hlo: str, reps: int) -> dict:
   """Traces ``reps`` calls of ``fn``: per-op {ms per call, share, kind, what}, summed over
-  threads (XLA:CPU runs independent thunks at once), and the wall ms per call."""
+  threads (XLA:CPU runs independent thunks at once)."""
   fn()
   with tempfile.TemporaryDirectory() as tmp:
     import jax
@@ -113,24 +114,17 @@ def jax_ops(fn: Callable[[], None], hlo: str, reps: int) -> dict:
   events = events["traceEvents"] if isinstance(events, dict) else events
   kinds = classify_hlo(hlo)
   per_op = collections.Counter()
-  wall = 0.0
   for e in events:
-    if e.get("ph") != "X":
-      continue
-    name = e["name"]
-    if name.startswith("PjitFunction"):
-      wall += e["dur"]
-    if name.startswith(_WRAPPERS):
-      continue
-    per_op[e.get("args", {}).get("hlo_op", name)] += e["dur"]
+    if e.get("ph") == "X" and not e["name"].startswith(_WRAPPERS):
+      per_op[e.get("args", {}).get("hlo_op", e["name"])] += e["dur"]
   # A while thunk (lax.map) spans the thunks of its body, which are counted themselves.
-  loops = {n: per_op.pop(n) for n in list(per_op) if kinds.get(n, {}).get("kind") == "loop"}
+  for name in [n for n in per_op if kinds.get(n, {}).get("kind") == "loop"]:
+    del per_op[name]
   total = sum(per_op.values())
   rows = {name: {"ms": us / 1e3 / reps, "share": us / total,
                  **kinds.get(name, {"kind": "other", "what": "?"})}
           for name, us in per_op.most_common()}
-  return {"wall_ms": wall / 1e3 / reps, "traced_ms": total / 1e3 / reps, "ops": rows,
-          "loops_ms": {n: us / 1e3 / reps for n, us in loops.items()}}
+  return {"traced_ms": total / 1e3 / reps, "ops": rows}
 
 
 # aten ops -> the classes of classify_hlo, for the side-by-side summary.
@@ -182,8 +176,7 @@ def markdown(title: str, jax_table: dict, torch_table: dict | None, top: int = 1
   lines += ["| class | jax ms | torch ms |", "| --- | ---: | ---: |"]
   for kind in dict.fromkeys([*kinds, *tk]):
     lines.append(f"| {kind} | {kinds.get(kind, 0):.1f} | {tk.get(kind, 0):.1f} |")
-  lines.append(f"| all traced (jax wall {jax_table['wall_ms']:.1f}) | "
-               f"{jax_table['traced_ms']:.1f} | "
+  lines.append(f"| all traced | {jax_table['traced_ms']:.1f} | "
                f"{torch_table['traced_ms'] if torch_table else 0:.1f} |")
   groups = collections.defaultdict(lambda: [0.0, 0])
   for row in jax_table["ops"].values():

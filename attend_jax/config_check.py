@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from attend_jax import tasks
-from attend_jax.models import attend, roi, vit
+from attend_jax.data.errors import DataError
+from attend_jax.models import attend, build, roi, vit
 
 
 class ConfigError(ValueError):
@@ -85,3 +86,7 @@ def check(config) -> None:
     tasks.get(config).check()
   except (ValueError, TypeError, KeyError) as e:
     raise ConfigError(f"config.model / config.detector: {e}") from None
+  try:  # A converted backbone that is missing or of another size: a second, not a minute.
+    build.pretrained_vit(config)
+  except DataError as e:
+    raise ConfigError(f"config.model.pretrained={e.path}: {e.reason}.") from None

@@ -23,6 +23,11 @@ _REGISTERS = flags.DEFINE_bool("registers", False, "The model has 4 register tok
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Weights file or URL. Default: Meta's official file for --variant.")
 _OUT = flags.DEFINE_string("out", None, "Output folder for the orbax checkpoint.", required=True)
+# A smaller backbone of the same design: test weights, and the configs' :tiny variants, whose
+# vit_overrides say the same sizes.
+_WIDTH = flags.DEFINE_integer("width", 0, "Embedding width, when not the variant's (0).")
+_DEPTH = flags.DEFINE_integer("depth", 0, "Number of blocks, when not the variant's (0).")
+_HEADS = flags.DEFINE_integer("num_heads", 0, "Attention heads, when not the variant's (0).")
 _INTERP = flags.DEFINE_enum(
     "pos_embed_interp", None, interpolate.POS_EMBED_INTERPOLATIONS,
     "Override how position embeddings are resized at other image sizes. Default: the source"
@@ -32,8 +37,11 @@ _INTERP = flags.DEFINE_enum(
 
 def main(argv):
   del argv
+  sizes = {k: v for k, v in (("width", _WIDTH.value), ("depth", _DEPTH.value),
+                             ("num_heads", _HEADS.value)) if v}
   info = dinov2.convert(_CHECKPOINT.value, _VARIANT.value, _OUT.value, _REGISTERS.value,
-                        _INTERP.value, progress=Progress("downloading", "B", unit_scale=True))
+                        _INTERP.value, progress=Progress("downloading", "B", unit_scale=True),
+                        **sizes)
   print(f"converted {info['source']} ({info['source_format']} names, {info['num_params']:,}"
         f" parameters, position resize {info['pos_embed_interp']}) -> {_OUT.value}")
 

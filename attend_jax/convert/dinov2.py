@@ -418,6 +418,33 @@ def _pos_grid(sd, path) -> int:
   return side
 
 
+def write_random(path: str | os.PathLike, cfg: vit.ViTConfig, seed: int = 0) -> None:
+  """Random weights of ``cfg``'s shapes, as timm's hub DINOv2 files hold them (safetensors,
+  Meta's names without ``mask_token``): a stand-in for a pretrained file, for trying the whole
+  path (convert, train, predict) with nothing downloaded. Initialised as DINOv2 is before
+  pretraining: truncated-normal-like weights, unit norms, zero biases, LayerScale at
+  ``cfg.layerscale_init``."""
+  from safetensors.numpy import save_file
+
+  if cfg.num_registers:
+    raise ValueError("write_random writes models without registers (timm renames their tokens)")
+  rng = np.random.default_rng(seed)
+  state = {}
+  for name, shape in _expected_shapes(cfg).items():
+    if name.endswith(".bias"):
+      value = np.zeros(shape)
+    elif name.endswith("gamma"):
+      value = np.full(shape, cfg.layerscale_init)
+    elif re.search(r"(^|\.)norm\d?\.weight$", name):
+      value = np.ones(shape)
+    else:
+      value = np.clip(rng.normal(0.0, 0.02, shape), -0.04, 0.04)
+    state[name] = value.astype(np.float32)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  save_file(state, str(path))
+
+
 # ----------------------------------------------------------------------------------------------
 # Download.
 # ----------------------------------------------------------------------------------------------
@@ -481,9 +508,16 @@ def config_to_json(cfg: vit.ViTConfig) -> dict:
 
 
 def config_from_json(data: dict) -> vit.ViTConfig:
+  """TypeError / ValueError for a field of the wrong kind, or one ViTConfig does not have."""
   data = dict(data)
   data["dtype"] = jnp.dtype(data.get("dtype", "float32"))
-  return vit.ViTConfig(**data)
+  cfg = vit.ViTConfig(**data)
+  for field in dataclasses.fields(cfg):
+    default, value = field.default, getattr(cfg, field.name)
+    if isinstance(default, (int, float, str)) and not (
+        isinstance(value, type(default)) or (type(default) is float and type(value) is int)):
+      raise TypeError(f"{field.name} is {value!r}, not a {type(default).__name__}")
+  return cfg
 
 
 def save(model: vit.DinoV2, out_dir: str | os.PathLike, metadata: dict | None = None) -> None:
@@ -502,22 +536,39 @@ def save(model: vit.DinoV2, out_dir: str | os.PathLike, metadata: dict | None = 
   (out_dir / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
+def read_config(ckpt_dir: str | os.PathLike, variant: str = "vitb14") -> vit.ViTConfig:
+  """The architecture a ``save`` folder holds, from its ``vit_config.json``; a missing folder's
+  error gives the command that writes it, for ``variant``."""
+  ckpt_dir = paths.path(ckpt_dir)
+  config_path = ckpt_dir / CONFIG_FILE
+  if not ckpt_dir.exists():
+    raise CheckpointError(ckpt_dir, "no such folder; convert the backbone's weights there"
+                          f" first: python tools/convert_dinov2.py --variant {variant}"
+                          f" --out {ckpt_dir}")
+  if not config_path.exists():
+    raise CheckpointError(ckpt_dir, f"not a converted DINOv2 checkpoint (no {CONFIG_FILE})")
+  try:
+    return config_from_json(json.loads(config_path.read_text())["config"])
+  except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError.
+    raise CheckpointError(config_path, f"unreadable ({type(e).__name__}: {e}); convert the"
+                          " weights again with tools/convert_dinov2.py") from None
+
+
 def load(ckpt_dir: str | os.PathLike, shardings=None, **config_overrides) -> vit.DinoV2:
-  """Loads a backbone written by ``save``; ``shardings`` (a state-shaped tree) places it."""
+  """Loads a backbone written by ``save``; ``shardings`` (a state-shaped tree of concrete
+  shardings, e.g. a live model's) places each parameter as it is read, else it lands on the
+  default device."""
   import orbax.checkpoint as ocp
 
   ckpt_dir = paths.path(ckpt_dir)
-  config_path = ckpt_dir / CONFIG_FILE
-  if not config_path.exists():
-    raise CheckpointError(ckpt_dir, f"not a converted DINOv2 checkpoint (no {CONFIG_FILE})")
-  cfg = config_from_json(json.loads(config_path.read_text())["config"])
-  cfg = dataclasses.replace(cfg, **config_overrides)
+  cfg = dataclasses.replace(read_config(ckpt_dir), **config_overrides)
   model = vit.abstract(cfg)
   target = nnx.state(model, nnx.Param)
-  if shardings is not None:
-    target = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), target, shardings
-    )
+  # Under jax.set_mesh the abstract model carries shardings of an AbstractMesh, which name no
+  # devices: orbax cannot place arrays with them.
+  target = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), target,
+      shardings if shardings is not None else jax.tree.map(lambda _: None, target))
   with ocp.StandardCheckpointer() as ckptr:
     restored = ckptr.restore(ckpt_dir / STATE_DIR, target)
   nnx.update(model, restored)
@@ -541,10 +592,11 @@ def resolve_source(checkpoint: str | None, variant: str, registers: bool,
 
 def convert(checkpoint: str | None, variant: str, out: str | os.PathLike, registers: bool = False,
             pos_embed_interp: str | None = None,
-            progress: Callable[[int, int], None] | None = None) -> dict:
-  """Converts a weights file (or Meta's official one) into an orbax checkpoint at ``out``."""
+            progress: Callable[[int, int], None] | None = None, **sizes) -> dict:
+  """Converts a weights file (or Meta's official one) into an orbax checkpoint at ``out``;
+  ``sizes`` (width, depth, num_heads) describe a smaller model than ``variant``'s."""
   source = resolve_source(checkpoint, variant, registers, progress)
-  loaded = load_pretrained(source, variant, registers, pos_embed_interp)
+  loaded = load_pretrained(source, variant, registers, pos_embed_interp, **sizes)
   info = {
       "variant": variant,
       "registers": registers,

@@ -40,17 +40,60 @@ def detector_config(config) -> detector.DetectorConfig:
       max_detections=d.max_detections)
 
 
-def load_pretrained_backbone(model: nnx.Module, path: str) -> None:
-  """Replaces ``model.vision_model``'s parameters by a converted DINOv2 (tools/convert_dinov2.py),
-  each placed with the sharding the live parameter has."""
+# The architecture fields a converted backbone fixes, and the config keys that set them.
+_ARCHITECTURE = {"width": "model.vit_overrides.width", "depth": "model.vit_overrides.depth",
+                 "num_heads": "model.vit_overrides.num_heads",
+                 "pretrained_grid": "model.vit_overrides.pretrained_grid",
+                 "num_registers": "model.registers", "mlp": "model.variant",
+                 "mlp_ratio": "model.variant"}
+
+
+def pretrained_vit(config) -> vit.ViTConfig | None:
+  """The backbone in ``config.model.pretrained`` (a tools/convert_dinov2.py folder), checked
+  against the config's architecture; None without one. CheckpointError names the file and
+  each config key that differs."""
+  if not config.model.pretrained:
+    return None
   from attend_jax.convert import dinov2
 
-  pretrained = dinov2.load(path)
-  if dataclasses.replace(pretrained.cfg, dtype=model.cfg.vit.dtype) != model.cfg.vit:
-    raise ValueError(f"{path}: the converted backbone is {pretrained.cfg}, but the config asks"
-                     f" for {model.cfg.vit}; set model.variant / registers to match.")
+  stored = dinov2.read_config(config.model.pretrained, variant=config.model.variant)
+  want = vit_config(config)
+  wrong = [f"{key}: the weights have {getattr(stored, field)!r}, the config"
+           f" {getattr(want, field)!r}" for field, key in _ARCHITECTURE.items()
+           if getattr(stored, field) != getattr(want, field)]
+  if wrong:
+    raise dinov2.CheckpointError(
+        config.model.pretrained, "the converted backbone does not match config.model ("
+        + "; ".join(wrong) + "): set those keys to the weights' values, or convert the"
+        " weights of the backbone the config asks for")
+  return stored
+
+
+def adopt_pretrained(config) -> None:
+  """Checks ``config.model.pretrained`` (``pretrained_vit``) and records in the config how its
+  position embeddings are resized: the weights' source model's own algorithm, which the
+  converter chose. config.json then says it, so every later build of the run (evaluate,
+  predict) resizes them as training did."""
+  stored = pretrained_vit(config)
+  if stored is not None and not config.model.vit_overrides.get("pos_embed_interp"):
+    with config.unlocked():
+      config.model.vit_overrides.pos_embed_interp = stored.pos_embed_interp
+
+
+def load_pretrained_backbone(model: nnx.Module, path: str) -> None:
+  """Replaces ``model.vision_model``'s parameters by a converted DINOv2 (tools/convert_dinov2.py),
+  each read straight into the sharding the live parameter has."""
+  from attend_jax.convert import dinov2
+
+  want = model.cfg.vit
+  stored = dinov2.read_config(path)
+  if dataclasses.replace(stored, dtype=want.dtype, pos_embed_interp=want.pos_embed_interp
+                         ) != want:
+    raise dinov2.CheckpointError(
+        path, f"the converted backbone is {stored}, but the model is {want}")
   current = nnx.state(model.vision_model, nnx.Param)
-  loaded = nnx.state(pretrained, nnx.Param)
-  placed = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), loaded, current)
-  nnx.update(model.vision_model, placed)
+  # Under the run's mesh, and never a whole copy on one device first.
+  pretrained = dinov2.load(path, shardings=jax.tree.map(lambda x: x.sharding, current),
+                           dtype=want.dtype, pos_embed_interp=want.pos_embed_interp)
+  nnx.update(model.vision_model, nnx.state(pretrained, nnx.Param))
   log("Loaded the DINOv2 backbone from %s", path)

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from attend_jax.convert import dinov2 as conv
+from attend_jax.models import vit
 from torch_refs import hf_dinov2, meta_state_from_hf, run_hf, timm_state_from_meta
 import helpers
 
@@ -227,9 +228,36 @@ def test_cli_converts_and_reports_bad_files(tmp_path):
   model = conv.load(tmp_path / "ckpt")
   _assert_same_outputs(hf_model, model, registers=False)
 
+  # A register model of a smaller size than its variant's, as the configs' :tiny variants use
+  # (the README's --variant vitb14 --registers, from a local file instead of the hub).
+  hf_model = hf_dinov2(width=64, depth=2, heads=2, registers=True, image_size=56)
+  torch.save(meta_state_from_hf(hf_model), tmp_path / "reg4.pth")
+  out = _cli("--variant", "vitb14", "--registers", "--width", "64", "--depth", "2",
+             "--num_heads", "2", "--checkpoint", str(tmp_path / "reg4.pth"),
+             "--out", str(tmp_path / "reg4"))
+  assert out.returncode == 0, out.stderr
+  _assert_same_outputs(hf_model, conv.load(tmp_path / "reg4"), registers=True)
+
   bad = tmp_path / "bad.pth"
   bad.write_text("not weights")
   out = _cli("--variant", "vits14", "--checkpoint", str(bad), "--out", str(tmp_path / "x"))
   assert out.returncode == 1
   assert f"error: {bad}: is not a checkpoint" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+def test_random_weights_are_a_timm_file_that_converts_tensor_for_tensor(tmp_path):
+  """``write_random``: the stand-in for a pretrained file when nothing may be downloaded."""
+  from safetensors.numpy import load_file
+
+  cfg = vit.config_for("vits14", width=64, depth=2, num_heads=2)
+  conv.write_random(tmp_path / "w.safetensors", cfg, seed=1)
+  raw = load_file(tmp_path / "w.safetensors")
+  assert "mask_token" not in raw and "blocks.1.attn.qkv.weight" in raw  # timm's names.
+  assert raw["blocks.0.attn.qkv.weight"].shape == (3 * 64, 64) and raw["norm.weight"].min() == 1
+  model = conv.load_pretrained(tmp_path / "w.safetensors", "vits14", width=64, depth=2,
+                               num_heads=2).model
+  np.testing.assert_array_equal(np.asarray(model.blocks[1].attn.qkv.kernel[...]),
+                                raw["blocks.1.attn.qkv.weight"].T)
+  with pytest.raises(ValueError, match="without registers"):
+    conv.write_random(tmp_path / "r.safetensors", vit.config_for("vits14", registers=True))

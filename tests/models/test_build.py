@@ -1,0 +1,92 @@
+"""A converted backbone into a config's model: loaded under the run's mesh, checked against the
+config, its position resize recorded (attend_jax/models/build.py)."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from attend_jax import tasks
+from attend_jax.convert import dinov2
+from attend_jax.models import build, vit
+from attend_jax.train import sharding
+from configs import cbis
+
+
+def _config(pretrained=""):
+  c = cbis.get_config("tiny")
+  c.model.pretrained = str(pretrained)
+  return c
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+  """What tools/convert_dinov2.py writes for the :tiny size, with an HF v1 file's resize."""
+  c = _config()
+  cfg = dataclasses.replace(build.vit_config(c), pos_embed_interp="hf_v1")
+  folder = tmp_path_factory.mktemp("weights") / "dinov2"
+  model = vit.create(cfg, seed=3)
+  dinov2.save(model, folder)
+  return folder, nnx.state(model, nnx.Param)
+
+
+def test_the_backbone_loads_under_the_run_s_mesh_into_its_sharded_layout(weights):
+  """The trainer builds and loads the model inside ``jax.set_mesh`` (8 devices, fsdp 2 here);
+  loading there raised ``_device_assignment is not implemented for AbstractMesh``."""
+  folder, saved = weights
+  config = _config(folder)
+  build.adopt_pretrained(config)
+  mesh = sharding.make_mesh(data=4, fsdp=2)
+  with jax.set_mesh(mesh):
+    model = sharding.create_sharded(lambda: tasks.get(config).build_model(seed=0), mesh)
+    before = {k: v.sharding for k, v in nnx.to_flat_state(nnx.state(model.vision_model,
+                                                                    nnx.Param))}
+    build.load_pretrained_backbone(model, str(folder))
+  loaded = nnx.to_flat_state(nnx.state(model.vision_model, nnx.Param))
+  want = dict(nnx.to_flat_state(saved))
+  assert len(loaded) == len(want) > 0
+  fsdp_split = 0
+  for key, value in loaded:
+    np.testing.assert_array_equal(np.asarray(value[...]), np.asarray(want[key][...]))
+    assert value[...].sharding == before[key]  # Read straight into the live layout.
+    fsdp_split += "fsdp" in str(value[...].sharding.spec)
+  assert fsdp_split > 0  # Some weights really are split over the fsdp axis.
+
+
+def test_the_weights_resize_is_recorded_in_the_config(weights):
+  folder, _ = weights
+  config = _config(folder)
+  assert build.vit_config(config).pos_embed_interp == "meta_v1"
+  build.adopt_pretrained(config)
+  assert config.model.vit_overrides.pos_embed_interp == "hf_v1"
+  assert build.vit_config(config).pos_embed_interp == "hf_v1"
+
+
+def test_a_backbone_of_another_size_names_each_config_key(weights):
+  folder, _ = weights
+  config = _config(folder)
+  config.model.vit_overrides.depth = 6
+  config.model.registers = True
+  with pytest.raises(dinov2.CheckpointError) as e:
+    build.pretrained_vit(config)
+  assert "model.vit_overrides.depth: the weights have 4, the config 6" in str(e.value)
+  assert "model.registers: the weights have 0, the config 4" in str(e.value)
+
+
+def test_a_missing_folder_gives_the_command_that_writes_it(tmp_path):
+  with pytest.raises(dinov2.CheckpointError,
+                     match=r"no such folder; convert .* python tools/convert_dinov2.py"
+                           r" --variant vitb14 --out .*nothing"):
+    build.pretrained_vit(_config(tmp_path / "nothing"))
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"config": {"width": "wide"}}', "[]"])
+def test_a_corrupt_vit_config_json_is_one_reason(weights, tmp_path, content):
+  folder, _ = weights
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  (broken / dinov2.CONFIG_FILE).write_text(content)
+  with pytest.raises(dinov2.CheckpointError, match="unreadable .*convert the weights again"):
+    dinov2.read_config(broken)

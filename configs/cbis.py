@@ -17,6 +17,14 @@ configs/detector_cbis.py instead (the two-stage recipe, see the README):
 
   python -m attend_jax.main --config=configs/cbis.py:smoke --workdir=/tmp/cbis \
       --config.data.dir=data/cbis
+
+``:tiny`` shrinks only sizes, keeping the pretrained backbone (one of its size:
+weights/dinov2_vitb14_tiny), bf16, frozen blocks, layer decay, losses and RoIs; it reads the
+dataset prepared with --long_side 256 (configs/common.py ``tiny``; the CI tier, tests/real_path,
+runs it on tools/make_synthetic.py --layout cbis_ddsm):
+
+  python -m attend_jax.main --config=configs/cbis.py:tiny --workdir=/tmp/cbis_tiny \
+      --config.data.dir=data/cbis_tiny
 """
 
 from configs import common
@@ -30,10 +38,11 @@ def get_config(arg: str = ""):
   c.train.steps = 3_000  # About 20 epochs of 2,400 training images at batch 16.
   c.train.eval_every = 150
   c.train.checkpoint_every = 150
-  if arg == "smoke":
-    common.smoke(c)
-  elif arg == "detector":
+  parts = common.variants(arg, "cbis", ("smoke", "tiny", "detector"))
+  if "detector" in parts:
     common.two_stage(c, "workdirs/detector_cbis")
-  elif arg:
-    raise ValueError(f"configs/cbis.py takes '', 'smoke' or 'detector', got {arg!r}")
+  if "smoke" in parts:
+    common.smoke(c)
+  if "tiny" in parts:
+    common.tiny(c)
   return c

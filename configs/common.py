@@ -46,8 +46,10 @@ def base() -> ml_collections.ConfigDict:
   c.model.variant = "vitb14"
   c.model.registers = False
   # Non-zero entries replace the variant's (e.g. a tiny ViT for tests and the demo).
+  # pos_embed_interp: how position embeddings are resized; "" takes the pretrained weights'
+  # own (recorded here at the start of a run), else Meta's.
   c.model.vit_overrides = ml_collections.ConfigDict(
-      {"width": 0, "depth": 0, "num_heads": 0, "pretrained_grid": 0})
+      {"width": 0, "depth": 0, "num_heads": 0, "pretrained_grid": 0, "pos_embed_interp": ""})
   c.model.pretrained = ""  # A tools/convert_dinov2.py output folder; "" trains from scratch.
   c.model.roi_size = 448
   c.model.pool = "anchor"
@@ -89,6 +91,11 @@ def base() -> ml_collections.ConfigDict:
   # On SIGTERM / SIGINT: seconds to save and commit a checkpoint before the process exits anyway
   # (spot and preemptible VMs get about 30 s).
   c.train.preemption_grace_s = 25.0
+  # Before the first batch is read, the train step is compiled and its memory (XLA's estimate)
+  # compared with the devices' (on CPU: the host's available RAM, with the pipeline's batches);
+  # a data.batch_size that cannot fit stops there, naming the largest that fits. False skips
+  # the comparison, e.g. where the estimate is wrong for a backend.
+  c.train.memory_check = True
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
 
@@ -153,6 +160,54 @@ def smoke(c: ml_collections.ConfigDict) -> None:
   c.train.log_every = 2
   c.train.eval_every = 3
   c.train.checkpoint_every = 3
+
+
+# The backbone of the :tiny variants: DINOv2's blocks at a CPU size, on the 37 x 37 position
+# grid of its 518 px pretraining, deep enough for 3 frozen blocks and a trained one.
+TINY_VIT = {"width": 64, "depth": 4, "num_heads": 2, "pretrained_grid": 37}
+TINY_WEIGHTS = "weights/dinov2_vitb14_tiny"
+TINY_CONVERT = ("python tools/convert_dinov2.py --variant vitb14 --width 64 --depth 4"
+                " --num_heads 2 --checkpoint FILE --out " + TINY_WEIGHTS)
+
+
+def tiny(c: ml_collections.ConfigDict, image_size: int = 256) -> None:
+  """Shrinks a config's sizes and nothing else, for CI and for trying a set-up on a CPU: a
+  4-block, 64-wide backbone, 28 px RoIs, stored crops of ``image_size`` px, batch 8, 6 steps.
+
+  Unlike ``smoke``, what users depend on stays as the config has it: the pretrained backbone
+  (``TINY_WEIGHTS``, a converter output of ``TINY_VIT``'s size: ``TINY_CONVERT``), the dtype,
+  the frozen blocks, layer decay, the losses, the dataset and its layout, the proposals source.
+  The prepared data are the config's dataset at ``image_size``
+  (tools/prepare_data.py --long_side ``image_size``, or full size where the config keeps it).
+  """
+  if c.data.prepare.long_side != 0:  # Full-size records (the reference's) stay full size.
+    c.data.name = f"{c.data.name.rsplit('_', 1)[0]}_{image_size}"
+  c.data.image_size = image_size
+  c.data.batch_size = c.data.eval_batch_size = 8
+  c.data.worker_count = min(c.data.worker_count, 1)  # Still a worker process, when it had any.
+  c.model.vit_overrides.update(TINY_VIT)
+  if c.model.pretrained:
+    c.model.pretrained = TINY_WEIGHTS
+  c.model.roi_size = 28
+  c.optim.warmup_steps = min(c.optim.warmup_steps, 2)
+  c.train.steps = 6
+  c.train.log_every = 2
+  c.train.eval_every = 3
+  c.train.checkpoint_every = 3
+  if c.task == "detect":
+    c.detector.input_size = 112
+    c.detector.fpn_dim = 32
+    c.detector.pre_nms = 100
+
+
+def variants(arg: str, name: str, allowed: tuple[str, ...]) -> set[str]:
+  """A config argument as a set of comma-separated variants (``tiny,detector``); a ValueError
+  naming the allowed ones otherwise."""
+  parts = {p for p in arg.split(",") if p}
+  if parts - set(allowed) or {"smoke", "tiny"} <= parts:
+    raise ValueError(f"configs/{name}.py takes a comma-separated subset of"
+                     f" {', '.join(allowed)} (smoke or tiny, not both), got {arg!r}")
+  return parts
 
 
 def detector(c: ml_collections.ConfigDict, dataset: str, batch_size: int) -> None:

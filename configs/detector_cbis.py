@@ -15,20 +15,29 @@ goes to WORKDIR/eval/metrics.json and eval/froc.png. ``:smoke`` runs a tiny ViT 
 
   python -m attend_jax.main --config=configs/detector_cbis.py:smoke --workdir=/tmp/det_cbis \
       --config.data.dir=data/cbis
+
+``:tiny`` shrinks only sizes, keeping the pretrained backbone (one of its size:
+weights/dinov2_vitb14_tiny), bf16, frozen blocks, layer decay, losses and RoIs; it reads the
+dataset prepared with --long_side 256 (configs/common.py ``tiny``; the CI tier, tests/real_path,
+runs it on tools/make_synthetic.py --layout cbis_ddsm):
+
+  python -m attend_jax.main --config=configs/detector_cbis.py:tiny --workdir=/tmp/detector_cbis_tiny \
+      --config.data.dir=data/cbis_tiny
 """
 
 from configs import common
 
 
 def get_config(arg: str = ""):
-  if arg not in ("", "smoke"):
-    raise ValueError(f"configs/detector_cbis.py takes '' or 'smoke', got {arg!r}")
+  parts = common.variants(arg, "detector_cbis", ("smoke", "tiny"))
   c = common.base()
   common.detector(c, "cbis_ddsm", batch_size=16)
   c.optim.warmup_steps = 300
   c.train.steps = 3_000  # About 20 epochs of 2,400 training images at batch 16.
   c.train.eval_every = 150
   c.train.checkpoint_every = 150
-  if arg == "smoke":
+  if "smoke" in parts:
     common.smoke_detector(c)
+  if "tiny" in parts:
+    common.tiny(c)
   return c

@@ -17,6 +17,14 @@ two-stage recipe, see the README):
 
   python -m attend_jax.main --config=configs/vindr.py:smoke --workdir=/tmp/vindr \
       --config.data.dir=data/vindr
+
+``:tiny`` shrinks only sizes, keeping the pretrained backbone (one of its size:
+weights/dinov2_vitb14_tiny), bf16, frozen blocks, layer decay, losses and RoIs; it reads the
+dataset prepared with --long_side 256 (configs/common.py ``tiny``; the CI tier, tests/real_path,
+runs it on tools/make_synthetic.py --layout vindr):
+
+  python -m attend_jax.main --config=configs/vindr.py:tiny --workdir=/tmp/vindr_tiny \
+      --config.data.dir=data/vindr_tiny
 """
 
 from configs import common
@@ -30,10 +38,11 @@ def get_config(arg: str = ""):
   c.train.steps = 8_000  # 20 epochs of 12,800 images at batch 32.
   c.train.eval_every = 400
   c.train.checkpoint_every = 400
-  if arg == "smoke":
-    common.smoke(c)
-  elif arg == "detector":
+  parts = common.variants(arg, "vindr", ("smoke", "tiny", "detector"))
+  if "detector" in parts:
     common.two_stage(c, "workdirs/detector_vindr")
-  elif arg:
-    raise ValueError(f"configs/vindr.py takes '', 'smoke' or 'detector', got {arg!r}")
+  if "smoke" in parts:
+    common.smoke(c)
+  if "tiny" in parts:
+    common.tiny(c)
   return c

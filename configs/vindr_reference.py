@@ -20,6 +20,14 @@ pooling, BCE with pos_weight 10 plus 0.3 x repulsive, AdamW at a constant 1e-6, 
 dropout 0.25, early stopping on validation AUC with patience 5, evaluated once per epoch of
 12,800 training images. Nothing beyond the reference is switched on: no contrastive term,
 float32.
+
+``:tiny`` keeps all of that and shrinks only sizes (a 4-block backbone converted like the real
+one, 28 px RoIs, 6 steps; configs/common.py ``tiny``), for a CPU run of the whole path on the
+layout's synthetic stand-in (the CI tier, tests/real_path):
+
+  python tools/make_synthetic.py --layout csv --out /tmp/ref_layout
+  python -m attend_jax.main --config=configs/vindr_reference.py:tiny --workdir=/tmp/ref_tiny \
+      --config.data.dir=... --config.model.pretrained=weights/dinov2_vitb14_tiny
 """
 
 from configs import common
@@ -55,6 +63,9 @@ def get_config(arg: str = ""):
   c.train.eval_every = EPOCH_STEPS
   c.train.checkpoint_every = EPOCH_STEPS // 4
   c.train.patience = 5
-  if arg == "smoke":
+  parts = common.variants(arg, "vindr_reference", ("smoke", "tiny"))
+  if "smoke" in parts:
     common.smoke(c)
+  if "tiny" in parts:
+    common.tiny(c, image_size=512)  # Full-size records, of smaller images.
   return c

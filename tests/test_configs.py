@@ -1,7 +1,8 @@
-"""Each shipped config on a tiny fake dataset in its real layout, through the real CLIs.
+"""Each shipped config documents its command and has its small variants; a missing dataset is one
+line; the paper's config on the reference's real proposal files.
 
-The data go through ``tools/prepare_data.py`` and training through ``python -m
-attend_jax.main``, exactly as the configs' docstrings tell users, with the ``:smoke`` variant.
+The real-path tier (tests/real_path) trains every shipped config's ``:tiny`` variant from its
+dataset's layout with a converted backbone.
 """
 
 import importlib
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from attend_jax.data import proposals
-from dicom_fixtures import phantom, write_mg
+from dicom_fixtures import write_mg
 import helpers
 
 REPO = helpers.REPO
@@ -43,6 +44,47 @@ def test_every_config_documents_its_command_and_has_a_smoke_variant(name):
   assert smoke.data.name == full.data.name  # The smoke run reads the same prepared data.
 
 
+CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py")
+                 if p.stem not in ("__init__", "common"))
+# What a small variant may change: sizes, and the folders named after them.
+SIZES = {"data.name", "data.dir", "data.image_size", "data.batch_size", "data.eval_batch_size",
+         "data.worker_count", "data.synthetic.num_studies", "data.synthetic.heldout_studies",
+         "model.vit_overrides.width", "model.vit_overrides.depth",
+         "model.vit_overrides.num_heads", "model.vit_overrides.pretrained_grid",
+         "model.pretrained", "proposals.detector", "model.roi_size", "optim.warmup_steps",
+         "train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+         "detector.input_size", "detector.fpn_dim", "detector.pre_nms"}
+
+
+def _flat(c, prefix=""):
+  out = {}
+  for k, v in c.items():
+    out.update(_flat(v, f"{prefix}{k}.") if hasattr(v, "items") else {prefix + k: v})
+  return out
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_has_a_small_variant_that_changes_sizes_only(name):
+  """``:tiny`` for a config with a pretrained backbone keeps it (a converter output of the tiny
+  size), its dtype, frozen blocks, layer decay, losses, data and proposals; a config that trains
+  from scratch has no backbone to keep, and its ``:smoke`` is that variant."""
+  from configs import common
+
+  module = importlib.import_module(f"configs.{name}")
+  full = module.get_config()
+  small_arg = "tiny" if full.model.pretrained else "smoke"
+  extras = {"cbis": ["detector"], "vindr": ["detector"], "demo": ["detector", "fine"]}
+  for arg in ["", *extras.get(name, [])]:
+    big = _flat(module.get_config(arg))
+    small = _flat(module.get_config(",".join(filter(None, (small_arg, arg)))))
+    assert big.keys() == small.keys()
+    changed = {k for k in big if big[k] != small[k]}
+    assert changed <= SIZES, (name, arg, changed - SIZES)
+    assert small["train.steps"] < big["train.steps"]
+    if full.model.pretrained:
+      assert small["model.pretrained"] == common.TINY_WEIGHTS
+
+
 def test_missing_dataset_is_one_clear_message(tmp_path):
   code, out = _run("-m", "attend_jax.main", "--config=configs/cbis.py:smoke",
                    f"--workdir={tmp_path / 'w'}", f"--config.data.dir={tmp_path / 'nothing'}")
@@ -51,81 +93,6 @@ def test_missing_dataset_is_one_clear_message(tmp_path):
   assert "No prepared dataset 'cbis_ddsm_2048'" in out
   assert "python tools/prepare_data.py --dataset cbis_ddsm" in out
   assert "mass_case_description_{train,test}_set.csv" in out  # The layout ROOT must have.
-
-
-def _fake_cbis(root: pathlib.Path, patients: int = 32) -> None:
-  header = ("patient_id,breast_density,left or right breast,image view,abnormality id,"
-            "abnormality type,mass shape,mass margins,assessment,pathology,subtlety,"
-            "image file path,cropped image file path,ROI mask file path\n")
-  rows = {"train": [], "test": []}
-  for p in range(patients):
-    split = "test" if p % 4 == 0 else "train"
-    malignant = p % 3 == 0
-    for view in ("CC", "MLO"):
-      prefix = f"Mass-{'Test' if split == 'test' else 'Training'}_P_{p:05d}_LEFT_{view}"
-      img = phantom(160, 120, seed=p)
-      mask = np.zeros_like(img)
-      y, x = 50 + 3 * (p % 5), 20 + 2 * (p % 7)
-      if malignant:
-        img[y:y + 16, x:x + 16] = 7000
-      mask[y:y + 16, x:x + 16] = 255
-      image_dir = root / "CBIS-DDSM" / prefix / "07-20-2016-DDSM-1" / "1.000000-full mammogram"
-      mask_dir = root / "CBIS-DDSM" / f"{prefix}_1" / "07-21-2016-DDSM-2" / "1.000000-ROI mask"
-      image_dir.mkdir(parents=True)
-      mask_dir.mkdir(parents=True)
-      write_mg(img, image_dir, "1-1.dcm", bits=16)
-      write_mg(mask, mask_dir, "1-1.dcm", bits=8)
-      pathology = "MALIGNANT" if malignant else "BENIGN"
-      rows[split].append(f"P_{p:05d},2,LEFT,{view},1,mass,OVAL,SPICULATED,4,{pathology},3,"
-                         f"{prefix}/1.2/1.3/000000.dcm,{prefix}_1/1.2/1.4/000000.dcm,"
-                         f"{prefix}_1/1.2/1.4/000001.dcm\n")
-  for split, lines in rows.items():
-    (root / f"mass_case_description_{split}_set.csv").write_text(header + "".join(lines))
-
-
-@pytest.mark.slow
-def test_cbis_config_runs_end_to_end_on_the_real_layout(tmp_path):
-  _fake_cbis(tmp_path / "CBIS")
-  code, out = _run("tools/prepare_data.py", "--dataset=cbis_ddsm", f"--root={tmp_path / 'CBIS'}",
-                   f"--out={tmp_path / 'data'}", "--long_side=2048", "--workers=2")
-  assert code == 0, out[-3000:]
-  assert "train:" in out and "test:" in out
-  metrics, _ = _train("configs/cbis.py:smoke", tmp_path / "work",
-                      f"--config.data.dir={tmp_path / 'data'}")
-  assert metrics["split"] == "test" and metrics["num_examples"] == 16  # 8 test patients x 2 views.
-  assert 0 < metrics["num_positive"] < 16 and metrics["auc"] is not None
-
-  # The two-stage recipe on the same prepared data: the detector learns from the ROI masks' boxes,
-  # then the classifier takes its boxes on the fly.
-  code, out = _run("-m", "attend_jax.main", "--config=configs/detector_cbis.py:smoke",
-                   f"--workdir={tmp_path / 'det'}", f"--config.data.dir={tmp_path / 'data'}")
-  assert code == 0, out[-4000:]
-  det = json.loads((tmp_path / "det" / "eval" / "metrics.json").read_text())
-  assert det["split"] == "test" and det["num_images"] == 16
-  assert det["num_lesions"] == 16  # One mask per image.
-  assert det["recall@10_iou0.3"] is not None and 0 <= det["froc_sens@2fp"] <= 1
-  assert (tmp_path / "det" / "eval" / "froc.png").exists()
-  metrics, out = _train("configs/cbis.py:smoke", tmp_path / "cls_det",
-                        f"--config.data.dir={tmp_path / 'data'}",
-                        "--config.proposals.source=detector",
-                        f"--config.proposals.detector={tmp_path / 'det'}")
-  assert metrics["num_examples"] == 16
-  assert "Proposals: the detector of" in out
-  # The run keeps its own copy of the detector, so prediction needs no other folder.
-  assert (tmp_path / "cls_det" / "detector" / "config.json").exists()
-  import shutil
-
-  shutil.rmtree(tmp_path / "det")
-  dicoms = sorted((tmp_path / "CBIS" / "CBIS-DDSM").glob("*/*/1.000000-full mammogram/1-1.dcm"))
-  code, out = _run("-m", "attend_jax.predict", f"--workdir={tmp_path / 'cls_det'}",
-                   f"--out={tmp_path / 'pred'}", "--workers=1", *map(str, dicoms[:3]))
-  assert code == 0, out[-3000:]
-  images = json.loads((tmp_path / "pred" / "predictions.json").read_text())["images"]
-  assert len(images) == 3
-  for image in images:
-    assert len(image["rois"]) == 5 and image["rois"][0]["anchor"]
-    # The four RoIs after the anchor are the detector's boxes, with its scores.
-    assert all(r["detector_score"] is not None for r in image["rois"][1:]), image["rois"]
 
 
 def _fake_reference(root: pathlib.Path, count: int = 16) -> None:

@@ -45,6 +45,24 @@ def test_tiny_config_on_eight_devices(tmp_path):
   assert data_only["train"]["collectives"]["all-reduce"]["bytes"] >= data_only["params_per_device"]
 
 
+@pytest.mark.parametrize("config, extra, mesh", [
+    ("configs/cbis.py:smoke", ("--compare_fsdp=0",), [{"data": 8, "fsdp": 1}]),
+    ("configs/vindr_reference.py:smoke", ("--devices=1",), [{"data": 1, "fsdp": 1}]),
+    ("configs/vindr.py:smoke", ("--config.mesh.fsdp=4", "--compare_fsdp=0"),
+     [{"data": 2, "fsdp": 4}]),
+])
+def test_the_readme_s_other_reports(tmp_path, config, extra, mesh):
+  """The README's other scale_report commands, small: another config, one device, the config's
+  own fsdp mesh alone."""
+  out = tmp_path / "scale.json"
+  proc = helpers.run("tools/scale_report.py", f"--config={config}", *TINY[1:], *extra,
+                     f"--out={out}", devices=None)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  reports = json.loads(out.read_text())["reports"]
+  assert [r["mesh"] for r in reports] == mesh
+  assert all(r["train"]["memory"]["peak"] > 0 for r in reports)
+
+
 def test_a_batch_the_devices_do_not_divide_is_one_clear_line():
   proc = helpers.run("tools/scale_report.py", *TINY, "--config.data.batch_size=4", devices=None)
   assert proc.returncode == 1

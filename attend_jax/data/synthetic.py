@@ -30,6 +30,10 @@ JSON list of ``{"box": [x0, y0, x1, y1], "kind": ...}``. Boxes are in stored-ima
 x1 and y1 exclusive: ``pixels[y0:y1, x0:x1]`` holds the lesion. ``phantom`` renders one image in
 memory. The same seed gives byte-identical files with the same numpy, openjpeg and Pillow
 versions.
+
+``generate`` is ``plan`` (the draws, one ``ImageJob`` per image), ``render`` (pixels and truth)
+and ``dicom_dataset`` (the file); ``attend_jax.data.layouts`` writes the same studies as the real
+datasets ship them (CBIS-DDSM, VinDr-Mammo, RSNA, the reference's CSVs) with these pieces.
 """
 
 from __future__ import annotations
@@ -510,7 +514,7 @@ def phantom(height: int, width: int | None = None, *, laterality: str = "R", vie
 # Digitised film.
 
 
-def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
   rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
   return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
@@ -599,7 +603,7 @@ def _film(rng: np.random.Generator, h: int, w: int, laterality: str, view: str,
     strips[edge] = True
     image[edge] = rng.uniform(0.8, 0.97) + 0.01 * rng.standard_normal(image[edge].shape)
 
-  bx0, by0, bx1, by1 = _mask_box(breast)
+  bx0, by0, bx1, by1 = mask_box(breast)
   free = ~ndimage.binary_dilation(strips, iterations=2)
   clear = breast_lib.PADDING + max(4, round(0.03 * h))
   free[max(0, by0 - clear):by1 + clear, max(0, bx0 - clear):bx1 + clear] = False
@@ -630,7 +634,7 @@ def _film(rng: np.random.Generator, h: int, w: int, laterality: str, view: str,
 # DICOM.
 
 
-def _hex_id(seed: int, *parts) -> str:
+def hex_id(seed: int, *parts) -> str:
   return hashlib.sha256("/".join(map(str, (MANUFACTURER, seed) + parts)).encode()).hexdigest()[:32]
 
 
@@ -725,7 +729,8 @@ def _dataset(meta: SyntheticImage, pixels: np.ndarray, *, seed: int, study: int,
   ds.SamplesPerPixel = 1
   ds.PhotometricInterpretation = meta.photometric
   ds.Rows, ds.Columns = values.shape
-  ds.BitsAllocated = 16
+  # 8 bits (ROI masks) take a byte per pixel, as in CBIS-DDSM; images take two.
+  ds.BitsAllocated = 8 if meta.bits_stored <= 8 else 16
   ds.BitsStored = meta.bits_stored
   ds.HighBit = meta.bits_stored - 1
   ds.PixelRepresentation = 0
@@ -741,7 +746,8 @@ def _dataset(meta: SyntheticImage, pixels: np.ndarray, *, seed: int, study: int,
   if meta.transfer_syntax in (dcm_uid.JPEG2000Lossless, dcm_uid.RLELossless):
     ds.compress(meta.transfer_syntax, values, generate_instance_uid=False)
   else:
-    ds.PixelData = values.astype("<u2").tobytes()
+    data = values.astype("u1" if ds.BitsAllocated == 8 else "<u2").tobytes()
+    ds.PixelData = data + b"\0" * (len(data) % 2)  # Values have even lengths.
   return ds
 
 
@@ -800,6 +806,37 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
   parallel (default: every core); the files are the same for any number. Raises SyntheticError
   for bad arguments, a folder that already holds a dataset, or a missing JPEG 2000 encoder.
   """
+  jobs = plan(out_dir, num_studies, seed=seed, size_range=size_range,
+              malignant_fraction=malignant_fraction, benign_fraction=benign_fraction,
+              jpeg2000_fraction=jpeg2000_fraction, monochrome1_fraction=monochrome1_fraction,
+              windowed_fraction=windowed_fraction, conspicuity=conspicuity,
+              film_fraction=film_fraction, difference=difference,
+              lookalike_fraction=lookalike_fraction)
+  out = pathlib.Path(out_dir)
+  _check(not (out / "labels.csv").exists() and not (out / "images").exists(),
+         f"{out} already holds a dataset (labels.csv or images/); choose an empty folder")
+  images = map_jobs(_write_image, jobs, workers=workers, progress=progress)
+  with open(out / "labels.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=LABEL_COLUMNS + FILM_COLUMNS * (film_fraction > 0),
+                            extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(im.row() for im in images)
+  return images
+
+
+def plan(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0,
+         size_range: tuple[int, int] = (600, 3000), malignant_fraction: float = 0.4,
+         benign_fraction: float = 0.2, jpeg2000_fraction: float = 0.3,
+         monochrome1_fraction: float = 0.3, windowed_fraction: float = 0.5,
+         conspicuity: float = 1.0, film_fraction: float = 0.0, difference: float | None = None,
+         lookalike_fraction: float = 0.0) -> list[ImageJob]:
+  """``generate``'s draws (same arguments), one job per image, nothing written yet.
+
+  Jobs come study by study, each as L CC, L MLO, R CC, R MLO. ``render`` turns a job into
+  pixels and ``dicom_dataset`` into a DICOM; a dataset layout (``attend_jax.data.layouts``) may
+  give a job's ``meta`` other ids, a path and a file format first, which changes no pixel.
+  Raises SyntheticError for bad arguments or a missing JPEG 2000 encoder.
+  """
   lo, hi = size_range
   _check(isinstance(num_studies, (int, np.integer)) and num_studies >= 1,
          f"num_studies must be a positive integer, got {num_studies!r}")
@@ -822,8 +859,6 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
          "writing JPEG 2000 needs pylibjpeg and pylibjpeg-openjpeg (pip install pylibjpeg"
          " pylibjpeg-openjpeg), or set jpeg2000_fraction to 0")
   out = pathlib.Path(out_dir)
-  _check(not (out / "labels.csv").exists() and not (out / "images").exists(),
-         f"{out} already holds a dataset (labels.csv or images/); choose an empty folder")
 
   rng = np.random.default_rng([_SEED_TAG, seed, 1])
   n_images = 4 * num_studies
@@ -841,7 +876,7 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
   # own seeded stream, so the pool's order cannot change a pixel.
   jobs = []
   for study in range(num_studies):
-    study_id, patient_id = _hex_id(seed, "study", study), _hex_id(seed, "patient", study)[:16]
+    study_id, patient_id = hex_id(seed, "study", study), hex_id(seed, "patient", study)[:16]
     height = int(rng.integers(lo, hi + 1))
     width = round(height * _ASPECTS[rng.integers(len(_ASPECTS))])
     study_date = (datetime.date(2020, 1, 1)
@@ -859,7 +894,7 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
       density = float(np.clip(patient_density + breast_rng.normal(0, 0.05), 0, 1))
       for v, view in enumerate(_VIEWS):
         index = len(jobs)
-        image_id = _hex_id(seed, "image", study, laterality, view)
+        image_id = hex_id(seed, "image", study, laterality, view)
         name = (f"{image_id}_{'LEFT' if laterality == 'L' else 'RIGHT'}_{view}" if film[study]
                 else image_id)
         syntax = (dcm_uid.RLELossless if film[study] else dcm_uid.JPEG2000Lossless if j2k[index]
@@ -871,38 +906,44 @@ def generate(out_dir: str | os.PathLike, num_studies: int = 16, *, seed: int = 0
             photometric="MONOCHROME1" if mono1[study] else "MONOCHROME2",
             bits_stored=16 if film[study] else bits[study], transfer_syntax=syntax, lesions=(),
             film=film[study])
-        jobs.append(_ImageJob(out, meta, (_SEED_TAG, seed, 3, study, b, v), findings, density,
-                              windowed[index] and not film[study], seed, study, 2 * b + v + 1,
-                              study_date, film_fraction > 0))
+        jobs.append(ImageJob(out, meta, (_SEED_TAG, seed, 3, study, b, v), findings, density,
+                             windowed[index] and not film[study], seed, study, 2 * b + v + 1,
+                             study_date, film_fraction > 0))
+  return jobs
 
-  images = []
+
+def map_jobs(fn: Callable[[object], object], jobs: Sequence, *, workers: int | None = None,
+             progress: Callable[[int, int], None] | None = None,
+             preload: Sequence[str] = ()) -> list:
+  """``fn(job)`` for every job, in order, from ``workers`` processes (default: every core).
+
+  ``fn`` must be a module-level function; its module goes into ``preload`` when it is not this
+  one. ``progress(done, total)`` is called after each job.
+  """
+  results = []
   workers = pool_lib.worker_count(workers, len(jobs))
   if workers > 1:
-    with pool_lib.process_pool(workers, [__name__]) as pool:
-      for meta in pool.map(_write_image, jobs, chunksize=2):
-        images.append(meta)
+    with pool_lib.process_pool(workers, [__name__, *preload]) as pool:
+      for result in pool.map(fn, jobs, chunksize=2):
+        results.append(result)
         if progress is not None:
-          progress(len(images), n_images)
+          progress(len(results), len(jobs))
   else:
     for job in jobs:
-      images.append(_write_image(job))
+      results.append(fn(job))
       if progress is not None:
-        progress(len(images), n_images)
-
-  with open(out / "labels.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=LABEL_COLUMNS + FILM_COLUMNS * (film_fraction > 0),
-                            extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(im.row() for im in images)
-  return images
+        progress(len(results), len(jobs))
+  return results
 
 
 @dataclasses.dataclass(frozen=True)
-class _ImageJob:
+class ImageJob:
+  """One image to render: its truth so far, its random stream and its study's draws."""
+
   out: pathlib.Path
   meta: SyntheticImage  # Lesions are filled in once rendered.
   seed_words: tuple[int, ...]
-  findings: list[_Finding]
+  findings: list[_Finding]  # One lesion each, in this order.
   density: float
   windowed: bool
   seed: int
@@ -912,7 +953,15 @@ class _ImageJob:
   breast_box: bool  # Record the true breast box (film datasets).
 
 
-def _write_image(job: _ImageJob) -> SyntheticImage:
+@dataclasses.dataclass(frozen=True, eq=False)
+class Rendered:
+  meta: SyntheticImage  # The job's, with its lesions (and breast and label boxes) filled in.
+  phantom: Phantom
+  window: tuple[float, float]  # The part of the stored range that display 0..1 occupies.
+
+
+def render(job: ImageJob) -> Rendered:
+  """The job's pixels and truth; the same job always gives the same pixels."""
   image_rng = np.random.default_rng(list(job.seed_words))
   meta = job.meta
   window, label_boxes = (0.0, 1.0), ()
@@ -926,13 +975,31 @@ def _write_image(job: _ImageJob) -> SyntheticImage:
     start = image_rng.uniform(0.05, 0.3)
     window = (start, start + image_rng.uniform(0.3, 0.6))
   meta = dataclasses.replace(meta, lesions=ph.lesions, label_boxes=label_boxes,
-                             breast_box=_mask_box(ph.breast) if job.breast_box else None)
-  ds = _dataset(meta, ph.image, seed=job.seed, study=job.study, instance=job.instance,
-                study_date=job.study_date, window=window,
-                spacing_mm=_DETECTOR_HEIGHT_MM / meta.height)
-  (job.out / meta.path).parent.mkdir(parents=True, exist_ok=True)
-  ds.save_as(job.out / meta.path, enforce_file_format=True)
-  return meta
+                             breast_box=mask_box(ph.breast) if job.breast_box else None)
+  return Rendered(meta, ph, window)
+
+
+def dicom_dataset(job: ImageJob, meta: SyntheticImage, pixels: np.ndarray,
+                  window: tuple[float, float] = (0.0, 1.0)) -> Dataset:
+  """``pixels`` (display 0..1) as ``meta`` describes them, with the job's study and dates.
+
+  ``meta`` may be another than the job's, e.g. an ROI mask's (BitsStored 8) of the same image.
+  """
+  return _dataset(meta, pixels, seed=job.seed, study=job.study, instance=job.instance,
+                  study_date=job.study_date, window=window,
+                  spacing_mm=_DETECTOR_HEIGHT_MM / job.meta.height)
+
+
+def save(ds: Dataset, path: pathlib.Path) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  ds.save_as(path, enforce_file_format=True)
+
+
+def _write_image(job: ImageJob) -> SyntheticImage:
+  rendered = render(job)
+  save(dicom_dataset(job, rendered.meta, rendered.phantom.image, rendered.window),
+       job.out / rendered.meta.path)
+  return rendered.meta
 
 
 def read_labels(out_dir: str | os.PathLike) -> list[SyntheticImage]:

@@ -204,10 +204,20 @@ def test_bad_arguments_raise(tmp_path):
 
 def test_cli(tmp_path):
   ok = helpers.run("tools/make_synthetic.py", "--out", tmp_path / "d", "--num_studies", "2",
-                   "--seed", "2", "--min_size", "128", "--max_size", "160")
+                   "--seed", "2", "--min_size", "128", "--max_size", "160",
+                   "--backbone", tmp_path / "w" / "random.safetensors")
   assert ok.returncode == 0, ok.stderr
   assert "wrote 8 images (2 studies" in ok.stdout and "8/8" in ok.stderr
   assert len(S.read_labels(tmp_path / "d")) == 8
+  # The stand-in weights read as a timm hub file of the :tiny size would.
+  from attend_jax.convert import dinov2
+  from configs import common
+
+  assert f"--checkpoint {tmp_path / 'w' / 'random.safetensors'}" in ok.stdout
+  sizes = {k: v for k, v in common.TINY_VIT.items() if k != "pretrained_grid"}
+  loaded = dinov2.load_pretrained(tmp_path / "w" / "random.safetensors", "vitb14", **sizes)
+  assert loaded.source_format == "timm"
+  assert loaded.model.cfg.pretrained_grid == common.TINY_VIT["pretrained_grid"]
   bad = helpers.run("tools/make_synthetic.py", "--out", tmp_path / "e", "--min_size", "400",
                     "--max_size", "300")
   assert bad.returncode == 1 and "error: size range 400..300" in bad.stderr

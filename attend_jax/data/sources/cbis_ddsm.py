@@ -45,7 +45,11 @@ def folder_index(root: pathlib.Path) -> dict[str, list[pathlib.Path]]:
   return index
 
 
-def list_examples(root, val_fraction: float = 0.15) -> Listing:
+# Of the training patients, split off for validation by a hash of the patient id.
+VAL_FRACTION = 0.15
+
+
+def list_examples(root, val_fraction: float = VAL_FRACTION) -> Listing:
   root = require_dir(root, "CBIS-DDSM", WHERE, LAYOUT)
   present = {key: root / name for key, name in CSV_FILES.items() if (root / name).exists()}
   if not present:

@@ -10,7 +10,12 @@ LAYOUT = """  ROOT/train.csv   (site_id,patient_id,image_id,laterality,view,age,
 WHERE = "https://www.kaggle.com/competitions/rsna-breast-cancer-detection/data"
 
 
-def list_examples(root, val_fraction: float = 0.1, test_fraction: float = 0.1) -> Listing:
+# RSNA has no official split: patients are split by a hash of their id.
+VAL_FRACTION, TEST_FRACTION = 0.1, 0.1
+
+
+def list_examples(root, val_fraction: float = VAL_FRACTION,
+                  test_fraction: float = TEST_FRACTION) -> Listing:
   root = require_dir(root, "RSNA Screening Mammography", WHERE, LAYOUT)
   csv_path = root / "train.csv"
   examples, bad = [], []

@@ -26,7 +26,11 @@ def _birads(value: str) -> int:
   return int(digits)
 
 
-def list_examples(root, val_fraction: float = 0.2) -> Listing:
+# Of the training studies, split off for validation by a hash of the study id.
+VAL_FRACTION = 0.2
+
+
+def list_examples(root, val_fraction: float = VAL_FRACTION) -> Listing:
   root = require_dir(root, "VinDr-Mammo", WHERE, LAYOUT)
   breast_csv = root / "breast-level_annotations.csv"
   rows = read_csv(breast_csv, BREAST_COLUMNS)

@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import readme_commands
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Only a guard against a hung child, far above any run's duration; never a speed check.
 HANG_GUARD_S = 3600
@@ -23,6 +25,7 @@ def env(devices: int | None = 1, **extra: str) -> dict[str, str]:
 def run(*args, devices: int | None = 1, cwd=REPO, extra_env: dict | None = None,
         **kwargs) -> subprocess.CompletedProcess:
   """``python ARGS`` in ``cwd`` (the repository), output captured as text."""
+  readme_commands.record(args)
   return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True,
                         text=True, timeout=HANG_GUARD_S, check=False,
                         env=env(devices, **(extra_env or {})), **kwargs)
@@ -30,6 +33,7 @@ def run(*args, devices: int | None = 1, cwd=REPO, extra_env: dict | None = None,
 
 def start(*args, devices: int | None = 1, extra_env: dict | None = None) -> subprocess.Popen:
   """``python ARGS`` started in the repository, stdout and stderr together as text."""
+  readme_commands.record(args)
   return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, text=True,
                           env=env(devices, **(extra_env or {})), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT)

@@ -79,11 +79,27 @@ def example(path: pathlib.Path, proposal_dir: str | None = None,
                  label=0, path=str(path), split="predict", proposals_path=props)
 
 
+def none_usable(paths: Sequence[pathlib.Path],
+                max_pixels: int = dicom.MAX_PIXELS) -> list[tuple[str, str]]:
+  """(path, reason) for every file if none of ``paths`` has a header that ``dicom.read_dicom``
+  would decode, else [] (it stops at the first that has: one header read on good input).
+  predict's check before loading a model, which takes a while."""
+  bad = []
+  for path in paths:
+    try:
+      dicom.image_header(path, max_pixels)
+    except DataError as e:
+      bad.append((str(path), e.reason))
+    else:
+      return []
+  return bad
+
+
 def _preprocess(args) -> dict | tuple[str, str]:
   """In a worker: the record of one file, or (file, reason)."""
-  path, opts, proposal_dir, image_id = args
+  path, opts, proposal_dir, image_id, max_pixels = args
   try:
-    return prepare.process_example(example(path, proposal_dir, image_id), opts)
+    return prepare.process_example(example(path, proposal_dir, image_id), opts, max_pixels)
   except DataError as e:
     return str(path), e.reason
 
@@ -92,12 +108,14 @@ def preprocess(paths: Sequence[pathlib.Path], config, proposal_dir: str | None =
                workers: int | None = None,
                progress: Callable[[int, int], None] | None = None,
                time_limit: float = pool_lib.DEFAULT_TIME_LIMIT_S,
-               log_path: str | os.PathLike | None = None) -> Iterable[tuple]:
+               log_path: str | os.PathLike | None = None,
+               max_pixels: int = dicom.MAX_PIXELS) -> Iterable[tuple]:
   """(path, record, error) per file, in order: the training preprocessing, in parallel. A file
-  whose decoder fails in any way (an error, a crash, a hang past ``time_limit`` seconds) gets
-  its reason and the others carry on."""
+  whose decoder fails in any way (an error, a crash, a hang past ``time_limit`` seconds), or
+  whose header claims more than ``max_pixels`` pixels, gets its reason and the others carry
+  on."""
   opts = prepared.options(config)  # As the run's records were prepared.
-  jobs = [(p, opts, proposal_dir, i) for p, i in zip(paths, image_ids(paths))]
+  jobs = [(p, opts, proposal_dir, i, max_pixels) for p, i in zip(paths, image_ids(paths))]
   results = pool_lib.guarded_map(_preprocess, jobs, preload=[prepare.__name__],
                                  workers=pool_lib.worker_count(workers, len(jobs)),
                                  time_limit=time_limit, log_path=log_path)
@@ -127,11 +145,13 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
             batch_size: int = 8, workers: int | None = None,
             progress: Callable[[int, int], None] | None = None,
             on_image: Callable[[dict, dict], None] | None = None,
-            log_path: str | os.PathLike | None = None) -> tuple[list, list]:
+            log_path: str | os.PathLike | None = None,
+            max_pixels: int = dicom.MAX_PIXELS) -> tuple[list, list]:
   """(per-image predictions, bad files as (path, reason)).
 
   ``on_image(prediction, record)`` is called for each image as its batch is done
   (``OutputWriter.image`` writes its row and overlay). Decoders' stderr goes to ``log_path``.
+  A file whose header claims more than ``max_pixels`` pixels is a bad file, not decoded.
   """
   config = loaded.config
   if tasks.name(config) != "classify":
@@ -169,7 +189,7 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
     pending.clear()
 
   for path, record, error in preprocess(paths, config, proposal_dir, workers, progress,
-                                        log_path=log_path):
+                                        log_path=log_path, max_pixels=max_pixels):
     if error is not None:
       bad.append((path, error))
       continue

@@ -9,6 +9,10 @@ own (``tests/test_paths.py`` holds the package to this).
 What cannot write to a bucket directly (tensorboardX, ``logging.FileHandler``, csv and
 matplotlib writers) writes into a local folder that is then uploaded: ``staged`` for a folder
 written in one go, ``Mirror`` for files that grow during a run.
+
+A bucket whose storage service does not answer (no network, a firewall, a wrong emulator
+address) would cost a minute of gcsfs's retries and then name a host, not the folder; a run's
+first touch of a bucket therefore probes it (``check_reachable``), in seconds.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import pathlib
 import shutil
 import tempfile
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 
 from etils import epath
 
@@ -48,6 +54,51 @@ def local(p: str | os.PathLike) -> pathlib.Path:
   return pathlib.Path(os.fspath(path(p)))
 
 
+# The probe: PROBE_TRIES requests of PROBE_TIMEOUT_S each, PROBE_PAUSE_S apart: about 10 s in
+# all, where gcsfs retries each request 6 times over about a minute.
+PROBE_TRIES, PROBE_TIMEOUT_S, PROBE_PAUSE_S = 2, 4.0, 1.0
+_reached: set[str] = set()
+
+
+class UnreachableError(ConnectionError):
+  """A bucket URL whose storage service does not answer; the message names the folder."""
+
+  def __init__(self, folder: str | os.PathLike, reason: str):
+    self.path = os.fspath(folder)
+    super().__init__(f"{self.path}: {reason}; check the network connection (and the bucket's"
+                     " name), then rerun the same command")
+
+
+def check_reachable(p: str | os.PathLike) -> None:
+  """Raises UnreachableError, within about 10 s, when ``p`` is a ``gs://`` URL whose storage
+  service does not answer. Any HTTP answer counts (a 403 or 404 is gcsfs's to report, with its
+  reason); local paths, other schemes and endpoints already reached return at once."""
+  url = urllib.parse.urlsplit(os.fspath(p))
+  if url.scheme not in ("gs", "gcs"):
+    return
+  import fsspec
+
+  # gcsfs's own endpoint (STORAGE_EMULATOR_HOST, the universe domain), from the instance that
+  # etils.epath uses.
+  probe = f"{fsspec.filesystem('gcs', finalize_on_close=True).base}b/{url.netloc}"
+  if probe in _reached:
+    return
+  for attempt in range(PROBE_TRIES):
+    if attempt:
+      time.sleep(PROBE_PAUSE_S)
+    try:
+      with urllib.request.urlopen(probe, timeout=PROBE_TIMEOUT_S):
+        break
+    except urllib.error.HTTPError:
+      break
+    except OSError as e:  # URLError, a timeout, a reset connection.
+      reason = getattr(e, "reason", None) or e
+  else:
+    raise UnreachableError(p, f"the storage service at {probe.split('/storage/')[0]} does not"
+                           f" answer ({reason}; {PROBE_TRIES} tries of {PROBE_TIMEOUT_S:.0f} s)")
+  _reached.add(probe)
+
+
 def upload(src: pathlib.Path, dest: epath.Path) -> None:
   """Copies the files under the local folder ``src`` to ``dest``, replacing what is there."""
   for file in sorted(src.rglob("*")):
@@ -68,6 +119,7 @@ def staged(folder: str | os.PathLike):
     out.mkdir(parents=True, exist_ok=True)
     yield out
     return
+  check_reachable(folder)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix="attend_jax-staged-"))
   try:
     yield tmp
@@ -94,6 +146,7 @@ class Mirror:
       self.dir = local(self.remote)
       self.dir.mkdir(parents=True, exist_ok=True)
       return
+    check_reachable(self.remote)
     key = hashlib.sha1(str(self.remote).encode()).hexdigest()[:12]
     self.dir = pathlib.Path(tempfile.mkdtemp(prefix=f"attend_jax-mirror-{key}-"))
     for name in resume:

@@ -18,17 +18,28 @@ import sys
 from absl import app, flags
 
 from attend_jax import cli, inference, paths, run
+from attend_jax.data import dicom
 from attend_jax.progress import Progress
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (its best checkpoint).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Or a converted checkpoint folder.")
-_OUT = flags.DEFINE_string("out", "predictions", "Output folder.")
+_OUT = flags.DEFINE_string(
+    "out", "predictions", "Output folder. Locked while predict writes it: a second predict on"
+    " the same folder refuses, naming the first. A bucket (gs://...) is not locked: each run"
+    " writes a local copy and uploads it at the end, so of two runs at once the later to finish"
+    " replaces the other's files.")
 _OVERLAYS = flags.DEFINE_bool("overlays", False, "Also draw a PNG per image.")
 _PROPOSALS = flags.DEFINE_string("proposals", None,
                                  "Folder of <image>_preds.txt detector proposals, for models"
                                  " trained on proposal files.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Images per accelerator batch.")
 _WORKERS = flags.DEFINE_integer("workers", None, "Decoding processes (default: all cores).")
+_MAX_MEGAPIXELS = flags.DEFINE_float(
+    "max_megapixels", dicom.MAX_PIXELS / 1e6,
+    "Files whose header claims more pixels than this (in millions) are not decoded but listed"
+    " in bad_files.csv: a corrupt or crafted header would be decoded in full (60k x 60k: 7.7 GB"
+    " of memory). The default, 100, takes the largest real mammograms (about 5k x 6k, 30"
+    " megapixels) with room to spare; raise it, e.g. --max_megapixels=400, for larger images.")
 
 
 def main(argv):
@@ -46,7 +57,8 @@ def main(argv):
           file=sys.stderr)
     return 1
   out = paths.path(_OUT.value)
-  with paths.staged(out) as folder:  # Written here, uploaded when --out is on a bucket.
+  # Written in folder, uploaded when --out is on a bucket.
+  with paths.staged(out) as folder, run.locked(out, flag="--out"):
     return _predict(files, missing, folder, out)
 
 
@@ -54,12 +66,19 @@ def _predict(files, missing, folder, out) -> int:
   """predict into the local ``folder`` (``out`` in the messages)."""
   writer = inference.OutputWriter(folder, overlays=_OVERLAYS.value)
   cli.setup_logging(folder)
+  max_pixels = int(_MAX_MEGAPIXELS.value * 1e6)
+  unusable = inference.none_usable(files, max_pixels)
+  if unusable:
+    writer.finish([], missing + unusable, "none loaded")
+    return _none_usable(len(files), out)
   loaded = run.load(_WORKDIR.value or _CHECKPOINT.value)
   print(f"{len(files)} files; model {loaded.source}", file=sys.stderr)
   images, bad = inference.predict(loaded, files, _PROPOSALS.value, _BATCH.value,
                                   _WORKERS.value, Progress("predicting", "img"), writer.image,
-                                  log_path=folder / cli.LOG_FILE)
+                                  log_path=folder / cli.LOG_FILE, max_pixels=max_pixels)
   summary = writer.finish(images, missing + bad, loaded.source)
+  if not images:
+    return _none_usable(len(files), out)
   print(f"{len(images)} images, {len(summary['breasts'])} breasts, {len(summary['exams'])}"
         f" exams -> {out}/predictions.csv, breasts.csv, exams.csv"
         + (", overlays/" if _OVERLAYS.value else ""))
@@ -74,5 +93,12 @@ def _predict(files, missing, folder, out) -> int:
   return 0
 
 
+def _none_usable(count: int, out) -> int:
+  print(f"error: none of the {count} files is a usable image; {out}/bad_files.csv says why",
+        file=sys.stderr)
+  return 1
+
+
 if __name__ == "__main__":
-  cli.run(main, errors=(run.ModelNotFoundError, ValueError, PermissionError))
+  cli.run(main, errors=(run.ModelNotFoundError, run.WorkdirBusyError, ValueError,
+                        PermissionError))

@@ -132,27 +132,29 @@ LOCK = ".lock"
 
 
 class WorkdirBusyError(RuntimeError):
-  """Another run holds the workdir; the message names it (host, pid, start time)."""
+  """Another run holds the folder (a training workdir, predict's --out); the message names it
+  (host, pid, start time)."""
 
 
 @contextlib.contextmanager
-def locked(workdir: str | os.PathLike):
-  """Holds ``WORKDIR/.lock`` while a run trains in it (host 0 only: one job per workdir).
+def locked(folder: str | os.PathLike, flag: str = "--workdir"):
+  """Holds ``FOLDER/.lock`` while a run writes there (host 0 only: one job per folder), for a
+  training workdir or predict's output folder; ``flag`` is the option that chose ``folder``.
 
   An flock: the kernel drops it when its process dies, so a killed run's lock never blocks the
   resume, and a second run refuses at once, naming the holder. A bucket has no such lock (an
-  object that outlives a preempted VM would block its resume), so a workdir on a bucket is not
+  object that outlives a preempted VM would block its resume), so a folder on a bucket is not
   guarded: the log says so.
   """
   if jax.process_index() != 0:
     yield
     return
-  if not paths.is_local(workdir):
+  if not paths.is_local(folder):
     log("%s is on a bucket: nothing stops a second run from using it at the same time.",
-        workdir)
+        folder)
     yield
     return
-  path = paths.local(workdir) / LOCK
+  path = paths.local(folder) / LOCK
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
     try:
@@ -163,9 +165,9 @@ def locked(workdir: str | os.PathLike):
       except ValueError:
         holder = {}
       raise WorkdirBusyError(
-          f"{workdir} is in use by another run (pid {holder.get('pid', '?')} on"
+          f"{folder} is in use by another run (pid {holder.get('pid', '?')} on"
           f" {holder.get('host', '?')}, started {holder.get('started', '?')}); wait for it to"
-          " finish or stop it, or choose another --workdir.") from None
+          f" finish or stop it, or choose another {flag}.") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode(), 0)

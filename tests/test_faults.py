@@ -2,11 +2,13 @@
 checkpoints, two trainers on one workdir, a full disk, kill -9, and the mistakes users make.
 
 Each case checks the one-line message (the file and the reason), that the rest was processed,
-and that nothing was lost against an uninterrupted run.
+and that nothing was lost against an uninterrupted run. ``CASES`` lists every fault case and the
+tests, here and beside this file, that inject it.
 """
 
 import csv
 import json
+import os
 import pathlib
 import shutil
 import signal
@@ -30,6 +32,109 @@ from configs import demo
 from dicom_fixtures import phantom, write_mg
 import fault_jobs
 import helpers
+
+# The fault catalogue: every case tried as a new user would (issue P12's 34: 12 that failed or
+# were partial, 22 that held), and the tests that inject each. Most live in this file; the rest
+# beside it, with the code they exercise.
+CASES = {
+    # The 12 that failed or were partial.
+    "a converted backbone in training (crashed under the run's mesh)": [
+        "real_path/test_cbis_ddsm_path.py::test_the_classifier_trains_with_its_backbone_and_evaluates_and_predicts",
+        "real_path/test_vindr_path.py::test_the_classifier_trains_with_its_backbone_and_evaluates_and_predicts",
+        "models/test_build.py::test_the_backbone_loads_under_the_run_s_mesh_into_its_sharded_layout"],
+    "two predicts on one --out": [
+        "test_faults.py::test_a_second_predict_on_an_out_folder_refuses_naming_the_first"],
+    "a batch that cannot fit": [
+        "test_faults_training.py::test_a_batch_that_cannot_fit_is_one_line_naming_one_that_does",
+        "test_faults_training.py::test_the_largest_batch_that_fits_is_estimated_from_two_compiles"],
+    "a corrupt prepared shard": [
+        "test_faults.py::test_a_corrupt_shard_names_itself_and_the_prepare_command",
+        "test_faults.py::test_training_on_a_corrupt_shard_is_one_line"],
+    "a decompression bomb": [
+        "test_faults.py::test_a_header_claiming_a_huge_image_is_refused_before_decoding",
+        "test_faults.py::test_a_decompression_bomb_is_a_bad_file_and_the_rest_is_prepared"],
+    "Ctrl-C during prepare": [
+        "test_faults.py::test_ctrl_c_in_prepare_is_one_line_saying_what_is_done_and_the_rerun_resumes"],
+    "predict where no image is usable": [
+        "test_faults.py::test_predict_on_files_that_are_no_images_exits_1_before_loading_a_model",
+        "test_faults.py::test_predict_where_no_image_decodes_exits_1_and_keeps_the_reasons"],
+    "an unreachable bucket workdir": [
+        "test_faults_training.py::test_an_unreachable_bucket_is_given_up_on_within_about_10_s_naming_the_folder",
+        "test_faults_training.py::test_training_in_an_unreachable_bucket_is_one_line_naming_the_workdir"],
+    "a full disk during training": [
+        "test_faults_training.py::test_a_full_disk_at_a_save_names_that_save_and_leaves_no_temp_folder",
+        "test_faults.py::test_a_full_disk_in_training_is_one_line"],
+    "a corrupt vit_config.json": [
+        "models/test_build.py::test_a_corrupt_vit_config_json_is_one_reason"],
+    "the SemLock traceback of a pool stopped early": [
+        "test_faults.py::test_a_pool_stopped_while_its_workers_start_prints_nothing"],
+    "duplicate metric rows after a resume": [
+        "test_faults_training.py::test_a_resumed_writer_keeps_each_step_s_row_once_the_rerun_s",
+        "test_faults_training.py::test_a_rerun_after_a_run_that_logged_past_its_checkpoint_writes_each_row_once"],
+    # The 22 that held.
+    "kill -9 of training, then the same command": [
+        "train/test_trainer.py::test_sigkill_then_the_same_command_resumes_exactly"],
+    "a truncated checkpoint": [
+        "test_faults.py::test_a_truncated_checkpoint_falls_back_and_loses_nothing"],
+    "a second trainer on a workdir, and a killed one's lock": [
+        "test_faults.py::test_a_second_trainer_on_a_workdir_refuses_and_a_killed_one_does_not_block"],
+    "a decoder that raises, crashes, panics or hangs": [
+        "test_faults.py::test_every_failure_of_a_worker_is_its_job_s_alone"],
+    "fuzzed codec streams": [
+        "test_faults.py::test_fuzzed_codecs_through_the_worker_pool_never_take_the_run_down"],
+    "corrupt DICOMs in prepare": [
+        "test_faults.py::test_the_real_reader_names_every_corruption",
+        "test_faults.py::test_prepare_lists_each_corrupt_file_and_keeps_the_rest"],
+    "corrupt DICOMs in predict": [
+        "test_faults.py::test_predict_s_preprocessing_contains_the_same_failures",
+        "test_predict.py::test_predict_cli_on_a_folder_with_a_corrupt_file"],
+    "proposal boxes off the image": [
+        "test_faults.py::test_proposal_boxes_off_the_image_are_dropped_and_counted"],
+    "bad proposal files": [
+        "data/test_prepare_pipeline.py::test_bad_proposal_files_are_listed_and_the_rest_prepared"],
+    "CBIS-DDSM rows without folders or masks, a CSV with a BOM": [
+        "test_faults.py::test_cbis_rows_missing_folders_masks_and_a_bom"],
+    "a dataset none of whose images is usable": [
+        "test_faults.py::test_a_dataset_of_unusable_images_ends_in_bad_files_and_one_line"],
+    "no training split": [
+        "test_faults.py::test_no_training_split_is_warned_about_at_prepare_and_at_train_time"],
+    "a typo or a value that cannot work in a config override": [
+        "test_faults.py::test_a_bad_config_is_one_line_before_anything_is_written"],
+    "a NaN loss": [
+        "test_faults.py::test_the_nan_stop_is_one_line_and_says_there_was_no_checkpoint",
+        "train/test_trainer.py::test_nan_stops_and_keeps_the_last_good_checkpoint"],
+    "kill -9 of prepare": [
+        "test_faults.py::test_kill_9_of_prepare_leaves_no_worker_behind_and_the_rerun_finishes"],
+    "a full disk during prepare": [
+        "test_faults.py::test_a_full_disk_in_prepare_is_one_line_and_the_rerun_loses_nothing"],
+    "a read-only workdir": ["test_faults.py::test_a_read_only_workdir_is_one_line"],
+    "a dataset that is not prepared": [
+        "test_configs.py::test_missing_dataset_is_one_clear_message"],
+    "predict's inputs and output folder, before the model loads": [
+        "test_faults.py::test_predict_checks_its_inputs_and_output_before_loading_a_model"],
+    "predict killed halfway keeps what it predicted": [
+        "test_faults.py::test_predict_writes_each_row_as_its_batch_is_done"],
+    "weights offline, truncated, of another variant": [
+        "convert/test_dinov2.py::test_offline_download_says_which_url_and_where",
+        "convert/test_dinov2.py::test_truncated_file",
+        "convert/test_dinov2.py::test_wrong_variant_names_shapes"],
+    "SIGTERM and SIGKILL of a run on a bucket": [
+        "train/test_buckets_and_preemption.py::test_a_bucket_run_killed_then_preempted_resumes_exactly_and_is_read_back"],
+}
+
+def test_every_case_of_the_catalogue_has_the_tests_it_names():
+  import ast
+
+  assert len(CASES) == 34
+  here = pathlib.Path(__file__).parent
+  defined = {}
+  for ref in {r for refs in CASES.values() for r in refs}:
+    file, name = ref.split("::")
+    if file not in defined:
+      tree = ast.parse((here / file).read_text())
+      defined[file] = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert name in defined[file], f"{ref} (in CASES) is no test"
+
 
 # ----------------------------------------------------------------------------------------------
 # Files whose decoders fail.
@@ -109,6 +214,53 @@ def test_every_failure_of_a_worker_is_its_job_s_alone():
       "exit": "the worker died decoding it (exit code 3)"}
 
 
+# Preloaded by the forkserver: of a pool's workers, the first to open the pool's locks goes on;
+# the others wait there until the pool stops them (SIGTERM), and only then open the locks. The
+# workers still being started when a pool stops (a short map on many cores: 2 of 15 predict
+# runs) thus happen on cue, not by chance.
+_HOLD_WORKERS = '''
+import os, signal, time
+from multiprocessing import synchronize
+
+rebuild = synchronize.SemLock.__setstate__
+went_on = False
+
+
+def held(self, state):
+  global went_on
+  try:  # Atomic: one worker only is the first to open a lock.
+    os.close(os.open(os.path.join(os.environ["HOLD_DIR"], state[-1].lstrip("/")),
+                     os.O_CREAT | os.O_EXCL))
+    went_on = True
+  except FileExistsError:
+    pass
+  if went_on:
+    return rebuild(self, state)
+  stopped = []
+  signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
+  while not stopped:
+    time.sleep(0.01)
+  rebuild(self, state)  # Fails if the pool has already unlinked its locks.
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  os.kill(os.getpid(), signal.SIGTERM)
+
+
+synchronize.SemLock.__setstate__ = held
+'''
+
+
+def test_a_pool_stopped_while_its_workers_start_prints_nothing(tmp_path):
+  (tmp_path / "hold_workers.py").write_text(_HOLD_WORKERS)
+  code = ("from attend_jax.data import pool\n"
+          "out = list(pool.guarded_map(str, [1], workers=4, preload=['hold_workers']))\n"
+          "assert out == [(1, '1')], out\n")
+  # On PYTHONPATH: the forkserver of Python 3.11 imports its preload before it sets sys.path.
+  python_path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+  proc = helpers.run("-c", code, extra_env={"HOLD_DIR": str(tmp_path), "PYTHONPATH": python_path})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_the_real_reader_names_every_corruption(corrupt_files):
   for path in corrupt_files["bad"]:
     with pytest.raises(dicom.DicomError) as e:
@@ -146,6 +298,61 @@ def test_predict_s_preprocessing_contains_the_same_failures(corrupt_files):
   out = {path: (record, error) for path, record, error in inference.preprocess(paths, config)}
   assert all(out[str(p)][0] is not None for p in corrupt_files["good"])
   assert all(out[str(p)][1] for p in corrupt_files["bad"])
+
+
+def _bomb(folder: pathlib.Path, name: str = "bomb.dcm", syntax=RLELossless) -> pathlib.Path:
+  """A small compressed DICOM whose header says 60,000 x 60,000 pixels (7.2 GB decoded)."""
+  path = write_mg(phantom(64, 48), folder, name, bits=16, syntax=syntax)
+  ds = pydicom.dcmread(path)
+  ds.Rows = ds.Columns = 60_000
+  ds.save_as(path)
+  return path
+
+
+def test_a_header_claiming_a_huge_image_is_refused_before_decoding(corrupt_files, tmp_path,
+                                                                  monkeypatch):
+  bombs = [_bomb(tmp_path, "rle.dcm"), _bomb(tmp_path, "j2k.dcm", JPEG2000Lossless)]
+  with monkeypatch.context() as m:
+    m.setattr(dicom, "_decode", lambda ds, path: pytest.fail(f"{path} was decoded"))
+    for bomb in bombs:
+      with pytest.raises(dicom.DicomError) as e:
+        dicom.read_dicom(bomb)
+      assert e.value.path == str(bomb)
+      assert "60000 x 60000 pixels (3600 megapixels)" in e.value.reason, e.value.reason
+      assert "--max_megapixels" in e.value.reason
+  # The default takes the largest real mammograms (about 5k x 6k) with room to spare: a header
+  # of 6000 x 5000 gets as far as decoding (its pixel data is short: a decoder's reason).
+  big = write_mg(phantom(64, 48), tmp_path, "big.dcm")
+  ds = pydicom.dcmread(big)
+  ds.Rows, ds.Columns = 6000, 5000
+  ds.save_as(big)
+  with pytest.raises(dicom.DicomError, match="pixel data truncated or corrupt"):
+    dicom.read_dicom(big)
+  # The limit is the caller's to set.
+  good = corrupt_files["good"][0]
+  assert dicom.read_dicom(good, max_pixels=300 * 200).pixels.shape == (300, 200)
+  with pytest.raises(dicom.DicomError, match="above the limit of 0.05 megapixels"):
+    dicom.read_dicom(good, max_pixels=50_000)
+  # predict's preprocessing (in its worker pool) refuses it the same way.
+  config = demo.get_config("smoke")
+  out = {path: error for path, _, error in inference.preprocess([good, bombs[0]], config)}
+  assert out[str(good)] is None and "3600 megapixels" in out[str(bombs[0])]
+
+
+@pytest.mark.slow
+def test_a_decompression_bomb_is_a_bad_file_and_the_rest_is_prepared(tmp_path):
+  synthetic.generate(tmp_path / "dicom", 1, seed=3, size_range=(200, 260), jpeg2000_fraction=0)
+  victim = sorted((tmp_path / "dicom" / "images").rglob("*.dcm"))[0]
+  _bomb(victim.parent, victim.name)
+  proc = helpers.run("tools/prepare_data.py", "--dataset=synthetic",
+                     f"--root={tmp_path / 'dicom'}", f"--out={tmp_path / 'out'}",
+                     "--long_side=64", "--workers=1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / "out" / "bad_files.csv", newline="") as f:
+    [row] = list(csv.DictReader(f))
+  assert row["path"] == str(victim) and "above the limit of 100 megapixels" in row["reason"]
+  manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+  assert sum(c["images"] for c in manifest["counts"].values()) == 3
 
 
 @pytest.mark.slow
@@ -337,6 +544,93 @@ def test_predict_checks_its_inputs_and_output_before_loading_a_model(tmp_path):
   assert last.startswith("error: ") and str(tmp_path / "taken") in last
 
 
+def _bad_files(out: pathlib.Path) -> dict[str, str]:
+  with open(out / "bad_files.csv", newline="") as f:
+    return {pathlib.Path(r["path"]).name: r["reason"] for r in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_predict_on_files_that_are_no_images_exits_1_before_loading_a_model(tmp_path):
+  (tmp_path / "in").mkdir()
+  (tmp_path / "in" / "zeros.dcm").write_bytes(b"DICM" + bytes(200))
+  _bomb(tmp_path / "in")
+  write_mg(phantom(60, 40), tmp_path / "in", "colour.dcm", photometric="RGB")
+  out, no_model = tmp_path / "out", tmp_path / "no_model"  # It must not get as far as a model.
+  proc = helpers.run("-m", "attend_jax.predict", f"--workdir={no_model}", tmp_path / "in",
+                     tmp_path / "gone.dcm", f"--out={out}")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last == f"error: none of the 3 files is a usable image; {out}/bad_files.csv says why", last
+  assert "no config.json" not in proc.stderr and "0 images" not in proc.stdout
+  bad = _bad_files(out)
+  assert set(bad) == {"zeros.dcm", "bomb.dcm", "colour.dcm", "gone.dcm"}
+  assert "megapixels" in bad["bomb.dcm"] and "MONOCHROME" in bad["colour.dcm"]
+
+
+@pytest.fixture(scope="module")
+def untrained_export(tmp_path_factory):
+  """A classifier with fresh weights as a converted checkpoint: enough for predict to load."""
+  from attend_jax import run, tasks
+
+  c = demo.get_config("smoke")
+  c.proposals.source, c.data.image_size, c.model.roi_size = "grid", 96, 28
+  c.model.vit_overrides.update({"width": 32, "depth": 1, "num_heads": 2, "pretrained_grid": 2})
+  folder = tmp_path_factory.mktemp("untrained")
+  run.save_export(folder, tasks.get(c).build_model(), c)
+  return folder
+
+
+@pytest.mark.slow
+def test_predict_where_no_image_decodes_exits_1_and_keeps_the_reasons(corrupt_files,
+                                                                      untrained_export,
+                                                                      tmp_path):
+  broken = [p for p in corrupt_files["bad"] if p.name.startswith("j2k_")]
+  out = tmp_path / "out"
+  proc = helpers.run("-m", "attend_jax.predict", f"--checkpoint={untrained_export}", *broken,
+                     f"--out={out}")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last == (f"error: none of the {len(broken)} files is a usable image;"
+                  f" {out}/bad_files.csv says why"), last
+  assert "0 images" not in proc.stdout
+  assert set(_bad_files(out)) == {p.name for p in broken}
+
+
+def _start_predict_held_at_loading(*args):
+  """A predict that holds still where it starts loading the model."""
+  code = ("import sys, time\n"
+          "from attend_jax import cli, predict, run\n"
+          "def load(directory):\n"
+          "  print('loading the model', flush=True)\n"
+          "  while True:\n"
+          "    time.sleep(1)\n"
+          "run.load = load\n"
+          "sys.argv = ['predict'] + sys.argv[1:]\n"
+          "cli.run(predict.main)\n")
+  return helpers.start("-c", code, *args)
+
+
+@pytest.mark.slow
+def test_a_second_predict_on_an_out_folder_refuses_naming_the_first(tmp_path):
+  (tmp_path / "in").mkdir()
+  write_mg(phantom(60, 40), tmp_path / "in", "a.dcm")
+  out, no_model = tmp_path / "out", tmp_path / "no_model"
+  args = (f"--workdir={no_model}", tmp_path / "in", f"--out={out}")
+  first = _start_predict_held_at_loading(*args)
+  try:
+    assert first.stdout.readline().strip() == "loading the model"
+    written = (out / "predictions.csv").stat().st_mtime_ns
+    second = helpers.run("-m", "attend_jax.predict", *args)
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    [line] = second.stderr.strip().splitlines()
+    assert line.startswith(f"error: {out} is in use by another run (pid {first.pid} on"), line
+    assert line.endswith("choose another --out.")
+    assert (out / "predictions.csv").stat().st_mtime_ns == written  # Not touched.
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+
+
 # ----------------------------------------------------------------------------------------------
 # Mistakes users make: one line each, and nothing written.
 # ----------------------------------------------------------------------------------------------
@@ -469,6 +763,50 @@ def test_a_second_trainer_on_a_workdir_refuses_and_a_killed_one_does_not_block(t
   assert "Resumed from step 3" in proc.stdout
 
 
+def _corrupt_shards(data: pathlib.Path, split: str, copy: pathlib.Path) -> pathlib.Path:
+  """The ``split`` shard of ``copy``, a copy of the prepared ``data``, with bytes flipped in
+  every 4 kB (its chunks' hashes no longer match, wherever a reader starts)."""
+  shutil.copytree(data, copy, ignore=shutil.ignore_patterns("dicom", "cache"))
+  [shard] = copy.glob(f"mammograms/*/*/mammograms-{split}.array_record-*")
+  raw = bytearray(shard.read_bytes())
+  for start in range(100, len(raw) - 64, 4096):
+    raw[start:start + 64] = b"\xff" * 64
+  shard.write_bytes(bytes(raw))
+  return shard
+
+
+def test_a_corrupt_shard_names_itself_and_the_prepare_command(tiny_data, tmp_path):
+  from attend_jax.data import pipeline
+  from attend_jax.data.errors import CorruptRecordsError
+
+  data = tmp_path / "data"
+  shard = _corrupt_shards(tiny_data, "train", data)
+  want = (f"{shard}: the prepared records cannot be read (Corrupted Riegeli/records file", (
+      f"; prepare them again: delete {data / 'mammograms' / 'synthetic_96'} and rerun python"
+      f" tools/prepare_data.py --dataset synthetic --root {tiny_data / 'dicom'} --out {data}"
+      " --long_side 96"))
+  for workers in (0, 1):  # Read here, and in a grain worker process.
+    cfg = pipeline.PipelineConfig(data_dir=str(data), config="synthetic_96", batch_size=2,
+                                  image_size=96, worker_count=workers)
+    with pytest.raises(CorruptRecordsError) as e:
+      next(iter(pipeline.make_dataset(cfg)))
+    assert e.value.path == str(shard)
+    assert str(e.value).startswith(want[0]) and str(e.value).endswith(want[1]), str(e.value)
+  with pytest.raises(CorruptRecordsError, match="prepare them again"):
+    pipeline.record_ids(cfg, [0, 1])
+
+
+@pytest.mark.slow
+def test_training_on_a_corrupt_shard_is_one_line(tiny_data, tmp_path):
+  shard = _corrupt_shards(tiny_data, "train", tmp_path / "data")
+  proc = helpers.run(*_train_args(tmp_path / "data", tmp_path / "run", "--config.train.steps=2",
+                                  "--config.data.worker_count=1"))
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: {shard}: the prepared records cannot be read"), last
+  assert "rerun python tools/prepare_data.py --dataset synthetic" in last
+
+
 def test_the_nan_stop_is_one_line_and_says_there_was_no_checkpoint(tiny_data, tmp_path):
   proc = helpers.run(*_train_args(tiny_data, tmp_path / "run", "--config.loss.pos_weight=nan",
                                   "--config.train.steps=2"))
@@ -488,6 +826,46 @@ def _processes_with(marker: str) -> list[int]:
       except OSError:
         continue  # Gone meanwhile, or not ours to read.
   return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_prepare_is_one_line_saying_what_is_done_and_the_rerun_resumes(tmp_path):
+  synthetic.generate(tmp_path / "dicom", 1, seed=4, size_range=(200, 260), jpeg2000_fraction=0)
+  with open(tmp_path / "dicom" / "labels.csv", newline="") as f:
+    last = tmp_path / "dicom" / list(csv.DictReader(f))[-1]["path"]
+  # The last image to decode (one worker, in order) is a pipe nothing writes to: its worker
+  # waits there, so Ctrl-C finds three images done however fast the machine is.
+  last.rename(tmp_path / "kept.dcm")
+  os.mkfifo(last)
+  args = [sys.executable, "tools/prepare_data.py", "--dataset=synthetic",
+          f"--root={tmp_path / 'dicom'}", f"--out={tmp_path / 'out'}", "--long_side=64",
+          "--workers=1", "--keep_cache"]
+  # A session of its own, so that the signal goes to its process group, as a terminal's does,
+  # and SIGINT's default handling as a shell gives it: pytest-xdist workers ignore SIGINT, and a
+  # Python started with it ignored never raises KeyboardInterrupt.
+  proc = subprocess.Popen(args, cwd=helpers.REPO, env=helpers.env(), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  cache = tmp_path / "out" / "cache"
+  deadline = time.time() + helpers.HANG_GUARD_S
+  while len(list(cache.rglob("*.npz"))) < 3:
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    time.sleep(0.05)
+  done = {p: p.stat().st_ino for p in cache.rglob("*.npz")}
+  os.killpg(proc.pid, signal.SIGINT)
+  stdout, stderr = proc.communicate(timeout=helpers.HANG_GUARD_S)
+  assert proc.returncode == 130, stderr[-3000:]
+  assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+  said = [l for l in stderr.splitlines() if l.strip() and not l.startswith("decoding: ")]
+  assert said == [f"interrupted: 3 of 4 images are prepared (kept in {cache / 'synthetic_64'});"
+                  " rerunning the same command resumes"], stderr
+  last.unlink()
+  (tmp_path / "kept.dcm").rename(last)
+  rerun = helpers.run(*args[1:])
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert {p: p.stat().st_ino for p in done} == done  # Kept, not decoded again.
+  manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+  assert sum(c["images"] for c in manifest["counts"].values()) == 4
 
 
 @pytest.mark.slow

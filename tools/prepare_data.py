@@ -8,9 +8,9 @@ r"""Decodes a mammography dataset once into TFDS ArrayRecord shards for training
       --csv_dir reference_csvs --proposals /data/focal_rois --keep_orientation --long_side 0 \
       --out data/prepared
 
-Rerunning the same command resumes an interrupted run and skips a finished one. Unusable
-images and rows are listed in OUT/bad_files.csv with the reason; counts go to OUT/manifest.json,
-library logs to OUT/log.txt.
+Rerunning the same command resumes an interrupted run (Ctrl-C says how far it got) and skips
+a finished one. Unusable images and rows are listed in OUT/bad_files.csv with the reason;
+counts go to OUT/manifest.json, library logs to OUT/log.txt.
 """
 
 import sys
@@ -18,9 +18,9 @@ import sys
 from absl import flags
 
 from attend_jax import cli
-from attend_jax.data import prepare
+from attend_jax.data import dicom, prepare
 from attend_jax.data.sources import SOURCES
-from attend_jax.progress import Progress
+from attend_jax.progress import Progress, close_all
 
 _DATASET = flags.DEFINE_enum("dataset", None, sorted(SOURCES), "Which dataset layout ROOT has.",
                              required=True)
@@ -39,6 +39,13 @@ _MAX_PROPOSALS = flags.DEFINE_integer("max_proposals", 32, "Proposals kept per i
 _CSV_DIR = flags.DEFINE_string("csv_dir", None, "csv: folder with train/val/test.csv.")
 _PROPOSALS = flags.DEFINE_string("proposals", None, "csv: folder of *_preds.txt proposal files.")
 _KEEP_CACHE = flags.DEFINE_bool("keep_cache", False, "Keep the per-image decode cache.")
+_MAX_MEGAPIXELS = flags.DEFINE_float(
+    "max_megapixels", dicom.MAX_PIXELS / 1e6,
+    "Images whose header claims more pixels than this (in millions) are not decoded but listed"
+    " in bad_files.csv: a corrupt or crafted header would be decoded in full (60k x 60k: 7.7 GB"
+    " of memory per worker). The default, 100, takes the largest real mammograms (about"
+    " 5k x 6k, 30 megapixels) with room to spare; raise it, e.g. --max_megapixels=400, for"
+    " larger images.")
 
 
 def main(argv):
@@ -51,8 +58,15 @@ def main(argv):
   if _DATASET.value == "csv":
     kwargs = {"csv_dir": _CSV_DIR.value, "proposal_dir": _PROPOSALS.value}
   cli.setup_logging(_OUT.value)
-  result = prepare.prepare(_DATASET.value, _ROOT.value, _OUT.value, opts, _WORKERS.value,
-                           _KEEP_CACHE.value, progress=Progress("decoding", "img"), **kwargs)
+  try:
+    result = prepare.prepare(_DATASET.value, _ROOT.value, _OUT.value, opts, _WORKERS.value,
+                             _KEEP_CACHE.value, progress=Progress("decoding", "img"),
+                             max_pixels=int(_MAX_MEGAPIXELS.value * 1e6), **kwargs)
+  except KeyboardInterrupt as e:  # Ctrl-C: what is decoded is kept, and a rerun resumes.
+    close_all()
+    print(e if isinstance(e, prepare.PrepareInterrupted)
+          else "interrupted; rerunning the same command resumes", file=sys.stderr)
+    return 130  # As a shell reports a command stopped by SIGINT.
   for split, c in result.counts.items():
     print(f"{split:>5}: {c['images']:6d} images, {c['cancer']:5d} cancer")
   if "train" not in result.counts:

@@ -30,6 +30,10 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from attend_jax.data.errors import DicomError
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+# The largest real mammograms are about 5k x 6k (30 megapixels); a header that claims more than
+# this is refused before decoding, since a corrupt or crafted one would be decoded in full
+# (60k x 60k: 7.7 GB and 38 s per file). prepare_data and predict set it with --max_megapixels.
+MAX_PIXELS = 100_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,11 +230,24 @@ def _to_display(raw: np.ndarray, ds, photometric: str, path) -> np.ndarray:
   return np.take(scaled, offsets) if offsets is not None else scaled
 
 
-def read_dicom(path: str | os.PathLike) -> DicomImage:
-  """Reads one single-frame greyscale DICOM into a DicomImage; any failure is a DicomError."""
+def check_size(ds, path, max_pixels: int = MAX_PIXELS) -> None:
+  """DicomError if the header of ``ds`` (the file at ``path``) claims more than ``max_pixels``
+  pixels, all frames together: checked before anything is decoded."""
+  rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+  pixels = rows * cols * max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+  if pixels > max_pixels:
+    raise DicomError(path, f"its header says {rows} x {cols} pixels ({pixels / 1e6:.0f}"
+                     f" megapixels), above the limit of {max_pixels / 1e6:g} megapixels; not"
+                     " decoded (a corrupt header, or raise --max_megapixels if it is real)")
+
+
+def read_dicom(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> DicomImage:
+  """Reads one single-frame greyscale DICOM into a DicomImage; any failure is a DicomError.
+
+  A header that claims more than ``max_pixels`` pixels is refused before decoding."""
   path = pathlib.Path(path)
   try:
-    return _read(path)
+    return _read(path, max_pixels)
   except DicomError:
     raise
   # pydicom parses elements lazily, so a corrupt element can fail at first access anywhere.
@@ -238,7 +255,10 @@ def read_dicom(path: str | os.PathLike) -> DicomImage:
     raise DicomError(path, f"malformed DICOM ({type(e).__name__}: {e})") from e
 
 
-def _read(path: pathlib.Path) -> DicomImage:
+def image_header(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> pydicom.Dataset:
+  """The header of a file that ``read_dicom`` will decode: every check that needs no pixels
+  (pixel data present, one greyscale frame, at most ``max_pixels``, a known transfer syntax).
+  Raises DicomError otherwise."""
   ds = read_header(path)
   if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
     raise DicomError(path, "no pixel data (PixelData is missing)")
@@ -248,6 +268,7 @@ def _read(path: pathlib.Path) -> DicomImage:
   frames = int(ds.get("NumberOfFrames", 1) or 1)
   if frames > 1:
     raise DicomError(path, f"multi-frame image ({frames} frames); expected one 2-D mammogram")
+  check_size(ds, path, max_pixels)
   photometric = _text(ds, "PhotometricInterpretation").upper()
   if photometric not in _MONOCHROME:
     raise DicomError(path, f"photometric interpretation {photometric or 'missing'};"
@@ -255,7 +276,13 @@ def _read(path: pathlib.Path) -> DicomImage:
   syntax = _syntax(ds)
   if syntax is not None and not syntax.is_transfer_syntax:
     raise DicomError(path, f"unknown transfer syntax {syntax}")
+  return ds
 
+
+def _read(path: pathlib.Path, max_pixels: int) -> DicomImage:
+  ds = image_header(path, max_pixels)
+  photometric = _text(ds, "PhotometricInterpretation").upper()
+  syntax = _syntax(ds)
   raw = _decode(ds, path)
   if raw.ndim != 2:
     raise DicomError(path, f"pixel array has shape {raw.shape}; expected a 2-D image")

@@ -40,6 +40,14 @@ class NoUsableImagesError(DataError):
   """A dataset none of whose images could be used; bad_files.csv says why for each."""
 
 
+class CorruptRecordsError(DataError):
+  """A prepared ArrayRecord shard that cannot be read; the reason says how to prepare it
+  again."""
+
+  def __reduce__(self):  # Raised in grain's worker processes: travels back by its arguments.
+    return CorruptRecordsError, (self.path, self.reason)
+
+
 class DiskFullError(OSError):
   """The disk filled up while writing ``path``: what was written before is intact."""
 

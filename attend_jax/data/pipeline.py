@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 from typing import Any
 
 import grain
@@ -34,7 +35,7 @@ import numpy as np
 from absl import flags
 
 from attend_jax import box_ops
-from attend_jax.data import records
+from attend_jax.data import prepared, records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,8 +123,14 @@ def to_fixed_shapes(record: dict[str, Any], index: int, cfg: PipelineConfig) -> 
   }
 
 
+def _source(cfg: PipelineConfig) -> records.Records:
+  """The split's records; a corrupt shard's error gives the command that prepares them again."""
+  return records.data_source(cfg.data_dir, cfg.config, cfg.split, rerun=functools.partial(
+      prepared.prepare_command, cfg.data_dir, cfg.config))
+
+
 def make_dataset(cfg: PipelineConfig) -> grain.IterDataset:
-  source = records.data_source(cfg.data_dir, cfg.config, cfg.split)
+  source = _source(cfg)
   # Record indices travel with the records so that ids can be looked up after batching.
   ds = grain.MapDataset.range(len(source)).map(lambda i: (i, source[i]))
   ds = ds[cfg.process_index::cfg.process_count]
@@ -177,7 +184,7 @@ def record_ids(cfg: PipelineConfig, indices, extra_keys: tuple[str, ...] = ()) -
   """The string ids (image, study, patient, laterality, view) of records by index, and their
   ``extra_keys`` as stored (e.g. ``crop_box``); read by a few threads, since each read loads the
   whole record."""
-  source = records.data_source(cfg.data_dir, cfg.config, cfg.split)
+  source = _source(cfg)
 
   def read(i):
     record = source[int(i)]

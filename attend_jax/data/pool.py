@@ -114,9 +114,11 @@ def guarded_map(fn: Callable, jobs: Iterable, *, workers: int, preload: Sequence
   pool = pebble.ProcessPool(max_workers=workers, initializer=_watch_parent,
                             initargs=(os.getpid(), str(log_path) if log_path else None),
                             context=_context(preload))
+  locks = ()
   try:
     results = pool.map(_call, [fn] * len(jobs), jobs, [fatal] * len(jobs),
                        timeout=time_limit).result()
+    locks = _channel_locks(pool)
     for job in jobs:
       try:
         out = next(results)
@@ -131,4 +133,16 @@ def guarded_map(fn: Callable, jobs: Iterable, *, workers: int, preload: Sequence
       yield job, out
   finally:
     pool.stop()
-    pool.join()
+    pool.join()  # Every worker is dead now; the locks may go.
+    del locks
+
+
+def _channel_locks(pool: pebble.ProcessPool) -> tuple:
+  """The semaphores of ``pool``'s channel, held by the caller until the pool has joined.
+
+  pebble's stop deletes them (and so unlinks their names) before it stops the workers, and a
+  worker still being started then cannot open them: a FileNotFoundError traceback from
+  ``SemLock._rebuild`` on the terminal, whenever a short map ends before every worker is up.
+  """
+  mutex = pool._pool_manager.worker_manager.workers_channel.mutex  # noqa: SLF001
+  return mutex.reader_mutex, mutex.writer_mutex

@@ -84,7 +84,7 @@ def to_original(boxes_xyxy: np.ndarray, crop_box: np.ndarray, flipped: bool,
   return boxes + np.array([x0, y0, x0, y0], np.float64)
 
 
-def _mask_boxes(mask_paths, malignant, original_hw, image_path
+def _mask_boxes(mask_paths, malignant, original_hw, image_path, max_pixels: int
                 ) -> list[tuple[tuple[int, int, int, int], bool]]:
   """(lesion box, is a cancer) from CBIS-DDSM ROI masks: binary DICOMs the size of the image.
 
@@ -93,7 +93,11 @@ def _mask_boxes(mask_paths, malignant, original_hw, image_path
   boxes = []
   for path, cancer in zip(mask_paths, malignant):
     try:
-      arr = pydicom.dcmread(path).pixel_array
+      ds = pydicom.dcmread(path)
+      dicom.check_size(ds, path, max_pixels)
+      arr = ds.pixel_array
+    except DicomError:
+      raise
     except Exception as e:  # noqa: BLE001  (any unreadable mask is reported, not fatal)
       raise DicomError(path, f"unreadable ROI mask for {image_path} ({e})") from e
     if arr.shape != tuple(original_hw):
@@ -105,9 +109,11 @@ def _mask_boxes(mask_paths, malignant, original_hw, image_path
   return boxes
 
 
-def process_example(ex: Example, opts: PrepareOptions) -> dict:
-  """One record. Raises DataError (with the file and the reason) for unusable input."""
-  image = dicom.read_dicom(ex.path)
+def process_example(ex: Example, opts: PrepareOptions,
+                    max_pixels: int = dicom.MAX_PIXELS) -> dict:
+  """One record. Raises DataError (with the file and the reason) for unusable input, among it
+  an image or mask whose header claims more than ``max_pixels`` pixels."""
+  image = dicom.read_dicom(ex.path, max_pixels)
   pixels = image.pixels
   crop = breast.find_breast(pixels, ex.path, padding=opts.padding, rule=opts.crop)
   cropped = pixels[crop.y0:crop.y1, crop.x0:crop.x1]
@@ -123,7 +129,7 @@ def process_example(ex: Example, opts: PrepareOptions) -> dict:
   lesions = list(zip(ex.lesion_boxes, ex.lesion_malignant or [cancer] * len(ex.lesion_boxes)))
   if ex.mask_paths:
     lesions += _mask_boxes(ex.mask_paths, ex.mask_malignant or [cancer] * len(ex.mask_paths),
-                           pixels.shape, ex.path)
+                           pixels.shape, ex.path, max_pixels)
   lesion_boxes = to_stored(np.array([b for b, _ in lesions]).reshape(-1, 4), crop, flipped, scale)
   lesion_malignant = np.array([m for _, m in lesions], bool)
   kept = (lesion_boxes[:, 2] > lesion_boxes[:, 0]) & (lesion_boxes[:, 3] > lesion_boxes[:, 1])
@@ -184,10 +190,10 @@ def _work(args) -> tuple[str, str] | float:
   raises DiskFullError (it stops the run: every other image would fail the same way), and no
   partial file is left behind.
   """
-  ex, opts, path = args
+  ex, opts, path, max_pixels = args
   start = time.perf_counter()
   try:
-    record = process_example(ex, opts)
+    record = process_example(ex, opts, max_pixels)
   except DataError as e:
     return e.path, e.reason if e.path == ex.path else f"{e.reason} (image {ex.path})"
   tmp = path.with_suffix(".tmp.npz")
@@ -201,6 +207,17 @@ def _work(args) -> tuple[str, str] | float:
       raise DiskFullError(path, record["image"].nbytes) from None
     raise
   return time.perf_counter() - start
+
+
+class PrepareInterrupted(KeyboardInterrupt):
+  """Ctrl-C (SIGINT) while decoding or writing: the images decoded so far are kept in the
+  cache, and the same command resumes from them."""
+
+  def __init__(self, cache: pathlib.Path, total: int):
+    self.cache, self.total = cache, total
+    self.done = sum(1 for p in cache.glob("*/*.npz") if not p.name.endswith(".tmp.npz"))
+    super().__init__(f"interrupted: {self.done} of {total} images are prepared (kept in"
+                     f" {cache}); rerunning the same command resumes")
 
 
 @dataclasses.dataclass
@@ -272,18 +289,20 @@ def _write_bad(out: pathlib.Path, bad: list[tuple[str, str]]) -> None:
 def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike,
             opts: PrepareOptions = PrepareOptions(), workers: int | None = None,
             keep_cache: bool = False, progress: Callable[[int, int], None] | None = None,
-            time_limit: float = pool_lib.DEFAULT_TIME_LIMIT_S, **source_kwargs) -> PrepareResult:
+            time_limit: float = pool_lib.DEFAULT_TIME_LIMIT_S,
+            max_pixels: int = dicom.MAX_PIXELS, **source_kwargs) -> PrepareResult:
   """Lists, decodes (in parallel, resumable) and writes the dataset; returns what it did.
 
   An unusable image or row, whatever its decoder does (error, crash, hang past ``time_limit``
-  seconds), is listed in bad_files.csv with its reason and the rest carries on.
+  seconds), is listed in bad_files.csv with its reason and the rest carries on; so is an image
+  whose header claims more than ``max_pixels`` pixels, without being decoded.
 
   ``out`` may be a bucket: the dataset is then prepared in a local folder named after it (in
   the temp folder, so a rerun on the same machine resumes), uploaded, and the local copy
   removed.
   """
   kwargs = dict(opts=opts, workers=workers, keep_cache=keep_cache, progress=progress,
-                time_limit=time_limit, **source_kwargs)
+                time_limit=time_limit, max_pixels=max_pixels, **source_kwargs)
   if paths.is_local(out):
     return _prepare(dataset, root, paths.local(out), **kwargs)
   remote = paths.path(out)
@@ -301,7 +320,7 @@ def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike,
 
 def _prepare(dataset: str, root: str | os.PathLike, out: pathlib.Path, opts: PrepareOptions,
              workers: int | None, keep_cache: bool, progress: Callable[[int, int], None] | None,
-             time_limit: float, **source_kwargs) -> PrepareResult:
+             time_limit: float, max_pixels: int, **source_kwargs) -> PrepareResult:
   start = time.perf_counter()
   if opts.crop not in breast.RULES:
     raise ValueError(f"crop must be one of {breast.RULES}, got {opts.crop!r}.")
@@ -317,7 +336,7 @@ def _prepare(dataset: str, root: str | os.PathLike, out: pathlib.Path, opts: Pre
   bad: list[tuple[str, str]] = [(e.path, e.reason) for e in listing.bad]
   for stale in cache.glob("*/*.tmp.npz"):  # Left by a run that was killed while writing.
     stale.unlink()
-  todo = [(ex, opts, _cache_path(cache, ex)) for ex in listing.examples
+  todo = [(ex, opts, _cache_path(cache, ex), max_pixels) for ex in listing.examples
           if not _cache_path(cache, ex).exists()]
   done = len(listing.examples) - len(todo)
   total = len(listing.examples)
@@ -329,17 +348,20 @@ def _prepare(dataset: str, root: str | os.PathLike, out: pathlib.Path, opts: Pre
   results = pool_lib.guarded_map(_work, todo, workers=pool_lib.worker_count(workers, len(todo)),
                                  preload=[__name__], time_limit=time_limit,
                                  log_path=out / "log.txt", fatal=(DiskFullError,))
-  for (ex, _, _), result in results:
-    done += 1
-    if isinstance(result, pool_lib.Failure):
-      result = (ex.path, result.reason)
-    if isinstance(result, tuple):
-      bad.append(result)
-      failed.add(ex.path)
-    else:
-      worker_seconds += result
-    if progress:
-      progress(done, total)
+  try:
+    for (ex, *_), result in results:
+      done += 1
+      if isinstance(result, pool_lib.Failure):
+        result = (ex.path, result.reason)
+      if isinstance(result, tuple):
+        bad.append(result)
+        failed.add(ex.path)
+      else:
+        worker_seconds += result
+      if progress:
+        progress(done, total)
+  except KeyboardInterrupt:
+    raise PrepareInterrupted(cache, total) from None
 
   decode_seconds = time.perf_counter() - decode_start
   good = [ex for ex in listing.examples if ex.path not in failed]
@@ -361,6 +383,8 @@ def _prepare(dataset: str, root: str | os.PathLike, out: pathlib.Path, opts: Pre
   write_start = time.perf_counter()
   try:
     records.build(out, config, cache)
+  except KeyboardInterrupt:
+    raise PrepareInterrupted(cache, total) from None
   except OSError as e:
     if e.errno == errno.ENOSPC:
       raise DiskFullError(out / records.NAME, sum(

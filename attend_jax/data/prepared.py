@@ -4,6 +4,7 @@ a dataset that is not there yet (the prepare command and the raw layout, never a
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -18,8 +19,10 @@ from attend_jax.progress import Progress, log
 if TYPE_CHECKING:
   from attend_jax.data import prepare
 
-# Flags of tools/prepare_data.py that a dataset needs beyond --root and --out.
+# Flags of tools/prepare_data.py that a dataset needs beyond --root and --out, and those of
+# them that a prepared folder does not record.
 _EXTRA_FLAGS = {"csv": " --csv_dir REFERENCE_CSVS --proposals PROPOSAL_DIR --keep_orientation"}
+_UNRECORDED_FLAGS = {"csv": " --csv_dir REFERENCE_CSVS --proposals PROPOSAL_DIR"}
 
 
 def is_prepared(data_dir: str | os.PathLike, name: str) -> bool:
@@ -40,14 +43,11 @@ def require(data_dir: str | os.PathLike, name: str, splits: Sequence[str] = (), 
   given = data_dir
   data_dir = paths.path(data_dir)
   if not is_prepared(data_dir, name):
-    dataset, _, size = name.rpartition("_")
-    size = size if size.isdigit() else 0 if size == "full" else (long_side or "N")
+    dataset = name.rpartition("_")[0]
     where, layout = ORIGINS.get(dataset, ("", ""))
     lines = [f"No prepared dataset {name!r} in {data_dir} ({flag}).",
              "Prepare it once (it resumes if interrupted) with:",
-             f"  python tools/prepare_data.py --dataset {dataset or 'DATASET'} --root ROOT"
-             f" --out {given if str(given) != '.' else 'OUT'} --long_side {size}"
-             f"{_EXTRA_FLAGS.get(dataset, '')}",
+             f"  {prepare_command(given, name, long_side)}",
              f"or {instead}."]
     if where:
       lines += [f"The raw dataset comes from {where}; ROOT must look like:", layout]
@@ -60,6 +60,33 @@ def require(data_dir: str | os.PathLike, name: str, splits: Sequence[str] = (), 
         f"The prepared dataset {name!r} in {data_dir} has no {' or '.join(map(repr, missing))}"
         f" split: it has the splits {have}, not {missing}; {split_advice}.")
   return have
+
+
+def prepare_command(data_dir: str | os.PathLike, name: str, long_side: int | None = None) -> str:
+  """The tools/prepare_data.py command that makes the dataset ``name`` in ``data_dir``: as it
+  was made, where the folder's manifest says (dataset, root, options), else from the name, with
+  ROOT (and a long side of ``long_side``, when the name does not say) to fill in."""
+  from attend_jax.data import prepare
+
+  dataset, _, size = name.rpartition("_")
+  out = data_dir if str(data_dir) != "." else "OUT"
+  manifest = paths.path(data_dir) / prepare.MANIFEST
+  made = json.loads(manifest.read_text()) if manifest.exists() else {}
+  if made.get("builder") != f"{records.NAME}/{name}":
+    size = size if size.isdigit() else 0 if size == "full" else (long_side or "N")
+    return (f"python tools/prepare_data.py --dataset {dataset or 'DATASET'} --root ROOT"
+            f" --out {out} --long_side {size}{_EXTRA_FLAGS.get(dataset, '')}")
+  opts = prepare.read_options(data_dir, name)
+  extra = ""
+  if opts.crop != ("reference" if dataset == "csv" else "robust"):
+    extra += f" --crop={opts.crop}"
+  if not opts.normalize_orientation:
+    extra += " --keep_orientation"
+  if opts.max_proposals != prepare.PrepareOptions.max_proposals:
+    extra += f" --max_proposals {opts.max_proposals}"
+  return (f"python tools/prepare_data.py --dataset {made['dataset']} --root {made['root']}"
+          f" --out {out} --long_side {opts.long_side}{extra}"
+          f"{_UNRECORDED_FLAGS.get(dataset, '')}")
 
 
 def require_for_run(config, splits: Sequence[str]) -> list[str]:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import pathlib
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from attend_jax import paths
+from attend_jax.data.errors import CorruptRecordsError
 
 NAME = "mammograms"
 LABEL_NAMES = ("no_cancer", "cancer")
@@ -101,12 +103,53 @@ def build(data_dir, config: str, cache_dir) -> None:
       download_config=tfds.download.DownloadConfig(manual_dir=str(cache_dir)))
 
 
-def data_source(data_dir, config: str, split: str):
+def data_source(data_dir, config: str, split: str,
+                rerun: Callable[[], str] | None = None) -> "Records":
   """A random-access source of decoded records (dicts of numpy arrays and bytes), from local
   disk: ArrayRecord's reader opens only local files (on a gs:// folder it hangs at the first
-  record), so a bucket is refused with one line."""
+  record), so a bucket is refused with one line. ``rerun`` gives the command that prepares the
+  records again, for the error a corrupt shard raises (``prepared.prepare_command``; a caller
+  above this module passes it, picklable, e.g. a ``functools.partial``)."""
   require_local(data_dir)
-  return builder(data_dir, config).as_data_source(split=split)
+  return Records(builder(data_dir, config).as_data_source(split=split), data_dir, config,
+                 rerun)
+
+
+_MADE_THEM = "the tools/prepare_data.py command that made them"
+
+
+class Records:
+  """A split's records as TFDS reads them, except that a shard the reader cannot read (bytes
+  flipped or cut off: ArrayRecord names neither the file nor a remedy) is a
+  CorruptRecordsError naming the shard and the command that prepares it again. Picklable, for
+  grain's worker processes."""
+
+  def __init__(self, source, data_dir, config: str, rerun: Callable[[], str] | None = None):
+    self._source, self._data_dir, self._config, self._rerun = source, data_dir, config, rerun
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
+
+  def __getitem__(self, index):
+    try:
+      return self._source[index]
+    except (RuntimeError, OSError) as e:  # Riegeli's "Corrupted ... file", a truncated shard.
+      raise self._corrupt(int(index), e) from None
+
+  def _corrupt(self, index: int, error: Exception) -> CorruptRecordsError:
+    shard = "?"
+    for part in self._source.dataset_info.splits[self._source.split].file_instructions:
+      if index < part.take:
+        shard = part.filename
+        break
+      index -= part.take
+    folder = paths.path(self._data_dir) / NAME / self._config
+    return CorruptRecordsError(shard, (
+        f"the prepared records cannot be read ({error}); prepare them again: delete {folder} and"
+        f" rerun {self._rerun() if self._rerun else _MADE_THEM}"))
 
 
 def require_local(data_dir) -> None:

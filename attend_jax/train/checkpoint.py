@@ -22,6 +22,7 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 from attend_jax import paths
@@ -46,42 +47,100 @@ def _reason(e: BaseException) -> str:
   return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+def _disk_full(e: BaseException) -> bool:
+  """Whichever way orbax reports it: an OSError, or a TensorStore ValueError from its writers."""
+  return getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e)
+
+
 class Checkpoints:
+  """Saves are asynchronous: orbax writes a checkpoint in background threads while training goes
+  on, and its own first word of a failure would be at the next save of that folder. Here a save
+  is known to have failed when it ends (``check``, after every step) or at the latest before the
+  folder's next save, and is reported by its step: a full disk as one DiskFullError naming
+  ``sub/step``. The temporary folder a failed save leaves is removed (orbax leaves it; on a full
+  disk that is also the space back), and any left by a killed run goes when the next opens."""
 
   def __init__(self, workdir: str | os.PathLike, keep: int = 2):
     self.workdir = paths.path(workdir)
     self.keep = keep
+    self._pending: dict[str, tuple[int, int]] = {}  # Folder -> (step, bytes) of a save in flight.
     self._open()
 
   def _open(self) -> None:
-    options = lambda n: ocp.CheckpointManagerOptions(max_to_keep=n, create=True)  # noqa: E731
+    options = lambda n: ocp.CheckpointManagerOptions(  # noqa: E731
+        max_to_keep=n, create=True, cleanup_tmp_directories=True)
     self.latest = ocp.CheckpointManager(self.workdir / LATEST, options=options(self.keep))
     self.best = ocp.CheckpointManager(self.workdir / BEST, options=options(1))
 
-  @contextlib.contextmanager
-  def _disk(self, sub: str, state=None):
-    """A full disk, whichever way orbax reports it (an OSError, or a TensorStore ValueError
-    from its writer threads at the next save), as one DiskFullError naming the folder and what
-    a checkpoint needs."""
-    try:
-      yield
-    except Exception as e:  # noqa: BLE001  (re-raised unless it is a full disk)
-      if not (getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e)):
-        raise
-      if state is not None:
-        self.size = sum(x.nbytes for x in jax.tree.leaves(state))
-      raise DiskFullError(self.workdir / sub, getattr(self, "size", 0)) from None
+  def _manager(self, sub: str) -> ocp.CheckpointManager:
+    return self.latest if sub == LATEST else self.best
+
+  def _save(self, sub: str, step: int, state: dict, args: ocp.args.Composite) -> None:
+    self._commit(sub)  # A failure before this save's own is then named by its own step.
+    size = sum(x.nbytes for x in jax.tree.leaves(state))
+    with self._failed(sub, step, size):
+      self._manager(sub).save(step, args=args)
+    self._pending[sub] = (step, size)
 
   def save_latest(self, step: int, state: dict, trainer: dict, data_state) -> None:
-    with self._disk(LATEST, state):
-      self.latest.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), trainer=ocp.args.JsonSave(trainer),
-          data=ocp.args.JsonSave(data_state)))
+    self._save(LATEST, step, state, ocp.args.Composite(
+        state=ocp.args.StandardSave(state), trainer=ocp.args.JsonSave(trainer),
+        data=ocp.args.JsonSave(data_state)))
 
   def save_best(self, step: int, state: dict, metrics: dict) -> None:
-    with self._disk(BEST, state):
-      self.best.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), metrics=ocp.args.JsonSave(metrics)))
+    self._save(BEST, step, state, ocp.args.Composite(
+        state=ocp.args.StandardSave(state), metrics=ocp.args.JsonSave(metrics)))
+
+  def _commit(self, sub: str) -> None:
+    """Waits for ``sub``'s save in flight, if any; its failure is raised, named."""
+    if sub not in self._pending:
+      return
+    step, size = self._pending[sub]
+    with self._failed(sub, step, size):
+      self._manager(sub).wait_until_finished()
+    del self._pending[sub]
+
+  def check(self) -> None:
+    """Raises the failure of a save that has ended, without waiting for one still writing.
+
+    On one host only: hosts see a save end at different steps, and one stopping alone would
+    leave the others waiting in the next step's collectives; there the failure is raised before
+    the folder's next save, which every host reaches at the same step."""
+    if jax.process_count() > 1:
+      return
+    for sub in list(self._pending):
+      if not self._manager(sub).is_saving_in_progress():
+        self._commit(sub)
+
+  @contextlib.contextmanager
+  def _failed(self, sub: str, step: int, size: int):
+    """A failure of the save of ``sub/step``: its temporary folder and those of the other saves
+    in flight (the same full disk fails them too) removed; a full disk as a DiskFullError."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001  (re-raised, a full disk as a DiskFullError)
+      self._pending.pop(sub, None)
+      self._remove_temporary(sub, step)
+      self._abandon_pending()
+      if not _disk_full(e):
+        raise
+      raise DiskFullError(self.workdir / sub / str(step), size) from None
+
+  def _abandon_pending(self) -> None:
+    """Waits for the saves still in flight; a failed one's temporary folder is removed, and its
+    error goes to the log (the error being raised is the one reported)."""
+    while self._pending:
+      sub, (step, _) = self._pending.popitem()
+      try:
+        self._manager(sub).wait_until_finished()
+      except Exception as e:  # noqa: BLE001  (logged; the first failure is the one raised)
+        logging.warning("The save of %s/%d failed as well: %s", sub, step, _reason(e))
+        self._remove_temporary(sub, step)
+
+  def _remove_temporary(self, sub: str, step: int) -> None:
+    if jax.process_index() == 0:
+      for tmp in (self.workdir / sub).glob(f"{step}{ocp.path.step.TMP_DIR_SUFFIX}*"):
+        tmp.rmtree()
 
   def _set_aside(self, manager: ocp.CheckpointManager, sub: str, step: int) -> epath.Path:
     """Moves ``sub/step`` to ``corrupt_checkpoints/sub-step`` and reopens the managers, so the
@@ -147,9 +206,9 @@ class Checkpoints:
     return step, restored["state"], restored["metrics"]
 
   def wait(self) -> None:
-    with self._disk(LATEST):
-      self.latest.wait_until_finished()
-      self.best.wait_until_finished()
+    """Waits for the saves in flight; a failure is raised, named by its save."""
+    for sub in (LATEST, BEST):
+      self._commit(sub)
 
   def close(self) -> None:
     self.latest.close()

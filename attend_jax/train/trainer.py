@@ -19,13 +19,14 @@ import numpy as np
 import optax
 from etils import epath
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from attend_jax import config_check, paths, run, tasks
 from attend_jax.data import pipeline, prepared, records
 from attend_jax.eval import loop as eval_loop
 from attend_jax.models import build
 from attend_jax.progress import log
-from attend_jax.train import checkpoint, optim, preemption, sharding
+from attend_jax.train import checkpoint, memory, optim, preemption, sharding
 from attend_jax.train.writer import MetricWriter
 
 
@@ -34,10 +35,14 @@ class TrainingDivergedError(RuntimeError):
 
 
 def make_train_step(task: tasks.Task, train_def, tx: optax.GradientTransformation,
-                    dropout_key: jax.Array):
+                    dropout_key: jax.Array, state_shardings=None):
   """The jitted update ``(params, stats, opt_state, rngs, step, batch) -> (..., terms)``.
 
-  Parameters, BatchNorm statistics and optimiser state are donated: updated in place.
+  Parameters, BatchNorm statistics and optimiser state are donated: updated in place. With
+  ``state_shardings`` (those of params, stats and opt_state) the updated state keeps that
+  layout: XLA may otherwise choose another for some leaves (seen: a replicated bias returned
+  split over fsdp), and the next step would then need another executable, and donation could
+  not reuse those buffers.
   """
 
   def train_step(params, stats, opt_state, rngs, step, batch):
@@ -60,7 +65,9 @@ def make_train_step(task: tasks.Task, train_def, tx: optax.GradientTransformatio
         [g for g, t in zip(jax.tree.leaves(grads), trained, strict=True) if t])
     return params, nnx.state(m, nnx.BatchStat), opt_state, terms
 
-  return jax.jit(train_step, donate_argnums=(0, 1, 2))
+  if state_shardings is None:
+    return jax.jit(train_step, donate_argnums=(0, 1, 2))
+  return jax.jit(train_step, donate_argnums=(0, 1, 2), out_shardings=(*state_shardings, None))
 
 
 def maybe_initialize_distributed() -> None:
@@ -82,6 +89,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config_check.check(config)  # Before anything is written or loaded.
   maybe_initialize_distributed()
   workdir = paths.path(workdir)  # A local folder or a bucket URL, the same on every host.
+  paths.check_reachable(workdir)  # In seconds, naming it, where gcsfs would retry for a minute.
   workdir.mkdir(parents=True, exist_ok=True)
   with run.locked(workdir), preemption.StopSignal(config.train.preemption_grace_s) as stop:
     return _train(config, workdir, stop)
@@ -102,14 +110,13 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
     raise ValueError(f"data.batch_size ({config.data.batch_size}) and data.eval_batch_size"
                      f" ({config.data.eval_batch_size}) must be multiples of the {mesh.size}"
                      " devices.")
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
 
   # --- input ---------------------------------------------------------------------------------
   prepared.ensure_synthetic(config)
   prepared.require_for_run(config, ("train", config.data.eval_split))
   prepared.record_options(config)  # config.json says how the records were made; predict follows.
+  build.adopt_pretrained(config)  # And how the pretrained backbone resizes its positions.
   run.write_config(workdir, config)
-  train_iter = iter(pipeline.make_dataset(pipeline.for_split(config, "train", train=True)))
 
   # --- model and sharding --------------------------------------------------------------------
   model = sharding.create_sharded(lambda: task.build_model(config.seed), mesh)
@@ -119,7 +126,6 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
   train_def, params, stats, rngs = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
   model.eval()
   eval_def = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]
-  writer.parameter_overview(params)
   tx = optim.make(config, params, model.cfg.vit.depth)
   # Moments sharded like their parameters, step counts replicated on the mesh; an explicit
   # layout also makes restores land on the same devices.
@@ -128,16 +134,31 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
   dropout_key = jax.random.key(config.seed + 1)
 
   # --- update and evaluation steps -----------------------------------------------------------
-  train_step = make_train_step(task, train_def, tx, dropout_key)
+  train_step = make_train_step(task, train_def, tx, dropout_key, jax.tree.map(
+      lambda x: x.sharding, (params, stats, opt_state)))
   # A run's batch transform: with proposals.source="detector", its detector's boxes.
   proposer = run.proposer(config, workdir, mesh)
   eval_step = eval_loop.predict_step(task, eval_def, proposer=proposer)
+
+  # --- memory pre-flight ---------------------------------------------------------------------
+  # The step compiled ahead of time from the batch's shapes, before the pipeline reads a batch,
+  # so that one that cannot fit is a line here (memory.py); training then runs this executable.
+  def compile_at(batch_size: int):
+    batch = memory.abstract_batch(config, mesh, batch_size, proposer)
+    return train_step.lower(params, stats, opt_state, rngs, 0, batch).compile()
+
+  compiled_step = compile_at(config.data.batch_size)
+  if config.train.memory_check:
+    memory.check(config, mesh, compiled_step, compile_at,
+                 memory.budget(config, mesh, (params, stats, opt_state, rngs)))
+  batch_sharding = NamedSharding(mesh, sharding.BATCH_SPEC)
 
   # --- checkpoints and resume ----------------------------------------------------------------
   ckpts = checkpoint.Checkpoints(workdir)
   metric = task.selection_metric
   counters = {"best_metric": -1.0, "bad_evals": 0, "stopped_early": False}
   step = 0
+  train_iter = iter(pipeline.make_dataset(pipeline.for_split(config, "train", train=True)))
   restored = ckpts.restore_latest({"params": params, "stats": stats, "opt_state": opt_state})
   if restored is not None:
     step, state, counters, data_state = restored
@@ -145,6 +166,9 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
     params, stats, opt_state = state["params"], state["stats"], state["opt_state"]
     train_iter.set_state(data_state)
     log("Resumed from step %d in %s", step, workdir)
+  # From the step training continues at: rows of steps it trains again are not kept twice.
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0, start_step=step)
+  writer.parameter_overview(params)
 
   def current_state():
     return {"params": params, "stats": stats, "opt_state": opt_state}
@@ -161,8 +185,9 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
   while step < total and not counters["stopped_early"]:
     batch = sharding.to_global(next(train_iter), mesh)
     if proposer is not None:
-      batch = proposer(batch)
-    params, stats, opt_state, terms = train_step(params, stats, opt_state, rngs, step, batch)
+      # Laid out as the compiled step takes it, whatever layout the detector's step chose.
+      batch = jax.device_put(proposer(batch), batch_sharding)
+    params, stats, opt_state, terms = compiled_step(params, stats, opt_state, rngs, step, batch)
     step += 1
     loss = float(terms["loss"])
     if not np.isfinite(loss):
@@ -204,6 +229,7 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
     if step % config.train.checkpoint_every == 0 or step == total or counters["stopped_early"]:
       ckpts.save_latest(step, current_state(), counters, train_iter.get_state())
       saved = True
+    ckpts.check()  # A save that failed in the background is reported now, by its step.
     if stop.requested():  # Every host, every step: they agree on this step.
       if not saved:
         ckpts.save_latest(step, current_state(), counters, train_iter.get_state())

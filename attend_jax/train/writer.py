@@ -5,12 +5,20 @@ only to local disk. For a workdir on a bucket both files are written to a local 
 uploaded (``paths.Mirror``) at most every ``upload_every_s`` seconds, at every evaluation and at
 ``close``; a killed run's bucket may then miss its last seconds of training scalars, never a
 checkpoint.
+
+A resumed run starts at its last checkpoint's step, and a run killed after logging steps past that
+checkpoint trains them again. So the writer of a run that starts at ``start_step`` drops the rows
+of later steps from ``metrics.jsonl`` (and a row cut short by the kill): the file then holds each
+step's row once, the rerun's. Event files are never rewritten: each run writes its own, and the
+new one starts with TensorBoard's purge marker (``purge_step``), by which TensorBoard hides the
+older files' events from ``start_step + 1`` on.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 import sys
 
 from absl import logging
@@ -35,10 +43,23 @@ def _summary_writer_class():
   return SummaryWriter
 
 
+def _drop_rows_after(path: pathlib.Path, step: int) -> None:
+  """Keeps the complete rows of steps up to ``step`` (rows are written whole and flushed, so only
+  the last one can be cut short)."""
+  if not path.exists():
+    return
+  lines = path.read_text().splitlines(keepends=True)
+  kept = [l for l in lines if l.endswith("\n") and json.loads(l)["step"] <= step]
+  if kept != lines:
+    path.write_text("".join(kept))
+
+
 class MetricWriter:
 
   def __init__(self, workdir: str | os.PathLike, enabled: bool = True,
-               upload_every_s: float = 30.0):
+               start_step: int | None = None, upload_every_s: float = 30.0):
+    """``start_step``: the step a run continues from (see above); None appends to what is
+    there."""
     self.enabled = enabled
     self._tb = None
     self._jsonl = None
@@ -46,8 +67,11 @@ class MetricWriter:
       SummaryWriter = _summary_writer_class()
       self._mirror = paths.Mirror(workdir, resume=(JSONL,), every_s=upload_every_s)
       # Event files are named by the second they start in; the pid keeps a quick rerun's apart.
-      self._tb = SummaryWriter(str(self._mirror.dir / TENSORBOARD),
-                               filename_suffix=f".{os.getpid()}.{id(self)}")
+      self._tb = SummaryWriter(
+          str(self._mirror.dir / TENSORBOARD), filename_suffix=f".{os.getpid()}.{id(self)}",
+          purge_step=None if start_step is None else start_step + 1)
+      if start_step is not None:
+        _drop_rows_after(self._mirror.dir / JSONL, start_step)
       self._jsonl = open(self._mirror.dir / JSONL, "a")
 
   def write(self, step: int, prefix: str, scalars: dict[str, float]) -> None:

@@ -33,6 +33,13 @@ import tempfile  # noqa: E402
 import pytest  # noqa: E402
 
 import gcs as gcs_emulator  # noqa: E402
+import readme_commands  # noqa: E402
+
+# Every command the tests run, for the check that each README command is run by some test
+# (readme_commands.py); the workers inherit it, as they do the XLA cache.
+if readme_commands.LOG_ENV not in os.environ:
+  os.environ[readme_commands.LOG_ENV] = tempfile.mkdtemp(prefix="attend_jax-commands-")
+  os.environ["ATTEND_JAX_OWN_COMMAND_LOG"] = "1"
 
 # The PyTorch model of the reference lives with the dev tools (tools/bench_train.py uses it).
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
@@ -52,13 +59,35 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
   if os.environ.get("ATTEND_JAX_OWN_XLA_CACHE") and not hasattr(config, "workerinput"):
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+  if os.environ.get("ATTEND_JAX_OWN_COMMAND_LOG") and not hasattr(config, "workerinput"):
+    shutil.rmtree(os.environ[readme_commands.LOG_ENV], ignore_errors=True)
   root = getattr(config, "_attend_jax_basetemp", None)
   if root and getattr(config, "_attend_jax_passed", False):
     shutil.rmtree(root, ignore_errors=True)  # Kept after a failure, to look at.
 
 
+def _whole_suite(config) -> bool:
+  """Whether this session runs every test: only then must it have run every README command."""
+  opt = config.option
+  if opt.keyword or opt.markexpr or getattr(opt, "deselect", None) or getattr(opt, "lf", False):
+    return False
+  here = pathlib.Path(__file__).parent.resolve()
+  return [pathlib.Path(a).resolve() for a in config.args] in ([], [here])
+
+
 def pytest_sessionfinish(session, exitstatus):
-  session.config._attend_jax_passed = exitstatus == 0
+  config = session.config
+  if (exitstatus == 0 and not hasattr(config, "workerinput") and _whole_suite(config)
+      and os.environ.get("ATTEND_JAX_OWN_COMMAND_LOG")):
+    missing = readme_commands.not_run(readme_commands.recorded(
+        os.environ[readme_commands.LOG_ENV]))
+    if missing:
+      reporter = config.pluginmanager.get_plugin("terminalreporter")
+      reporter.write_sep("=", "README commands that no test runs", red=True)
+      for command in missing:
+        reporter.write_line(f"not run by any test: {command.text}")
+      session.exitstatus = exitstatus = pytest.ExitCode.TESTS_FAILED
+  config._attend_jax_passed = exitstatus == 0
 
 
 @pytest.fixture(scope="session")
@@ -74,8 +103,9 @@ def gcs():
 # (--dist=loadfile) in collection order, so a long file collected last would run alone at the
 # end while the other workers idle.
 LONGEST_FIRST = (
-    "train/test_trainer.py", "test_demo.py", "test_configs.py", "test_faults.py",
-    "models/test_attend.py", "test_notebooks.py", "test_ablate.py", "test_export_proposals.py",
+    "real_path/test_cbis_ddsm_path.py", "real_path/test_vindr_path.py", "test_faults.py",
+    "train/test_trainer.py", "test_demo.py", "test_faults_training.py",
+    "real_path/test_vindr_reference_path.py", "test_configs.py", "models/test_attend.py", "test_notebooks.py", "test_ablate.py", "test_export_proposals.py",
     "test_reference_mode.py", "train/test_sharding.py", "train/test_buckets_and_preemption.py",
 )
 

@@ -34,15 +34,23 @@ def test_paired_difference_on_hand_made_scores():
 
 @pytest.mark.slow
 def test_a_tiny_ablation_writes_its_table_and_skips_finished_runs(tmp_path):
-  # Grid RoIs keep it to four short runs (the detector variants train one more model first);
-  # the train split holds both classes, the smoke run's test split may not.
+  # As the README runs it, --detector_config included: the detector is trained once, into the
+  # config's proposals.detector (here redirected to tmp_path), before the variants. Grid RoIs
+  # then keep the variants to four short runs; the train split holds both classes, the smoke
+  # run's test split may not.
+  detector = tmp_path / "detector"
   args = ("tools/ablate.py", "--config=configs/demo.py:smoke,fine",
+          "--detector_config=configs/demo.py:smoke,fine,detector",
           "--variants=cls only,+ repulsive", "--seeds=2", f"--out={tmp_path / 'abl'}",
-          "--bootstrap=100", f"--set=data.dir={tmp_path / 'data'}", "--set=proposals.source=grid",
+          "--bootstrap=100", f"--set=data.dir={tmp_path / 'data'}",
+          f"--set=proposals.detector={detector}", "--set=proposals.source=grid",
           "--set=data.test_split=train", "--set=train.eval_every=10")
   data = tmp_path / "data"
   first = helpers.run(*args)
   assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+  # The detector ran on the same prepared data as the variants.
+  assert (detector / "eval" / "metrics.json").exists()
+  assert json.loads((detector / "config.json").read_text())["data"]["dir"] == str(data)
   result = json.loads((tmp_path / "abl" / "ablation.json").read_text())
   assert list(result["variants"]) == ["cls only", "+ repulsive"]
   for name, row in result["variants"].items():
@@ -59,7 +67,8 @@ def test_a_tiny_ablation_writes_its_table_and_skips_finished_runs(tmp_path):
   assert [c["seed"] for c in configs] == [0, 1, 0, 1]
   assert configs[2]["loss"]["repulsive_weight"] == 0.3
   # Rerun: nothing is trained again, the same table comes out.
-  mtimes = {p: p.stat().st_mtime for p in (tmp_path / "abl" / "runs").rglob("metrics.json")}
+  mtimes = {p: p.stat().st_mtime for p in [*(tmp_path / "abl" / "runs").rglob("metrics.json"),
+                                            detector / "eval" / "metrics.json"]}
   again = helpers.run(*args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert {p: p.stat().st_mtime for p in mtimes} == mtimes

@@ -123,6 +123,20 @@ def test_every_record_has_one_parsable_file_best_first(run, direct):
 
 
 @pytest.mark.slow
+def test_the_dataset_named_explicitly_gives_the_same_files(run, tmp_path):
+  """The README's form, --dataset (and --data_dir) given, one split: the default run's files."""
+  out = tmp_path / "val_only"
+  proc = _cli("tools/export_proposals.py", f"--detector={run['work']}", f"--dataset={DATASET}",
+              f"--data_dir={run['data']}", "--splits=val", f"--out={out}",
+              f"--batch_size={BATCH}")
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  files = sorted(p.relative_to(out) for p in out.rglob("*_preds.txt"))
+  assert len(files) == 4
+  for name in files:
+    assert (out / name).read_text() == (run["out"] / name).read_text()
+
+
+@pytest.mark.slow
 def test_files_map_back_to_the_detectors_own_boxes(run, direct):
   """Original-resolution, original-orientation crop pixels: prepare's mapping gives back the
   detector's boxes in stored pixels, and the scores, in the same order."""

@@ -12,8 +12,10 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 # One pytest worker per core (at most 4), a test file per worker: the suite is mostly XLA
-# compiles and subprocess start-ups, which run on one core each (2 cores: 30 -> ~24 min).
-PYTEST_ARGS ?= -n auto --maxprocesses=4 --dist=loadfile
+# compiles and subprocess start-ups, which run on one core each. Files go out in the order
+# tests/conftest.py sorts them, longest first (xdist would otherwise hand out the files with the
+# most tests first, and the few long end-to-end files would run last, alone).
+PYTEST_ARGS ?= -n auto --maxprocesses=4 --dist=loadfile --no-loadscope-reorder
 
 .PHONY: demo test test-fast bench clean
 

@@ -4,10 +4,12 @@ bucket tests."""
 
 import os
 
-# Must happen before jax is imported anywhere.
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+import helpers  # noqa: E402  (imports no jax)
+
+# Must happen before jax is imported anywhere; FAST_COMPILE: see helpers.py.
+for _flag in ("--xla_force_host_platform_device_count=8", helpers.FAST_COMPILE):
+  if _flag not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent XLA compilation cache for this session, its xdist workers (they inherit the
 # environment) and every child process the tests start: most of the suite is the same few smoke
@@ -103,10 +105,12 @@ def gcs():
 # (--dist=loadfile) in collection order, so a long file collected last would run alone at the
 # end while the other workers idle.
 LONGEST_FIRST = (
-    "real_path/test_cbis_ddsm_path.py", "real_path/test_vindr_path.py", "test_faults.py",
-    "train/test_trainer.py", "test_demo.py", "test_faults_training.py",
-    "real_path/test_vindr_reference_path.py", "test_configs.py", "models/test_attend.py", "test_notebooks.py", "test_ablate.py", "test_export_proposals.py",
-    "test_reference_mode.py", "train/test_sharding.py", "train/test_buckets_and_preemption.py",
+    "train/test_trainer.py", "test_faults.py", "real_path/test_cbis_ddsm_path.py",
+    "real_path/test_vindr_path.py", "test_notebooks.py", "test_demo.py", "test_ablate.py",
+    "models/test_attend.py", "models/test_vit.py", "test_reference_mode.py",
+    "test_scale_report.py", "test_faults_training.py", "real_path/test_vindr_reference_path.py",
+    "train/test_buckets_and_preemption.py", "test_export_proposals.py", "convert/test_dinov2.py",
+    "test_losses.py", "test_predict.py",
 )
 
 

@@ -21,7 +21,8 @@ def test_notebook_executes(name, work, monkeypatch):
   monkeypatch.setenv("ATTEND_JAX_QUICK", "1")
   monkeypatch.setenv("ATTEND_JAX_WORK", str(work))  # Shared: the grid model is trained once.
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  monkeypatch.delenv("XLA_FLAGS", raising=False)  # One device, as a user's kernel has.
+  # One device, as a user's kernel has; compiled quickly, as every test's child (helpers.py).
+  monkeypatch.setenv("XLA_FLAGS", helpers.FAST_COMPILE)
   nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
   assert "google.colab" in nb.cells[1].source  # The set-up cell installs on Colab.
   NotebookClient(nb, timeout=helpers.HANG_GUARD_S, kernel_name="python3",

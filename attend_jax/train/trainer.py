@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from attend_jax import config_check, paths, run, tasks
@@ -82,6 +83,13 @@ def maybe_initialize_distributed() -> None:
         process_id=int(os.environ["JAX_PROCESS_ID"]))
   elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
     jax.distributed.initialize()
+  else:
+    return
+  # The hosts leave initialize together. A first collective now sets up the CPU backend's
+  # (Gloo's) connections while they are in step: its connect times out after about 30 s, and
+  # at the first collective of the run (orbax's, when the checkpoint folder is opened) one
+  # host may arrive that much later than another (seen: a loaded CI machine, a bucket).
+  multihost_utils.sync_global_devices("attend_jax: hosts started")
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

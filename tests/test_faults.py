@@ -847,11 +847,13 @@ def test_ctrl_c_in_prepare_is_one_line_saying_what_is_done_and_the_rerun_resumes
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   cache = tmp_path / "out" / "cache"
+  # Finished cache entries; one being written is a .tmp.npz until it is renamed.
+  finished = lambda: [p for p in cache.rglob("*.npz") if not p.name.endswith(".tmp.npz")]  # noqa: E731
   deadline = time.time() + helpers.HANG_GUARD_S
-  while len(list(cache.rglob("*.npz"))) < 3:
+  while len(finished()) < 3:
     assert proc.poll() is None and time.time() < deadline, proc.communicate()
     time.sleep(0.05)
-  done = {p: p.stat().st_ino for p in cache.rglob("*.npz")}
+  done = {p: p.stat().st_ino for p in finished()}
   os.killpg(proc.pid, signal.SIGINT)
   stdout, stderr = proc.communicate(timeout=helpers.HANG_GUARD_S)
   assert proc.returncode == 130, stderr[-3000:]

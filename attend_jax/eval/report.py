@@ -4,18 +4,28 @@
 Figures are drawn on bare ``matplotlib.figure.Figure`` objects rather than through pyplot, so
 they never touch a display or pyplot's global list of open figures, whatever backend the
 process has chosen; PNGs are rendered by Agg. Each plot creates its file's parent folder and
-returns the path it wrote.
+returns the path it wrote. matplotlib is imported when the first figure is drawn, not when
+this module is (every CLI imports it, through the tasks, and most never plot).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from attend_jax.eval import detection, metrics
+
+if TYPE_CHECKING:
+  from matplotlib.figure import Figure
+
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+  from matplotlib.figure import Figure  # noqa: PLC0415  (see the module's docstring)
+
+  return Figure(figsize=figsize)
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -43,7 +53,7 @@ def plot_roc(labels, scores, path: str | os.PathLike, title: str | None = None,
              breast: tuple | None = None, num_bootstrap: int = 1000, seed: int = 0) -> Path:
   """ROC curve with AUC and bootstrap CI in the legend and the sensitivity marked at the
   summary FPRs; ``breast`` = (labels, scores) adds the breast-level curve."""
-  fig = Figure(figsize=(5.5, 5))
+  fig = _figure((5.5, 5))
   ax = fig.subplots()
   ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
   _draw_roc(ax, labels, scores, "Image", "C0", (4, -12), num_bootstrap, seed)
@@ -58,7 +68,7 @@ def plot_roc(labels, scores, path: str | os.PathLike, title: str | None = None,
 def plot_pr(labels, scores, path: str | os.PathLike, title: str | None = None) -> Path:
   """Precision-recall curve with average precision in the legend and prevalence as baseline."""
   precision, recall, _ = metrics.precision_recall_curve(labels, scores)
-  fig = Figure(figsize=(5.5, 5))
+  fig = _figure((5.5, 5))
   ax = fig.subplots()
   # Each recall gain is credited with the precision at its end, as average precision counts it.
   ax.plot(recall, precision, drawstyle="steps-pre",
@@ -79,7 +89,7 @@ def plot_calibration(labels, probabilities, path: str | os.PathLike, bins: int =
   mean_probability, fraction_positive, counts = metrics.calibration_bins(labels, probabilities,
                                                                          bins)
   ece = metrics.expected_calibration_error(labels, probabilities, bins)
-  fig = Figure(figsize=(5.5, 6.5))
+  fig = _figure((5.5, 6.5))
   top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
   top.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1, label="Perfect")
   filled = counts > 0
@@ -113,7 +123,7 @@ def plot_froc(fps, sens, path: str | os.PathLike, points=(0.5, 1, 2),
   at = detection.sensitivity_at_fps(fps, sens, points)
   curve_end = float(fps.max()) if fps.size else 0.0
   x_max = max(min(curve_end, _FROC_MAX_FPS), 1.25 * max(at, default=0.0)) or 1.0
-  fig = Figure(figsize=(5.5, 5))
+  fig = _figure((5.5, 5))
   ax = fig.subplots()
   if fps.size:
     ax.plot(np.r_[fps, max(x_max, curve_end)], np.r_[sens, sens[-1]], drawstyle="steps-post",

@@ -43,6 +43,11 @@ def train(config: str, workdir: pathlib.Path, data: pathlib.Path, backbone: Back
   return metrics, out
 
 
+def test_images(data: pathlib.Path) -> int:
+  """The test split's image count in prepare's manifest of ``data``."""
+  return json.loads((data / "manifest.json").read_text())["counts"]["test"]["images"]
+
+
 def trained_params(workdir: pathlib.Path) -> dict:
   """The parameters of a run's newest checkpoint, as saved."""
   steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())

@@ -41,7 +41,8 @@ def test_the_classifier_trains_with_its_backbone_and_evaluates_and_predicts(cbis
   work = tmp_path / "cbis"
   metrics, _ = flow.train("configs/cbis.py:tiny", work, cbis / "data", backbone,
                           "--config.mesh.fsdp=2", devices=8)
-  assert metrics["num_examples"] > 0 and 0 < metrics["num_positive"] < metrics["num_examples"]
+  assert metrics["num_examples"] == flow.test_images(cbis / "data") > 0
+  assert 0 < metrics["num_positive"] < metrics["num_examples"] and metrics["auc"] is not None
   assert (work / "eval" / "roc.png").exists()
   flow.check_backbone(work, backbone, frozen=3)
   evaluated = flow.evaluate(work, tmp_path / "evaluate")
@@ -55,17 +56,20 @@ def test_the_classifier_trains_with_its_backbone_and_evaluates_and_predicts(cbis
 def test_the_two_stage_recipe_detector_first(cbis, backbone, tmp_path):
   detector = tmp_path / "detector_cbis"
   metrics, _ = flow.train("configs/detector_cbis.py:tiny", detector, cbis / "data", backbone)
+  assert metrics["num_images"] == flow.test_images(cbis / "data")
   assert metrics["num_lesions"] > 0 and metrics["recall@10_iou0.3"] is not None
+  assert 0 <= metrics["froc_sens@2fp"] <= 1
   assert (detector / "eval" / "froc.png").exists()
   flow.check_backbone(detector, backbone, frozen=3)
   work = tmp_path / "cbis_det"
   metrics, out = flow.train("configs/cbis.py:tiny,detector", work, cbis / "data", backbone,
                             f"--config.proposals.detector={detector}")
-  assert "Proposals: the detector of" in out and metrics["num_examples"] > 0
+  assert "Proposals: the detector of" in out
+  assert metrics["num_examples"] == flow.test_images(cbis / "data") and metrics["auc"] is not None
   # The run keeps its own copy of the detector: predicting needs no other folder.
   assert (work / "detector" / "config.json").exists()
   shutil.rmtree(detector)
   images = flow.predict(work, _mammograms(cbis)[:2], tmp_path / "predict")
   for image in images:
-    assert image["rois"][0]["anchor"]
+    assert len(image["rois"]) == 5 and image["rois"][0]["anchor"]  # Breast + the detector's 4.
     assert all(r["detector_score"] is not None for r in image["rois"][1:]), image["rois"]

@@ -11,7 +11,7 @@ import numpy as np
 
 from attend_jax import tasks
 from attend_jax.data.errors import DataError
-from attend_jax.models import attend, build, roi, vit
+from attend_jax.models import attend, attention, build, roi, vit
 
 
 class ConfigError(ValueError):
@@ -54,6 +54,8 @@ def check(config) -> None:
   _one_of(config, "model.pool", attend.POOLS)
   _one_of(config, "model.variant", vit.VARIANTS)
   _one_of(config, "model.dtype", ("float32", "bfloat16"))
+  _one_of(config, "model.attention", attention.IMPLEMENTATIONS)
+  _one_of(config, "model.remat", tuple(vit.REMAT_POLICIES))
   _one_of(config, "model.num_classes", (1, 2))
   _one_of(config, "optim.schedule", ("constant", "cosine"))
   if config.train.get("preemption_grace_s", 1.0) <= 0:

@@ -58,6 +58,12 @@ def base() -> ml_collections.ConfigDict:
   c.model.dropout = 0.25
   c.model.freeze_blocks = 3  # Patch embedding and the first N ViT blocks; -1 freezes nothing.
   c.model.dtype = "float32"  # Or "bfloat16" compute.
+  # The ViT's attention kernel: auto (cuDNN flash on sm80+ GPUs in bf16, Pallas splash on TPU,
+  # XLA otherwise) | xla | cudnn | splash | cpu. The log says which ran and why.
+  c.model.attention = "auto"
+  # Recompute in the backward pass instead of keeping activations: none | dots (keep the
+  # matmuls' outputs) | full (keep each ViT block's input only). Same loss and gradients.
+  c.model.remat = "none"
   c.model.contrastive_dim = 128
 
   c.loss = ml_collections.ConfigDict()

@@ -9,7 +9,7 @@ On ``--devices`` simulated CPU devices it lowers and compiles the trainer's own 
 (``trainer.make_train_step``) and evaluation step (``eval.loop.predict_step``) for the
 config's real shapes, with the trainer's parameter, optimiser-state and batch shardings, from
 abstract values only (``nnx.eval_shape``, ShapeDtypeStructs): no data, no weights. Attention is
-traced as on an accelerator (``vit.attention_as_on``), not with the CPU's loop over heads.
+traced as on an accelerator (``attention.attention_as_on``), not with the CPU's loop over heads.
 
 It prints a table and writes JSON (``--out``) with:
 
@@ -53,7 +53,7 @@ from ml_collections import config_flags
 from attend_jax import cli, tasks
 from attend_jax.data import pipeline
 from attend_jax.eval import loop as eval_loop
-from attend_jax.models import attend, vit
+from attend_jax.models import attend, attention, vit
 from attend_jax.train import optim, sharding, trainer
 from bench_util import forward_flops
 from hlo_util import COLLECTIVES, collectives, hlo_dot_flops
@@ -142,7 +142,7 @@ def compile_steps(config, mesh, train_batch: int, eval_batch: int | None, backen
   ``eval_batch``), attention traced as on ``backend``."""
   task, _, train_def, eval_def, params, stats, rngs, tx, opt_state = abstract_state(config, mesh)
   step = trainer.make_train_step(task, train_def, tx, jax.random.key(config.seed + 1))
-  with vit.attention_as_on(backend), jax.set_mesh(mesh):
+  with attention.attention_as_on(backend), jax.set_mesh(mesh):
     train = step.lower(params, stats, opt_state, rngs,
                        jax.ShapeDtypeStruct((), np.int32),
                        batch_structs(config, train_batch, mesh)).compile(COMPILER_OPTIONS)

@@ -19,6 +19,8 @@ from attend_jax.progress import log
 def vit_config(config) -> vit.ViTConfig:
   overrides = {k: v for k, v in config.model.vit_overrides.items() if v}
   overrides["dtype"] = jnp.dtype(config.model.dtype)
+  overrides["attention"] = config.model.get("attention", "auto")
+  overrides["remat"] = config.model.get("remat", "none")
   return vit.config_for(config.model.variant, config.model.registers, **overrides)
 
 
@@ -87,8 +89,10 @@ def load_pretrained_backbone(model: nnx.Module, path: str) -> None:
 
   want = model.cfg.vit
   stored = dinov2.read_config(path)
-  if dataclasses.replace(stored, dtype=want.dtype, pos_embed_interp=want.pos_embed_interp
-                         ) != want:
+  # How it computes (dtype, kernel, remat) is the run's; what it is must match.
+  if dataclasses.replace(stored, dtype=want.dtype, pos_embed_interp=want.pos_embed_interp,
+                         attention=want.attention, remat=want.remat,
+                         attention_chunk=want.attention_chunk) != want:
     raise dinov2.CheckpointError(
         path, f"the converted backbone is {stored}, but the model is {want}")
   current = nnx.state(model.vision_model, nnx.Param)

@@ -12,10 +12,7 @@ model's own algorithm (see ``interpolate.py``).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
-import math
 from typing import Any
 
 import jax
@@ -23,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from attend_jax.models import interpolate
+from attend_jax.models import attention, interpolate
 
 PATCH_SIZE = 14
 
@@ -45,6 +42,11 @@ class ViTConfig:
   # Queries per attention chunk; 0 computes all scores at once. Chunking bounds the score
   # matrix so it stays in cache on CPU, and changes nothing numerically.
   attention_chunk: int = 0
+  attention: str = "auto"  # The kernel: attention.IMPLEMENTATIONS; "auto" picks per backend.
+  # Rematerialisation of each block in the backward pass (REMAT_POLICIES): "none" keeps every
+  # activation, "dots" keeps the matmul outputs and recomputes the rest (attention scores,
+  # norms, GELU), "full" keeps only each block's input.
+  remat: str = "none"
 
   @property
   def head_dim(self) -> int:
@@ -126,57 +128,6 @@ class LayerScale(nnx.Module):
     return x * self.gamma[...].astype(x.dtype)
 
 
-def attention_weights(q, k):
-  """Softmax attention probabilities, (B, H, Nq, Nk), from (B, N, H, D) queries and keys."""
-  scale = 1.0 / math.sqrt(q.shape[-1])
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, q.dtype), k)
-  return jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
-
-
-def _attend(q, k, v):
-  """Softmax attention over head-major (..., N, D) inputs; ``q`` is already scaled.
-
-  The (Nq, D) output is normalised instead of the (Nq, Nk) probabilities, which saves a pass
-  over the scores. The max is a constant shift for softmax, so it needs no gradient.
-  """
-  scores = jnp.einsum("...qd,...kd->...qk", q, k).astype(jnp.float32)
-  e = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True)))
-  out = jnp.einsum("...qk,...kd->...qd", e.astype(v.dtype), v)
-  return (out / e.sum(-1, keepdims=True).astype(out.dtype)).astype(v.dtype)
-
-
-def _attend_chunked(q, k, v, chunk: int):
-  # lax.map over blocks of queries bounds the live score block to (..., chunk, Nk).
-  n = q.shape[-2]
-  if chunk <= 0 or chunk >= n:
-    return _attend(q, k, v)
-  num_chunks = -(-n // chunk)
-  qp = jnp.pad(q, [(0, 0)] * (q.ndim - 2) + [(0, num_chunks * chunk - n), (0, 0)])
-  blocks = jnp.moveaxis(qp.reshape(*q.shape[:-2], num_chunks, chunk, q.shape[-1]), -3, 0)
-  out = jax.lax.map(lambda qb: _attend(qb, k, v), blocks)
-  out = jnp.moveaxis(out, 0, -3).reshape(*q.shape[:-2], num_chunks * chunk, q.shape[-1])
-  return out[..., :n, :]
-
-
-_ATTENTION_BACKEND = contextvars.ContextVar("attention_backend", default=None)
-
-
-@contextlib.contextmanager
-def attention_as_on(backend: str):
-  """Traces ``multihead_attention`` and the blocks' ``residual_barrier`` as on ``backend``
-  ("gpu", "tpu" or "cpu") whatever the default backend is: tools/scale_report.py compiles the
-  accelerator's program on CPU."""
-  token = _ATTENTION_BACKEND.set(backend)
-  try:
-    yield
-  finally:
-    _ATTENTION_BACKEND.reset(token)
-
-
-def _backend() -> str:
-  return _ATTENTION_BACKEND.get() or jax.default_backend()
-
-
 @jax.custom_vjp
 def residual_barrier(x):
   """The identity; in the backward pass its cotangent is materialised (a fusion boundary).
@@ -201,32 +152,12 @@ def _materialised(g):
 residual_barrier.defvjp(lambda x: (x, None), lambda _, g: (_materialised(g),))
 
 
-def multihead_attention(q, k, v, chunk: int = 0):
-  """Softmax attention over (B, N, H, D) inputs, optionally in blocks of ``chunk`` queries."""
-  backend = _backend()
-  if backend != "cpu" and not chunk:
-    # cuDNN's fused (flash) attention on GPUs where it applies, XLA's otherwise.
-    return jax.nn.dot_product_attention(q, k, v)
-  b, n, h, d = q.shape
-  # Head-major layout, with the scale folded into q (the smallest operand).
-  q = (q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)).transpose(0, 2, 1, 3)
-  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-  if backend == "cpu":
-    # XLA:CPU runs batched matmuls at half the rate of plain 2-D ones, and a full (B, H, N, N)
-    # score tensor does not stay in cache. One (batch, head) pair at a time fixes both.
-    flat = lambda t: t.reshape(b * h, *t.shape[2:])
-    out = jax.lax.map(lambda qkv: _attend_chunked(*qkv, chunk), (flat(q), flat(k), flat(v)))
-    out = out.reshape(b, h, n, d)
-  else:
-    out = _attend_chunked(q, k, v, chunk)
-  return out.transpose(0, 2, 1, 3)
-
-
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ViTConfig, rngs: nnx.Rngs):
     self.num_heads = cfg.num_heads
     self.chunk = cfg.attention_chunk
+    self.implementation = cfg.attention
     self.qkv = _linear(cfg.width, 3 * cfg.width, True, rngs, cfg.dtype)
     self.proj = _linear(cfg.width, cfg.width, False, rngs, cfg.dtype)
 
@@ -235,11 +166,11 @@ class Attention(nnx.Module):
     qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if return_weights:
-      weights = attention_weights(q, k)
+      weights = attention.attention_weights(q, k)
       out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
     else:
       weights = None
-      out = multihead_attention(q, k, v, self.chunk)
+      out = attention.dot_product_attention(q, k, v, self.implementation, self.chunk)
     return self.proj(out.reshape(b, n, d)), weights
 
 
@@ -287,12 +218,24 @@ class Block(nnx.Module):
     self.ls2 = LayerScale(cfg.width, cfg.layerscale_init)
 
   def __call__(self, x, return_weights: bool = False):
-    barrier = residual_barrier if _backend() == "cpu" else lambda t: t
+    barrier = residual_barrier if attention.backend() == "cpu" else lambda t: t
     x = barrier(batch_sharded(x))
     y, weights = self.attn(self.norm1(x), return_weights)
     x = barrier(x + self.ls1(y))
     x = x + self.ls2(self.mlp(self.norm2(x)))
     return batch_sharded(x), weights
+
+
+REMAT_POLICIES = {
+    "none": None,
+    # Linear layers' outputs are dots without batch dimensions; attention's are batched.
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def _block_forward(block: Block, x):
+  return block(x)[0]
 
 
 class PatchEmbed(nnx.Module):
@@ -360,11 +303,18 @@ class DinoV2(nnx.Module):
     if num_reg:
       reg = jnp.broadcast_to(self.register_tokens[...], (b, num_reg, x.shape[-1]))
       x = jnp.concatenate([x[:, :1], reg.astype(dtype), x[:, 1:]], axis=1)
+    if self.cfg.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat must be one of {tuple(REMAT_POLICIES)}, got"
+                       f" {self.cfg.remat!r}.")
+    forward = _block_forward
+    if self.cfg.remat != "none":
+      forward = nnx.remat(_block_forward, policy=REMAT_POLICIES[self.cfg.remat])
     weights = None
     for i, block in enumerate(self.blocks):
-      x, block_weights = block(x, return_attention and i == len(self.blocks) - 1)
-      if block_weights is not None:
-        weights = block_weights
+      if return_attention and i == len(self.blocks) - 1:
+        x, weights = block(x, True)
+      else:
+        x = forward(block, x)
     x = self.norm(x)
     aux = {"patch_tokens": x[:, 1 + num_reg :], "register_tokens": x[:, 1 : 1 + num_reg]}
     if weights is not None:

@@ -1,0 +1,210 @@
+"""Softmax attention, one function for every backend: which kernel runs is chosen here.
+
+``dot_product_attention(q, k, v, implementation)`` takes (B, N, H, D) queries, keys and values
+and picks, for ``implementation="auto"``:
+
+- GPUs with cuDNN's fused (flash) attention, sm80+ in bfloat16 or float16 with head_dim <= 128:
+  ``jax.nn.dot_product_attention(implementation="cudnn")``. Nothing of (N, N) goes to memory.
+- TPUs: the Pallas splash attention kernel (``jax.experimental.pallas.ops.tpu``), the sequence
+  padded to a multiple of 128 and the padding masked out through segment ids.
+- Otherwise (CPUs; float32; older GPUs such as Colab's T4, sm75): XLA's attention, or on a CPU
+  the loop over (batch, head) pairs that XLA:CPU runs fastest.
+
+The choice and its reason are logged once per process. ``attention_as_on`` traces as on
+another backend (tools/scale_report.py compiles an accelerator's program on a CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attend_jax.progress import log
+
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "cpu")
+SPLASH_MULTIPLE = 128  # Splash attention's tiles: the sequence is padded to a multiple.
+CUDNN_MAX_HEAD_DIM = 128
+
+# (backend, device kind, compute capability) traced as, instead of the default device's.
+_AS_ON = contextvars.ContextVar("attention_as_on", default=None)
+
+
+@contextlib.contextmanager
+def attention_as_on(backend: str, compute_capability: str = "9.0"):
+  """Traces attention (and the ViT's CPU-only ``residual_barrier``) as on ``backend`` ("gpu",
+  "tpu" or "cpu"), whatever the default backend is; a "gpu" is taken to have
+  ``compute_capability`` (an H100 by default)."""
+  token = _AS_ON.set((backend, compute_capability))
+  try:
+    yield
+  finally:
+    _AS_ON.reset(token)
+
+
+def backend() -> str:
+  """The backend a step is traced for: ``attention_as_on``'s, else JAX's default."""
+  forced = _AS_ON.get()
+  return forced[0] if forced else jax.default_backend()
+
+
+def _compute_capability() -> str | None:
+  forced = _AS_ON.get()
+  if forced:
+    return forced[1]
+  return getattr(jax.devices()[0], "compute_capability", None)
+
+
+def choose(dtype, head_dim: int, requested: str = "auto") -> tuple[str, str]:
+  """``(implementation, reason)`` for attention in ``dtype`` with ``head_dim`` on this
+  backend; ``requested`` other than "auto" is taken as it is."""
+  if requested not in IMPLEMENTATIONS:
+    raise ValueError(f"model.attention must be one of {IMPLEMENTATIONS}, got {requested!r}.")
+  if requested != "auto":
+    return requested, "set by model.attention"
+  on = backend()
+  dtype = jnp.dtype(dtype)
+  if on == "tpu":
+    return "splash", "TPU: Pallas splash attention"
+  if on in ("gpu", "cuda"):
+    cc = _compute_capability()
+    major = int(str(cc).split(".")[0]) if cc else 0
+    if major < 8:
+      return "xla", f"GPU sm{str(cc).replace('.', '')}: cuDNN flash attention needs sm80+"
+    if dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+      return "xla", f"GPU in {dtype.name}: cuDNN flash attention needs bfloat16 or float16"
+    if head_dim > CUDNN_MAX_HEAD_DIM or head_dim % 8:
+      return "xla", f"head_dim {head_dim}: cuDNN flash attention needs a multiple of 8 <= 128"
+    return "cudnn", f"GPU sm{str(cc).replace('.', '')} in {dtype.name}: cuDNN flash attention"
+  if on == "cpu":
+    return "cpu", "CPU: one (batch, head) pair at a time"
+  return "xla", f"backend {on}: XLA's attention"
+
+
+_LOGGED: set = set()
+
+
+def _log_once(implementation: str, reason: str) -> None:
+  if (implementation, reason) not in _LOGGED:
+    _LOGGED.add((implementation, reason))
+    log("Attention: %s (%s)", implementation, reason)
+
+
+def dot_product_attention(q, k, v, implementation: str = "auto", chunk: int = 0,
+                          interpret: bool = False):
+  """Softmax attention over (B, N, H, D) inputs, scaled by 1/sqrt(D); (B, N, H, D) out.
+
+  ``chunk`` > 0 computes the XLA and CPU paths in blocks of ``chunk`` queries. The splash
+  kernel runs in Pallas's interpreter where the step is not traced for a TPU (slow: for tests
+  on a CPU), or with ``interpret``.
+  """
+  impl, reason = choose(q.dtype, q.shape[-1], implementation)
+  if impl == "cudnn":
+    try:
+      out = jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    except (ValueError, NotImplementedError, RuntimeError) as e:  # Not on this GPU or shape.
+      impl, reason = "xla", f"cuDNN refused: {str(e).splitlines()[0]}"
+    else:
+      _log_once(impl, reason)
+      return out
+  _log_once(impl, reason)
+  if impl == "splash":
+    return _splash(q, k, v, interpret or backend() != "tpu")
+  return _xla(q, k, v, chunk, per_head=impl == "cpu")
+
+
+# --- XLA, and the CPU's loop -------------------------------------------------------------------
+
+
+def attention_weights(q, k):
+  """Softmax attention probabilities, (B, H, Nq, Nk), from (B, N, H, D) queries and keys."""
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, q.dtype), k)
+  return jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
+
+
+def _attend(q, k, v):
+  """Softmax attention over head-major (..., N, D) inputs; ``q`` is already scaled.
+
+  The (Nq, D) output is normalised instead of the (Nq, Nk) probabilities, which saves a pass
+  over the scores. The max is a constant shift for softmax, so it needs no gradient.
+  """
+  scores = jnp.einsum("...qd,...kd->...qk", q, k).astype(jnp.float32)
+  e = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True)))
+  out = jnp.einsum("...qk,...kd->...qd", e.astype(v.dtype), v)
+  return (out / e.sum(-1, keepdims=True).astype(out.dtype)).astype(v.dtype)
+
+
+def _attend_chunked(q, k, v, chunk: int):
+  # lax.map over blocks of queries bounds the live score block to (..., chunk, Nk).
+  n = q.shape[-2]
+  if chunk <= 0 or chunk >= n:
+    return _attend(q, k, v)
+  num_chunks = -(-n // chunk)
+  qp = jnp.pad(q, [(0, 0)] * (q.ndim - 2) + [(0, num_chunks * chunk - n), (0, 0)])
+  blocks = jnp.moveaxis(qp.reshape(*q.shape[:-2], num_chunks, chunk, q.shape[-1]), -3, 0)
+  out = jax.lax.map(lambda qb: _attend(qb, k, v), blocks)
+  out = jnp.moveaxis(out, 0, -3).reshape(*q.shape[:-2], num_chunks * chunk, q.shape[-1])
+  return out[..., :n, :]
+
+
+def _xla(q, k, v, chunk: int, per_head: bool):
+  if not per_head and not chunk:
+    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+  b, n, h, d = q.shape
+  # Head-major layout, with the scale folded into q (the smallest operand).
+  q = (q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)).transpose(0, 2, 1, 3)
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  if per_head:
+    # XLA:CPU runs batched matmuls at half the rate of plain 2-D ones, and a full (B, H, N, N)
+    # score tensor does not stay in cache. One (batch, head) pair at a time fixes both.
+    flat = lambda t: t.reshape(b * h, *t.shape[2:])  # noqa: E731
+    out = jax.lax.map(lambda qkv: _attend_chunked(*qkv, chunk), (flat(q), flat(k), flat(v)))
+    out = out.reshape(b, h, n, d)
+  else:
+    out = _attend_chunked(q, k, v, chunk)
+  return out.transpose(0, 2, 1, 3)
+
+
+# --- splash (TPU) ------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _splash_kernel(length: int, heads: int, interpret: bool):
+  from jax.experimental.pallas.ops.tpu import splash_attention as sa
+
+  mask = sa.MultiHeadMask([sa.FullMask((length, length))] * heads)
+  # Its mask tables are concrete arrays even when first built inside a trace, so the cached
+  # kernel can serve every later trace.
+  with jax.ensure_compile_time_eval():
+    return sa.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def _splash(q, k, v, interpret: bool):
+  b, n, h, d = q.shape
+  t = -(-n // SPLASH_MULTIPLE) * SPLASH_MULTIPLE
+  scale = jnp.asarray(1.0 / math.sqrt(d), q.dtype)
+  pad = lambda x: jnp.pad(x.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, t - n), (0, 0)))  # noqa
+  segments = jnp.broadcast_to((jnp.arange(t) >= n).astype(jnp.int32), (b, t))
+  run = functools.partial(_splash_batch, interpret=interpret)
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = tuple(a for a in ("data", "fsdp") if not mesh.empty and a in mesh.axis_names)
+  if axes and b % int(np.prod([mesh.shape[a] for a in axes])) == 0:
+    # A Pallas kernel is one device's program: each device runs it on its own examples.
+    spec = jax.sharding.PartitionSpec(axes)
+    run = jax.shard_map(run, in_specs=(spec,) * 4, out_specs=spec, check_vma=False)
+  out = run(pad(q * scale), pad(k), pad(v), segments)
+  return out[:, :, :n].transpose(0, 2, 1, 3)
+
+
+def _splash_batch(q, k, v, segments, interpret: bool):
+  from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
+
+  kernel = _splash_kernel(q.shape[2], q.shape[1], interpret)
+  return jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=SegmentIds(s, s)))(
+      q, k, v, segments)

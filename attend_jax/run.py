@@ -85,9 +85,15 @@ def load(directory: str | os.PathLike) -> Loaded:
   directory = paths.path(directory)
   config = read_config(directory)
   config.model.pretrained = ""  # The checkpoint holds the backbone too.
-  model = tasks.get(config).build_model()
-  graph, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-  target = {"params": params, "stats": stats}
+  build = tasks.get(config).build_model
+  # Shapes only: the weights come from the checkpoint. An eager build would initialise every
+  # parameter op by op (about 2 s of one-off kernel compiles per process) to be overwritten.
+  graph, params, stats, _ = nnx.split(nnx.eval_shape(build), nnx.Param, nnx.BatchStat, ...)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                        {"params": params, "stats": stats})
+  # The rest (dropout's RNG state) as a fresh build has it, from one small compiled program.
+  rest = jax.jit(lambda: nnx.split(build(), nnx.Param, nnx.BatchStat, ...)[3])()
   for sub in (checkpoint.BEST, checkpoint.LATEST, WEIGHTS):
     restored = checkpoint.restore_weights(directory / sub, target)
     if restored is not None:

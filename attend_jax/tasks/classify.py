@@ -84,7 +84,8 @@ class Classify(Task):
   name = "classify"
 
   def build_model(self, seed: int = 0) -> attend.AttendModel:
-    return attend.AttendModel(build.attend_config(self.config), rngs=nnx.Rngs(seed))
+    with build.fast_tracing():
+      return attend.AttendModel(build.attend_config(self.config), rngs=nnx.Rngs(seed))
 
   def check(self) -> None:
     build.attend_config(self.config)

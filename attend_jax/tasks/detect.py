@@ -29,7 +29,8 @@ class Detect(Task):
   host_keys = ("label", "index", "lesion_boxes", "lesion_mask")
 
   def build_model(self, seed: int = 0) -> detector.Detector:
-    return detector.Detector(build.detector_config(self.config), rngs=nnx.Rngs(seed))
+    with build.fast_tracing():
+      return detector.Detector(build.detector_config(self.config), rngs=nnx.Rngs(seed))
 
   def check(self) -> None:
     build.detector_config(self.config)

@@ -90,3 +90,32 @@ def test_a_corrupt_vit_config_json_is_one_reason(weights, tmp_path, content):
   (broken / dinov2.CONFIG_FILE).write_text(content)
   with pytest.raises(dinov2.CheckpointError, match="unreadable .*convert the weights again"):
     dinov2.read_config(broken)
+
+
+def _probe_sharding_while_tracing():
+  import jax.numpy as jnp
+
+  def f(x):
+    y = jnp.sin(x) + 1
+    assert getattr(y, "sharding", None) is None  # flax's probe in Variable.set_value.
+    return y
+
+  jax.make_jaxpr(f)(jnp.ones(3))
+
+
+def test_fast_tracing_skips_the_tracer_origin_walk_and_is_undone_after_the_block(monkeypatch):
+  """JAX builds the "became a tracer at ..." lines (a walk over every traced equation) for
+  each probe, then drops them; inside fast_tracing it does not, and after it does again."""
+  from jax._src.interpreters import partial_eval
+
+  calls = []
+  original = partial_eval.DynamicJaxprTracer._origin_msg
+  monkeypatch.setattr(partial_eval.DynamicJaxprTracer, "_origin_msg",
+                      lambda self: calls.append(1) or original(self))
+  _probe_sharding_while_tracing()
+  assert len(calls) == 1
+  with build.fast_tracing():
+    _probe_sharding_while_tracing()
+  assert len(calls) == 1
+  _probe_sharding_while_tracing()
+  assert len(calls) == 2

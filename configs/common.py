@@ -97,6 +97,11 @@ def base() -> ml_collections.ConfigDict:
   # On SIGTERM / SIGINT: seconds to save and commit a checkpoint before the process exits anyway
   # (spot and preemptible VMs get about 30 s).
   c.train.preemption_grace_s = 25.0
+  # Multi-host: steps between the hosts' agreement on a stop signal, beside the log, eval and
+  # checkpoint steps (where they sync anyway); the steps in between run without a host sync.
+  c.train.host_sync_every = 10
+  # Global batches placed on the devices ahead of the step, by a background thread.
+  c.train.prefetch = 2
   # Before the first batch is read, the train step is compiled and its memory (XLA's estimate)
   # compared with the devices' (on CPU: the host's available RAM, with the pipeline's batches);
   # a data.batch_size that cannot fit stops there, naming the largest that fits. False skips

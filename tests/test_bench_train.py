@@ -22,3 +22,10 @@ def test_bench_train_gpu_preset_dry_run(tmp_path):
   for row in figures["steps"].values():
     assert row["ms_per_step"] > 0 and row["images_per_s"] > 0
   assert figures["steps"]["torch fp32"]["jax_speedup"] > 0
+  overlap = figures["input_overlap"]
+  assert overlap["load_s"] == overlap["step_s"] > 0
+  # Each loop waited for every batch's load, so neither can beat it; how much they overlap is
+  # the benchmark's to say, not a test's.
+  assert overlap["sequential_s"] >= overlap["load_s"] and overlap["prefetched_s"] >= overlap[
+      "load_s"]
+  assert "prefetched, no read-back" in proc.stdout

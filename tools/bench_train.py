@@ -18,6 +18,12 @@ ViT FLOPs of one whole mammogram at patch 14 against K RoIs.
 shapes and runs one step of each, so a device session never finds a broken benchmark.
 ``--json=PATH`` also writes the figures (tools/bench_accelerator.sh collects them).
 
+It then times input overlap (``--overlap_steps``, 0 skips it): the trainer's step fed by a
+loader that takes as long as the step (a sleep, as a disk or a bucket would), first as the old
+loop ran it (load, place on the device, step, read the loss back), then as the trainer runs it
+now (``data.prefetch.DevicePrefetch`` placing batches ahead in a thread, nothing read back
+between log steps). Overlapped, a step takes max(step, load), not their sum.
+
 ``--preset=gpu`` reports MFU against --peak_tflops; the FLOPs are the ViT's matmuls and
 attention (3x the forward for a train step), counting frozen blocks as if trained.
 """
@@ -27,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import time
 
 from absl import app, flags
 import jax
@@ -39,6 +46,7 @@ from flax import nnx
 
 from attend_jax import tasks
 from attend_jax.models import attend, vit
+from attend_jax.data import prefetch
 from attend_jax.train import optim, trainer
 from bench_util import forward_flops, interleaved
 from configs import common
@@ -52,6 +60,7 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps per framework after compiling."
 flags.DEFINE_float("peak_tflops", 989.0, "Accelerator dense bf16 peak for MFU (H100/H200).")
 flags.DEFINE_bool("dry_run", False, "The preset's code path at tiny shapes, one step each.")
 flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+flags.DEFINE_integer("overlap_steps", 8, "Steps of the input-overlap comparison (0: skip it).")
 
 transformers.logging.set_verbosity_error()
 
@@ -106,7 +115,8 @@ def make_batch(config, batch: int, seed: int = 0) -> dict:
 
 
 def jax_step(config, batch: dict):
-  """A callable running the trainer's jitted step on ``batch``, blocking until done."""
+  """A callable running the trainer's jitted step on ``batch``, blocking until done, and the
+  unblocked step on any placed batch (returning the loss, still on the device)."""
   task = tasks.get(config)
   model = task.build_model(0)
   model_cfg = model.cfg
@@ -117,12 +127,39 @@ def jax_step(config, batch: dict):
   state = {"params": params, "stats": stats, "opt": jax.jit(tx.init)(params)}
   device_batch = jax.device_put(batch)
 
-  def run():
+  def on(placed):
     state["params"], state["stats"], state["opt"], terms = step_fn(
-        state["params"], state["stats"], state["opt"], rngs, jnp.int32(0), device_batch)
-    jax.block_until_ready(terms["loss"])
+        state["params"], state["stats"], state["opt"], rngs, jnp.int32(0), placed)
+    return terms["loss"]
 
-  return run, model_cfg
+  def run():
+    jax.block_until_ready(on(device_batch))
+
+  return run, model_cfg, on
+
+
+def input_overlap(step_on, batch: dict, step_s: float, steps: int) -> dict:
+  """Seconds per step with a loader as slow as the step: the old loop against prefetching."""
+
+  def loader():
+    for _ in range(steps):
+      time.sleep(step_s)  # Reading and decoding, as long as one step.
+      yield batch
+
+  start = time.perf_counter()
+  for host_batch in loader():  # The old trainer loop: load, place, step, read the loss.
+    float(step_on(jax.device_put(host_batch)))
+  sequential = (time.perf_counter() - start) / steps
+  start = time.perf_counter()
+  inputs = prefetch.DevicePrefetch(loader(), jax.device_put, size=2)
+  loss = None
+  for placed, _ in inputs:  # The trainer now: placed ahead, nothing read back.
+    loss = step_on(placed)
+  jax.block_until_ready(loss)
+  overlapped = (time.perf_counter() - start) / steps
+  return {"step_s": step_s, "load_s": step_s, "sequential_s": sequential,
+          "prefetched_s": overlapped, "prefetched_over_max": overlapped / step_s,
+          "sequential_over_sum": sequential / (2 * step_s)}
 
 
 def torch_step(model_cfg: attend.AttendConfig, batch: dict, device: str, autocast: bool):
@@ -190,7 +227,7 @@ def main(argv):
   device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
   config = make_config(preset)
   batch = make_batch(config, preset["batch"])
-  step, model_cfg = jax_step(config, batch)
+  step, model_cfg, step_on = jax_step(config, batch)
   fns = {"jax": step, "torch fp32": torch_step(model_cfg, batch, device, autocast=False),
          "torch autocast": torch_step(model_cfg, batch, device, autocast=True)}
   dry = " (dry run)" if FLAGS.dry_run else ""
@@ -213,11 +250,21 @@ def main(argv):
     rows[name]["jax_speedup"] = seconds[name] / seconds["jax"]
     print(f"  JAX speed-up over {name}: {rows[name]['jax_speedup']:.2f}x")
   token_reduction(vit.config_for("vitb14"), 448, 5)  # The paper's backbone and RoIs.
+  overlap = None
+  if FLAGS.overlap_steps > 0:
+    overlap = input_overlap(step_on, batch, seconds["jax"], 2 if FLAGS.dry_run else
+                            FLAGS.overlap_steps)
+    print(f"input overlap, a loader as slow as the step ({1e3 * overlap['step_s']:.1f} ms each):"
+          f" load+place+step+read {1e3 * overlap['sequential_s']:.1f} ms/step"
+          f" ({overlap['sequential_over_sum']:.2f}x their sum); prefetched, no read-back"
+          f" {1e3 * overlap['prefetched_s']:.1f} ms/step"
+          f" ({overlap['prefetched_over_max']:.2f}x the larger of the two)")
   if FLAGS.json:
     device_kind = jax.devices()[0].device_kind
     pathlib.Path(FLAGS.json).write_text(json.dumps(
         {"bench": "train", "preset": FLAGS.preset, "dry_run": FLAGS.dry_run,
-         "device": device_kind, "torch_device": device, "shapes": preset, "steps": rows},
+         "device": device_kind, "torch_device": device, "shapes": preset, "steps": rows,
+         "input_overlap": overlap},
         indent=2) + "\n")
 
 

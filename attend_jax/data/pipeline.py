@@ -154,7 +154,8 @@ def make_dataset(cfg: PipelineConfig) -> grain.IterDataset:
 
 def for_split(config, split: str, train: bool) -> PipelineConfig:
   """A run's pipeline for ``split`` on this host, from its config: shuffled, augmented and
-  endless for training, one ordered pass otherwise; the global batch divided among hosts."""
+  endless for training, one ordered pass otherwise; the global batch divided among hosts. Both
+  decode in ``data.worker_count`` processes: evaluation would otherwise wait on one."""
   batch = config.data.batch_size if train else config.data.eval_batch_size
   if batch % jax.process_count():
     raise ValueError(f"Batch size {batch} is not divisible by {jax.process_count()} hosts.")
@@ -163,7 +164,7 @@ def for_split(config, split: str, train: bool) -> PipelineConfig:
       batch_size=batch // jax.process_count(), image_size=config.data.image_size,
       num_proposals=max(config.proposals.topk, 1), seed=config.seed, shuffle=train,
       num_epochs=None if train else 1, drop_remainder=train,
-      augment=train and config.data.augment, worker_count=config.data.worker_count if train else 0,
+      augment=train and config.data.augment, worker_count=config.data.worker_count,
       process_index=jax.process_index(), process_count=jax.process_count())
 
 

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from attend_jax.data import pipeline, records
+from attend_jax.data import pipeline, prefetch, records
 from attend_jax.tasks.base import Task
 from attend_jax.train import sharding
 
@@ -49,30 +49,43 @@ def predict_split(step: Callable[[dict], dict], cfg: pipeline.PipelineConfig, me
 
   ``cfg`` is one pass in order (``pipeline.for_split(config, split, train=False)``). With a
   ``mesh`` each global batch is split over its devices; without one it goes to the default
-  device. The last batch is padded to full size and the padding dropped afterwards.
+  device. The last batch is padded to full size and the padding dropped afterwards. Batches
+  are placed on the devices ahead of the step by a background thread, and the outputs stay
+  there until the pass ends: the loop never waits for a batch's results.
   """
   from jax.experimental import multihost_utils
 
-  gather = (lambda x: multihost_utils.process_allgather(x, tiled=True)
-            ) if jax.process_count() > 1 else (lambda x: jax.device_get(x))
-  total = len(records.data_source(cfg.data_dir, cfg.config, cfg.split)) if progress else 0
-  gathered: dict[str, list] = {}
-  keep = []  # False for the padding of the last batch.
-  done = 0
-  for batch in pipeline.make_dataset(cfg):
+  multi = jax.process_count() > 1
+
+  def place(batch):
     batch = pipeline.pad_batch(batch, cfg.batch_size)
-    valid = batch.pop("valid")
-    keep.append(gather(valid))
-    placed = sharding.to_global(batch, mesh) if mesh is not None else batch
-    out = gather(step(placed))
-    out |= {k: gather(batch[k]) for k in host_keys}
-    for k, v in out.items():
-      gathered.setdefault(k, []).append(np.asarray(v))
-    done += int(keep[-1].sum())
-    if progress:
-      progress(done, total)
-  keep = np.concatenate(keep)
-  pred = {k: np.concatenate(v)[keep] for k, v in gathered.items()}
+    host = {k: batch.pop(k) for k in ("valid", *host_keys)}
+    return (sharding.to_global(batch, mesh) if mesh is not None else jax.device_put(batch)), host
+
+  total = len(records.data_source(cfg.data_dir, cfg.config, cfg.split)) if progress else 0
+  outs, hosts = [], []
+  done = 0
+  batches = prefetch.DevicePrefetch(iter(pipeline.make_dataset(cfg)), place)
+  try:
+    for (placed, host), _ in batches:
+      outs.append(step(placed))  # Dispatched; its results stay on the device for now.
+      hosts.append(host)
+      done += int(host["valid"].sum())  # Per host: the progress line is host 0's.
+      if progress:
+        progress(done * jax.process_count(), total)
+  finally:
+    batches.close()
+  if multi:
+    # Each global batch holds every host's rows, host by host: host arrays are gathered per
+    # batch in the same order.
+    outs = [multihost_utils.process_allgather(o, tiled=True) for o in outs]
+    hosts = [multihost_utils.process_allgather(h, tiled=True) for h in hosts]
+  else:
+    outs = jax.device_get(outs)
+  valid = np.concatenate([h["valid"] for h in hosts])
+  pred = {k: np.concatenate([np.asarray(o[k]) for o in outs])[valid] for k in (outs[0] if outs
+                                                                                else {})}
+  pred |= {k: np.concatenate([h[k] for h in hosts])[valid] for k in host_keys if hosts}
   pred["ids"] = pipeline.record_ids(cfg, pred["index"], record_keys)
   pred["breast"] = [f"{i['study_id']}/{i['laterality']}" for i in pred["ids"]]
   return pred

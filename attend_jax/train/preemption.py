@@ -2,15 +2,16 @@
 with its own code.
 
 Spot and preemptible VMs get SIGTERM and about 30 s before they go. ``StopSignal`` notes the
-signal; the trainer asks ``requested(step)`` after each step, saves and waits for the
+signal; the trainer asks ``requested(agree)`` after each step, saves and waits for the
 checkpoint to commit, and raises ``Preempted``; ``main`` prints one line and exits with
 ``EXIT_PREEMPTED``. Rerunning the same command resumes exactly from that step.
 
 - Multi-host: a signal reaches one host, or all at different moments. ``requested`` is agreed
-  at every step boundary by a one-integer all-gather, so every host stops after the same step
-  and writes its part of the same checkpoint. (JAX's ``reached_preemption_sync_point`` only
-  hears SIGTERM through its own handler, and is only there under ``jax.distributed``; the
-  all-gather covers SIGINT and single hosts too, for one tiny collective per step.)
+  by a one-integer all-gather at the steps where the hosts sync anyway (log, eval and checkpoint
+  steps) and every ``train.host_sync_every`` steps, so every host stops after the same step and
+  writes its part of the same checkpoint, and the steps in between run with no host sync.
+  (JAX's ``reached_preemption_sync_point`` only hears SIGTERM through its own handler, and is
+  only there under ``jax.distributed``; the all-gather covers SIGINT and single hosts too.)
 - The grace period: if the checkpoint has not committed ``grace_s`` seconds after the signal
   (a slow bucket, a huge model), the process exits at once with ``EXIT_PREEMPTED_UNSAVED``,
   and the rerun resumes from the previous checkpoint.
@@ -97,12 +98,16 @@ class StopSignal:
           " previous checkpoint.", file=sys.stderr, flush=True)
     os._exit(EXIT_PREEMPTED_UNSAVED)
 
-  def requested(self) -> bool:
+  def requested(self, agree: bool = True) -> bool:
     """Whether to stop after this step: on every host the same answer, True if any host was
-    signalled (a collective under multi-host: every host must call it at every step)."""
+    signalled. Under multi-host that takes a collective, run only where ``agree`` (which every
+    host must pass alike for the same step); elsewhere the answer is False until then. One host
+    decides alone, at every step."""
     noted = self.signum is not None
     if jax.process_count() == 1:
       return noted
+    if not agree:
+      return False
     from jax.experimental import multihost_utils
 
     flags = multihost_utils.process_allgather(np.int32(noted))

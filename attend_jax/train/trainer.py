@@ -15,6 +15,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from etils import epath
@@ -23,7 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from attend_jax import config_check, paths, run, tasks
-from attend_jax.data import pipeline, prepared, records
+from attend_jax.data import pipeline, prefetch, prepared, records
 from attend_jax.eval import loop as eval_loop
 from attend_jax.models import build
 from attend_jax.progress import log
@@ -69,6 +70,32 @@ def make_train_step(task: tasks.Task, train_def, tx: optax.GradientTransformatio
   if state_shardings is None:
     return jax.jit(train_step, donate_argnums=(0, 1, 2))
   return jax.jit(train_step, donate_argnums=(0, 1, 2), out_shardings=(*state_shardings, None))
+
+
+def _note_non_finite(record, loss, grad_norm, step):
+  """``record`` (step, loss, gradient norm) of the first step whose loss or gradient norm was
+  not finite (step -1: none yet), updated on device."""
+  bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm)) & (record[0] < 0)
+  now = jnp.stack([jnp.asarray(step, jnp.float32), loss.astype(jnp.float32),
+                   grad_norm.astype(jnp.float32)])
+  return jnp.where(bad, now, record)
+
+
+def _stop_if_diverged(record, ckpts: checkpoint.Checkpoints, workdir) -> None:
+  """Raises TrainingDivergedError, naming the last good checkpoint, if a step went non-finite."""
+  # Replicated: every host reads its own copy.
+  bad_step, loss, grad_norm = (float(x) for x in np.asarray(record.addressable_data(0)))
+  if bad_step < 0:
+    return
+  ckpts.wait()
+  good = ckpts.latest.latest_step()
+  kept = (f"the last good checkpoint (step {good}) is in {workdir / checkpoint.LATEST}"
+          if good is not None else "no checkpoint had been saved yet")
+  ckpts.close()
+  what = f"Loss is {loss}" if not np.isfinite(loss) else f"The gradient norm is {grad_norm}"
+  raise TrainingDivergedError(
+      f"{what} at step {int(bad_step)}; stopped, and {kept}. Lower optim.lr, or check the"
+      " data and loss settings, then rerun.")
 
 
 def maybe_initialize_distributed() -> None:
@@ -188,70 +215,79 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
                                    task.host_keys)
 
   # --- loop ----------------------------------------------------------------------------------
+  # Steps between the log, eval and checkpoint steps run without any device -> host transfer
+  # (the transfer guard raises on one): the loss and gradient norm are checked on device, and
+  # the first non-finite step is read where the host syncs anyway, always before a save.
   total = config.train.steps
+  replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
+  non_finite = jax.device_put(np.array([-1.0, 0.0, 0.0], np.float32), replicated)
+  note_non_finite = jax.jit(_note_non_finite, out_shardings=replicated)
+  data_state = train_iter.get_state()  # Before the reader thread starts reading ahead.
+  inputs = prefetch.DevicePrefetch(train_iter, lambda b: sharding.to_global(b, mesh),
+                                   size=config.train.get("prefetch", 2))
+  sync_every = config.train.get("host_sync_every", 10)
   start_step, start_time = step, time.perf_counter()
-  while step < total and not counters["stopped_early"]:
-    batch = sharding.to_global(next(train_iter), mesh)
-    if proposer is not None:
-      # Laid out as the compiled step takes it, whatever layout the detector's step chose.
-      batch = jax.device_put(proposer(batch), batch_sharding)
-    params, stats, opt_state, terms = compiled_step(params, stats, opt_state, rngs, step, batch)
-    step += 1
-    loss = float(terms["loss"])
-    if not np.isfinite(loss):
-      ckpts.wait()
-      good = ckpts.latest.latest_step()
-      kept = (f"the last good checkpoint (step {good}) is in {workdir / checkpoint.LATEST}"
-              if good is not None else "no checkpoint had been saved yet")
-      ckpts.close()
-      raise TrainingDivergedError(
-          f"Loss is {loss} at step {step}; stopped, and {kept}. Lower optim.lr, or check the"
-          " data and loss settings, then rerun.")
-    if step % config.train.log_every == 0 or step == total:
-      rate = (step - start_step) / (time.perf_counter() - start_time)
-      scalars = {k: float(v) for k, v in terms.items()}
-      scalars["lr"] = float(optim.schedule(config)(step))
-      writer.write(step, "train", scalars)
-      log("step %d/%d  loss %.4f  %.2f steps/s  ETA %.0f s", step, total, loss, rate,
-          (total - step) / max(rate, 1e-9))
-    if step % config.train.eval_every == 0 or step == total:
-      val = task.summarize(predict(config.data.eval_split))
-      writer.write(step, "val", {k: v for k, v in val.items() if isinstance(v, (int, float))})
-      value = val.get(metric)
-      if value is None:
-        log("The %s split gives no %s (%s); no best checkpoint is chosen from it.",
-            config.data.eval_split, metric, task.no_metric_reason())
-        value = -1.0
-      log("step %d  %s %s %.4f (best so far %.4f)", step, config.data.eval_split, metric, value,
-          max(value, counters["best_metric"]))
-      if value > counters["best_metric"]:
-        counters.update(best_metric=value, bad_evals=0)
-        ckpts.save_best(step, current_state(), {f"val_{metric}": value})
-      else:
-        counters["bad_evals"] += 1
-        if counters["bad_evals"] >= config.train.patience:
-          counters["stopped_early"] = True
-          log("No better validation %s in %d evaluations: stopping early.", metric,
-              config.train.patience)
-    saved = False
-    if step % config.train.checkpoint_every == 0 or step == total or counters["stopped_early"]:
-      ckpts.save_latest(step, current_state(), counters, train_iter.get_state())
-      saved = True
-    ckpts.check()  # A save that failed in the background is reported now, by its step.
-    if stop.requested():  # Every host, every step: they agree on this step.
-      if not saved:
-        ckpts.save_latest(step, current_state(), counters, train_iter.get_state())
-      ckpts.wait()
-      stop.committed()
-      ckpts.close()
-      writer.close()
-      if hasattr(train_iter, "close"):
-        train_iter.close()
-      log("Stopped after step %d: its checkpoint is in %s", step, workdir / checkpoint.LATEST)
-      raise preemption.Preempted(stop.signum, step, workdir / checkpoint.LATEST)
+  try:
+    while step < total and not counters["stopped_early"]:
+      with jax.transfer_guard_device_to_host("disallow"):
+        batch, next_state = next(inputs)
+        if proposer is not None:
+          # Laid out as the compiled step takes it, whatever layout the detector's step chose.
+          batch = jax.device_put(proposer(batch), batch_sharding)
+        params, stats, opt_state, terms = compiled_step(params, stats, opt_state, rngs, step,
+                                                        batch)
+        step += 1
+        non_finite = note_non_finite(non_finite, terms["loss"], terms["grad_norm"], step)
+      data_state = next_state
+      log_now = step % config.train.log_every == 0 or step == total
+      eval_now = step % config.train.eval_every == 0 or step == total
+      save_now = step % config.train.checkpoint_every == 0 or step == total
+      if log_now or eval_now or save_now:
+        _stop_if_diverged(non_finite, ckpts, workdir)
+      if log_now:
+        rate = (step - start_step) / (time.perf_counter() - start_time)
+        scalars = {k: float(v) for k, v in terms.items()}
+        scalars["lr"] = float(optim.schedule(config)(step))
+        writer.write(step, "train", scalars)
+        log("step %d/%d  loss %.4f  %.2f steps/s  ETA %.0f s", step, total, scalars["loss"],
+            rate, (total - step) / max(rate, 1e-9))
+      if eval_now:
+        val = task.summarize(predict(config.data.eval_split))
+        writer.write(step, "val", {k: v for k, v in val.items() if isinstance(v, (int, float))})
+        value = val.get(metric)
+        if value is None:
+          log("The %s split gives no %s (%s); no best checkpoint is chosen from it.",
+              config.data.eval_split, metric, task.no_metric_reason())
+          value = -1.0
+        log("step %d  %s %s %.4f (best so far %.4f)", step, config.data.eval_split, metric,
+            value, max(value, counters["best_metric"]))
+        if value > counters["best_metric"]:
+          counters.update(best_metric=value, bad_evals=0)
+          ckpts.save_best(step, current_state(), {f"val_{metric}": value})
+        else:
+          counters["bad_evals"] += 1
+          if counters["bad_evals"] >= config.train.patience:
+            counters["stopped_early"] = True
+            log("No better validation %s in %d evaluations: stopping early.", metric,
+                config.train.patience)
+      saved = False
+      if save_now or counters["stopped_early"]:
+        ckpts.save_latest(step, current_state(), counters, data_state)
+        saved = True
+      ckpts.check()  # A save that failed in the background is reported now, by its step.
+      if stop.requested(agree=log_now or eval_now or save_now or step % sync_every == 0):
+        if not saved:
+          _stop_if_diverged(non_finite, ckpts, workdir)
+          ckpts.save_latest(step, current_state(), counters, data_state)
+        ckpts.wait()
+        stop.committed()
+        ckpts.close()
+        writer.close()
+        log("Stopped after step %d: its checkpoint is in %s", step, workdir / checkpoint.LATEST)
+        raise preemption.Preempted(stop.signum, step, workdir / checkpoint.LATEST)
+  finally:
+    inputs.close()
   ckpts.wait()
-  if hasattr(train_iter, "close"):
-    train_iter.close()
 
   # --- final evaluation of the best checkpoint ------------------------------------------------
   best = ckpts.restore_best(current_state())

@@ -2,6 +2,7 @@
 
 import json
 import math
+import types
 
 import jax
 import numpy as np
@@ -89,6 +90,58 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
   with pytest.raises(trainer.TrainingDivergedError, match="step 4"):
     trainer.train_and_evaluate(_config(data_dir, loss__pos_weight=float("nan")), str(tmp_path))
   assert _latest_params(tmp_path)[0] == 3
+
+
+def test_nan_found_at_a_later_save_names_its_step_and_is_never_saved(data_dir, tmp_path):
+  """Between log steps nothing is read back from the device: a loss that goes NaN at step 4 is
+  found at the step-6 save, before it, and named by its own step."""
+  trainer.train_and_evaluate(_config(data_dir, train__steps=3), str(tmp_path))
+  with pytest.raises(trainer.TrainingDivergedError, match=r"Loss is nan at step 4;.*step 3"):
+    trainer.train_and_evaluate(_config(data_dir, loss__pos_weight=float("nan"),
+                                       train__log_every=100, train__eval_every=100),
+                               str(tmp_path))
+  assert _latest_params(tmp_path)[0] == 3
+
+
+@pytest.fixture
+def transfer_guard_on_cpu(monkeypatch):
+  """JAX's transfer guard as an accelerator enforces it: XLA:CPU hands arrays to numpy without a
+  copy, so the guard never fires on a CPU (jax-ml/jax#16602). Here every implicit read of an
+  array's value (float(), np.asarray, bool, tolist all go through ``_value``) raises where the
+  thread's guard says "disallow"."""
+  from jax._src import array, config
+
+  read = array.ArrayImpl._value
+
+  def guarded(self):
+    if config.transfer_guard_device_to_host.value == "disallow":
+      raise RuntimeError("Disallowed device-to-host transfer (the guard, emulated on a CPU)")
+    return read.fget(self)
+
+  monkeypatch.setattr(array.ArrayImpl, "_value", property(guarded))
+
+
+def test_steps_between_log_eval_and_save_steps_read_nothing_back(data_dir, tmp_path,
+                                                                 transfer_guard_on_cpu):
+  """Six steps, the host syncing only at steps 3 and 6: the other four run under the guard."""
+  summary = trainer.train_and_evaluate(_config(data_dir, train__log_every=3), str(tmp_path))
+  assert summary["num_examples"] > 0 and _latest_params(tmp_path)[0] == 6
+
+
+def test_a_read_back_between_log_steps_stops_the_run(data_dir, tmp_path, monkeypatch,
+                                                     transfer_guard_on_cpu):
+  """The check can fail: a stray float() of a device value in the step loop is refused."""
+  from attend_jax.data import prefetch
+
+  class Reading(prefetch.DevicePrefetch):
+    def __next__(self):
+      batch, state = super().__next__()
+      float(batch["label"][0])
+      return batch, state
+
+  monkeypatch.setattr(trainer, "prefetch", types.SimpleNamespace(DevicePrefetch=Reading))
+  with pytest.raises(RuntimeError, match="Disallowed device-to-host transfer"):
+    trainer.train_and_evaluate(_config(data_dir), str(tmp_path))
 
 
 _WORKER = """

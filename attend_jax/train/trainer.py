@@ -9,10 +9,12 @@ writes) is the task object's; the loop, sharding, checkpoints and resume are one
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,18 +39,19 @@ class TrainingDivergedError(RuntimeError):
 
 
 def make_train_step(task: tasks.Task, train_def, tx: optax.GradientTransformation,
-                    dropout_key: jax.Array, state_shardings=None):
+                    dropout_key: jax.Array, shardings=None):
   """The jitted update ``(params, stats, opt_state, rngs, step, batch) -> (..., terms)``.
 
   Parameters, BatchNorm statistics and optimiser state are donated: updated in place. With
-  ``state_shardings`` (those of params, stats and opt_state) the updated state keeps that
-  layout: XLA may otherwise choose another for some leaves (seen: a replicated bias returned
-  split over fsdp), and the next step would then need another executable, and donation could
-  not reuse those buffers.
+  ``shardings`` (those of params, stats, opt_state, rngs and the batch) the step takes its
+  inputs in those layouts and returns the state in them: XLA may otherwise choose another for
+  some leaves (seen: a replicated bias returned split over fsdp), and the next step would then
+  need another executable, and donation could not reuse those buffers.
   """
+  compute_dtype = jnp.dtype(task.config.model.dtype)
 
   def train_step(params, stats, opt_state, rngs, step, batch):
-    m = nnx.merge(train_def, params, stats, rngs)
+    m = nnx.merge(train_def, gathered_as(params, compute_dtype), stats, rngs)
     # Dropout keys come from the seed and the step, so a resumed run draws the same ones.
     nnx.reseed(m, default=jax.random.fold_in(dropout_key, step))
 
@@ -58,18 +61,45 @@ def make_train_step(task: tasks.Task, train_def, tx: optax.GradientTransformatio
 
     grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)
     (_, terms), grads = grad_fn(m)
+    # The gradient of a weight cast to 16 bits before use is the same number in either dtype
+    # (a cast's transpose is the cast back): float32 again, as the optimiser keeps them.
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     # Over the trained parameters only: then nothing reads the frozen ones' weight gradients,
     # and XLA drops them (in the paper's setting, 3 blocks and the patch embedding).
     trained = jax.tree.leaves(optim.trainable(task.config, params))
-    terms["grad_norm"] = optax.global_norm(
+    terms["grad_norm"] = optax.tree.norm(
         [g for g, t in zip(jax.tree.leaves(grads), trained, strict=True) if t])
     return params, nnx.state(m, nnx.BatchStat), opt_state, terms
 
-  if state_shardings is None:
+  if shardings is None:
     return jax.jit(train_step, donate_argnums=(0, 1, 2))
-  return jax.jit(train_step, donate_argnums=(0, 1, 2), out_shardings=(*state_shardings, None))
+  params_s, stats_s, opt_s, rngs_s, batch_s = shardings
+  return jax.jit(train_step, donate_argnums=(0, 1, 2),
+                 in_shardings=(params_s, stats_s, opt_s, rngs_s, None, batch_s),
+                 out_shardings=(params_s, stats_s, opt_s, None))
+
+
+def gathered_as(params, dtype):
+  """``params`` with the ones FSDP shards (the ViT's matmul kernels) cast to the compute
+  ``dtype`` where they lie, on each device's shard: the all-gather before each matmul then moves
+  16 bits a weight, not 32 (maxtext casts the same way). The layers cast them to ``dtype`` at
+  use anyway, so the numbers are the same; without this, XLA gathers the float32 weights first.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if dtype == jnp.float32 or mesh.empty or mesh.shape.get("fsdp", 1) == 1:
+    return params
+
+  def cast(p, spec):
+    names = {n for entry in spec if entry for n in (entry if isinstance(entry, tuple)
+                                                   else (entry,))}
+    if "fsdp" not in names or not jnp.issubdtype(p.dtype, jnp.floating):
+      return p
+    where = sharding.fit_spec(spec, p.shape, mesh)
+    return jax.lax.with_sharding_constraint(p.astype(dtype), where)
+
+  return jax.tree.map(cast, params, nnx.get_partition_spec(params))
 
 
 def _note_non_finite(record, loss, grad_norm, step):
@@ -96,6 +126,63 @@ def _stop_if_diverged(record, ckpts: checkpoint.Checkpoints, workdir) -> None:
   raise TrainingDivergedError(
       f"{what} at step {int(bad_step)}; stopped, and {kept}. Lower optim.lr, or check the"
       " data and loss settings, then rerun.")
+
+
+@dataclasses.dataclass
+class State:
+  """What the trainer trains, as ``init_state`` lays it out on the mesh: the graphs of the model
+  in train and eval mode, its parameters, BatchNorm statistics and RNG state, the optimiser and
+  its state. With ``abstract``, ShapeDtypeStructs carrying those shardings."""
+  task: tasks.Task
+  train_def: Any
+  eval_def: Any
+  params: Any
+  stats: Any
+  rngs: Any
+  tx: optax.GradientTransformation
+  opt_state: Any
+
+
+def init_state(config, mesh, task: tasks.Task | None = None, abstract: bool = False) -> State:
+  """The model built in place in its sharded layout (``config.model.pretrained`` loaded into
+  it), and the optimiser state sharded like the parameters; with ``abstract`` nothing is
+  allocated (tools/scale_report.py compiles the same layout for a pod on one CPU)."""
+  task = task or tasks.get(config)
+  if abstract:
+    with jax.set_mesh(mesh):
+      model = nnx.eval_shape(lambda: task.build_model(config.seed))
+  else:
+    model = sharding.create_sharded(lambda: task.build_model(config.seed), mesh)
+    if config.model.pretrained:
+      build.load_pretrained_backbone(model, config.model.pretrained)
+  model.train()
+  train_def, params, stats, rngs = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+  model.eval()
+  eval_def = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]
+  if abstract:
+    params, stats, rngs = (jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree,
+        sharding.state_shardings(tree, mesh)) for tree in (params, stats, rngs))
+  tx = optim.make(config, params, model.cfg.vit.depth)
+  # Moments sharded like their parameters, step counts replicated on the mesh; an explicit
+  # layout also makes restores land on the same devices.
+  opt_shardings = sharding.opt_state_shardings(tx.init, params, mesh)
+  if abstract:
+    opt_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                             jax.eval_shape(tx.init, params), opt_shardings)
+  else:
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+  return State(task, train_def, eval_def, params, stats, rngs, tx, opt_state)
+
+
+def train_step_for(config, state: State, mesh):
+  """``make_train_step`` for ``state``, taking and returning it in its layouts, the batch split
+  over every device."""
+  layouts = jax.tree.map(lambda x: x.sharding, (state.params, state.stats, state.opt_state,
+                                                state.rngs))
+  return make_train_step(state.task, state.train_def, state.tx,
+                         jax.random.key(config.seed + 1),
+                         (*layouts, NamedSharding(mesh, sharding.BATCH_SPEC)))
 
 
 def maybe_initialize_distributed() -> None:
@@ -154,26 +241,15 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
   run.write_config(workdir, config)
 
   # --- model and sharding --------------------------------------------------------------------
-  model = sharding.create_sharded(lambda: task.build_model(config.seed), mesh)
-  if config.model.pretrained:
-    build.load_pretrained_backbone(model, config.model.pretrained)
-  model.train()
-  train_def, params, stats, rngs = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-  model.eval()
-  eval_def = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]
-  tx = optim.make(config, params, model.cfg.vit.depth)
-  # Moments sharded like their parameters, step counts replicated on the mesh; an explicit
-  # layout also makes restores land on the same devices.
-  opt_state = jax.jit(tx.init, out_shardings=sharding.opt_state_shardings(tx.init, params, mesh)
-                      )(params)
-  dropout_key = jax.random.key(config.seed + 1)
+  state = init_state(config, mesh, task)
+  params, stats, rngs, opt_state = state.params, state.stats, state.rngs, state.opt_state
 
   # --- update and evaluation steps -----------------------------------------------------------
-  train_step = make_train_step(task, train_def, tx, dropout_key, jax.tree.map(
-      lambda x: x.sharding, (params, stats, opt_state)))
+  batch_sharding = NamedSharding(mesh, sharding.BATCH_SPEC)
+  train_step = train_step_for(config, state, mesh)
   # A run's batch transform: with proposals.source="detector", its detector's boxes.
   proposer = run.proposer(config, workdir, mesh)
-  eval_step = eval_loop.predict_step(task, eval_def, proposer=proposer)
+  eval_step = eval_loop.predict_step(task, state.eval_def, proposer=proposer)
 
   # --- memory pre-flight ---------------------------------------------------------------------
   # The step compiled ahead of time from the batch's shapes, before the pipeline reads a batch,
@@ -186,7 +262,6 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
   if config.train.memory_check:
     memory.check(config, mesh, compiled_step, compile_at,
                  memory.budget(config, mesh, (params, stats, opt_state, rngs)))
-  batch_sharding = NamedSharding(mesh, sharding.BATCH_SPEC)
 
   # --- checkpoints and resume ----------------------------------------------------------------
   ckpts = checkpoint.Checkpoints(workdir)

@@ -77,3 +77,78 @@ def test_clear_errors_for_mesh_and_batch_sizes():
   assert dict(mesh.shape) == {"data": 4, "fsdp": 2}
   with pytest.raises(ValueError, match="Batch size 6 is not divisible by the 8 devices"):
     sharding.to_global({"images": np.zeros((6, 14, 14, 3))}, mesh)
+
+
+def _tiny_bf16_config(dtype="bfloat16"):
+  from configs import vindr
+
+  c = vindr.get_config("smoke")
+  c.model.dtype = dtype
+  c.model.vit_overrides.update({"width": 64, "depth": 2, "num_heads": 2})
+  c.mesh.data, c.mesh.fsdp = 1, 8
+  c.data.batch_size = c.data.eval_batch_size = 8
+  c.data.image_size, c.model.roi_size = 128, 56
+  return c
+
+
+def _compile_trainer_step(config, options=None):
+  """The trainer's own step (its state layout and shardings) compiled for config's mesh, and the
+  warnings compiling it raised."""
+  import warnings
+
+  from attend_jax.train import memory, trainer
+
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  with jax.set_mesh(mesh), warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    state = trainer.init_state(config, mesh, abstract=True)
+    step = trainer.train_step_for(config, state, mesh)
+    batch = memory.abstract_batch(config, mesh, config.data.batch_size)
+    compiled = step.lower(state.params, state.stats, state.opt_state, state.rngs, 0,
+                          batch).compile(options)
+  return compiled, state, [str(w.message) for w in caught]
+
+
+def _unusable_donations(messages):
+  return [m for m in messages if "donated buffers were not usable" in m]
+
+
+def test_the_train_step_reuses_every_donated_buffer():
+  _, _, messages = _compile_trainer_step(_tiny_bf16_config())
+  assert not _unusable_donations(messages), _unusable_donations(messages)
+  # The check can fail: a donation XLA cannot reuse is reported the same way.
+  import warnings
+
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    jax.jit(lambda x: x.sum(), donate_argnums=0).lower(jnp.ones(4)).compile()
+  assert _unusable_donations([str(w.message) for w in caught])
+
+
+def test_fsdp_gathers_the_vit_weights_in_bfloat16(tmp_path):
+  """What the SPMD partitioner emits (XLA's HLO dump after it): every all-gather of a ViT
+  weight moves 16 bits. (XLA:CPU, having no bfloat16 matmuls, later widens them to float32
+  again, so its final HLO cannot show this; an accelerator's keeps them.)"""
+  import re
+
+  from flax import nnx
+
+  # Compiled afresh: from the suite's persistent cache, XLA would not run and dump nothing.
+  cached = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    _, state, _ = _compile_trainer_step(_tiny_bf16_config(), {
+        "xla_dump_to": str(tmp_path), "xla_dump_hlo_pass_re": "spmd-partitioning"})
+  finally:
+    jax.config.update("jax_enable_compilation_cache", cached)
+  dumps = [p for p in tmp_path.iterdir() if "after_spmd-partitioning" in p.name]
+  assert dumps, sorted(p.name for p in tmp_path.iterdir())
+  gathered = re.findall(r"= \(?(\w+)\[([0-9,]*)\][^ ]* all-gather(?:-start)?\(",
+                        dumps[0].read_text())
+  specs = nnx.get_partition_spec(state.params)
+  kernels = {",".join(map(str, a.shape)) for a, s in zip(jax.tree.leaves(state.params),
+                                                           jax.tree.leaves(specs))
+             if "fsdp" in jax.tree.leaves(tuple(s))}
+  weights = [(dtype, shape) for dtype, shape in gathered if shape in kernels]
+  assert len(weights) >= 8, gathered  # qkv, proj, fc1, fc2 in each of the 2 blocks.
+  assert {dtype for dtype, _ in weights} == {"bf16"}, weights

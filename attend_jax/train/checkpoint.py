@@ -52,6 +52,20 @@ def _disk_full(e: BaseException) -> bool:
   return getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e)
 
 
+def _arrays_saved_per_shard() -> None:
+  """On a CPU backend, each replicated array is written whole by one device.
+
+  orbax's default there (replica-parallel saving, which orbax itself switches off on GPUs)
+  splits every replicated array between its replicas so that each writes a part: it buys
+  nothing where the "devices" share the host's memory, and each part is cut by an eager slice,
+  one small compiled program per array shape: 0.75 s of every save of the tests' models on 8
+  simulated devices, a quarter of a short training run. TPUs keep orbax's default.
+  """
+  if jax.default_backend() == "cpu":
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpoints:
   """Saves are asynchronous: orbax writes a checkpoint in background threads while training goes
   on, and its own first word of a failure would be at the next save of that folder. Here a save
@@ -61,6 +75,7 @@ class Checkpoints:
   disk that is also the space back), and any left by a killed run goes when the next opens."""
 
   def __init__(self, workdir: str | os.PathLike, keep: int = 2):
+    _arrays_saved_per_shard()
     self.workdir = paths.path(workdir)
     self.keep = keep
     self._pending: dict[str, tuple[int, int]] = {}  # Folder -> (step, bytes) of a save in flight.

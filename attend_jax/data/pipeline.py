@@ -152,19 +152,29 @@ def make_dataset(cfg: PipelineConfig) -> grain.IterDataset:
   return it
 
 
+# Evaluation passes over fewer records per host than this decode in the calling thread: starting
+# worker processes (each imports the pipeline's modules) takes longer than decoding them.
+EVAL_WORKERS_FROM = 512
+
+
 def for_split(config, split: str, train: bool) -> PipelineConfig:
   """A run's pipeline for ``split`` on this host, from its config: shuffled, augmented and
-  endless for training, one ordered pass otherwise; the global batch divided among hosts. Both
-  decode in ``data.worker_count`` processes: evaluation would otherwise wait on one."""
+  endless for training, one ordered pass otherwise; the global batch divided among hosts.
+  Training decodes in ``data.worker_count`` processes, and so does evaluation of a split of
+  ``EVAL_WORKERS_FROM`` records per host or more."""
   batch = config.data.batch_size if train else config.data.eval_batch_size
   if batch % jax.process_count():
     raise ValueError(f"Batch size {batch} is not divisible by {jax.process_count()} hosts.")
+  workers = config.data.worker_count
+  if not train and workers:
+    size = len(records.data_source(config.data.dir, config.data.name, split))
+    workers = workers if size >= EVAL_WORKERS_FROM * jax.process_count() else 0
   return PipelineConfig(
       data_dir=config.data.dir, config=config.data.name, split=split,
       batch_size=batch // jax.process_count(), image_size=config.data.image_size,
       num_proposals=max(config.proposals.topk, 1), seed=config.seed, shuffle=train,
       num_epochs=None if train else 1, drop_remainder=train,
-      augment=train and config.data.augment, worker_count=config.data.worker_count,
+      augment=train and config.data.augment, worker_count=workers,
       process_index=jax.process_index(), process_count=jax.process_count())
 
 

@@ -1,0 +1,85 @@
+"""The prediction loop over a prepared split: every record once, in order, padding dropped, the
+same with worker processes, and nothing read back from the device until the pass ends."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attend_jax.data import pipeline, prepare, synthetic
+from attend_jax.eval import loop
+from configs import demo
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+  root = tmp_path_factory.mktemp("loop_data")
+  synthetic.generate(root / "dicom", 6, seed=1, size_range=(200, 260), jpeg2000_fraction=0.0)
+  prepare.prepare("synthetic", root / "dicom", root, prepare.PrepareOptions(long_side=96),
+                  workers=1)
+  c = demo.get_config("smoke")
+  c.data.dir, c.data.name, c.data.image_size = str(root), "synthetic_96", 96
+  c.data.eval_batch_size = 8
+  c.data.worker_count = 1
+  return c
+
+
+@jax.jit
+def _step(batch):
+  """A per-record figure computed on the device from the record's pixels alone."""
+  return {"mean": jnp.mean(batch["image"].astype(jnp.float32), axis=(1, 2))}
+
+
+def _by_hand(config, split):
+  """Each record's mean pixel and label, read straight from the records."""
+  source = pipeline._source(pipeline.for_split(config, split, train=False))
+  out = []
+  for i in range(len(source)):
+    record = source[i]
+    image = np.asarray(record["image"], np.float32)
+    out.append((float(image.sum() / 96 ** 2), int(record["label"])))
+  return out
+
+
+def test_every_record_once_in_order_the_padding_dropped(config):
+  cfg = pipeline.for_split(config, "train", train=False)
+  pred = loop.predict_split(_step, cfg, host_keys=("label", "index"))
+  expected = _by_hand(config, "train")
+  assert len(expected) % cfg.batch_size  # The last batch is a padded one.
+  assert list(pred["index"]) == list(range(len(expected)))
+  np.testing.assert_allclose(pred["mean"], [m for m, _ in expected], rtol=1e-6)
+  assert list(pred["label"]) == [y for _, y in expected]
+  assert len(pred["ids"]) == len(expected) and len(pred["breast"]) == len(expected)
+
+
+def test_small_splits_decode_in_process_and_large_ones_in_workers(config, monkeypatch):
+  assert pipeline.for_split(config, "train", train=False).worker_count == 0
+  assert pipeline.for_split(config, "train", train=True).worker_count == 1
+  monkeypatch.setattr(pipeline, "EVAL_WORKERS_FROM", 1)
+  cfg = pipeline.for_split(config, "train", train=False)
+  assert cfg.worker_count == 1
+  with_workers = loop.predict_split(_step, cfg)
+  monkeypatch.setattr(pipeline, "EVAL_WORKERS_FROM", 10 ** 9)
+  in_process = loop.predict_split(_step, pipeline.for_split(config, "train", train=False))
+  np.testing.assert_array_equal(with_workers["mean"], in_process["mean"])
+  assert with_workers["ids"] == in_process["ids"]
+
+
+def test_the_pass_reads_nothing_back_until_it_ends(config, monkeypatch):
+  """Each batch's outputs stay on the device while the next ones run: every read of a device
+  value (float(), np.asarray, jax.device_get all go through ``_value``) comes after the last
+  batch was dispatched."""
+  from jax._src import array
+
+  reads, dispatched = [], []
+  value = array.ArrayImpl._value
+  monkeypatch.setattr(array.ArrayImpl, "_value",
+                      property(lambda self: reads.append(len(dispatched)) or value.fget(self)))
+
+  def step(batch):
+    dispatched.append(1)
+    return _step(batch)
+
+  pred = loop.predict_split(step, pipeline.for_split(config, "train", train=False))
+  assert len(dispatched) > 1 and reads and set(reads) == {len(dispatched)}
+  assert len(pred["mean"]) == len(_by_hand(config, "train"))

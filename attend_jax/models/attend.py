@@ -37,6 +37,9 @@ class AttendConfig:
   roi_size: int = 448
   head_hidden: int = 256
   contrastive_dim: int = 0  # > 0 adds the projection head that the contrastive loss uses.
+  # How RoIs are cut from the breast image (roi.CROPS): "dense", float32 at HIGHEST (the
+  # reference's numbers), or "bf16": bfloat16 operands, float32 sums.
+  crop: str = "dense"
 
   @property
   def width(self) -> int:
@@ -49,6 +52,8 @@ class AttendModel(nnx.Module):
   def __init__(self, cfg: AttendConfig, *, rngs: nnx.Rngs):
     if cfg.pool not in POOLS:
       raise ValueError(f"pool must be one of {POOLS}, got {cfg.pool!r}.")
+    if cfg.crop not in roi.CROPS:
+      raise ValueError(f"model.crop must be one of {tuple(roi.CROPS)}, got {cfg.crop!r}.")
     if cfg.num_classes not in (1, 2):
       raise ValueError(f"num_classes must be 1 (sigmoid) or 2 (softmax), got {cfg.num_classes}.")
     if not 1 <= cfg.pool_attn_block <= cfg.num_blocks:
@@ -112,7 +117,8 @@ class AttendModel(nnx.Module):
   def crops_from_images(self, images: jax.Array, image_hw: jax.Array, boxes: jax.Array):
     """Grey (B, H, W) images in [0, 1] and (B, K, 4) ``cx cy w h`` boxes -> model inputs."""
     size = self.cfg.roi_size
-    crops = jax.vmap(lambda im, hw, bx: roi.crop_rois(im, hw, bx, size))(images, image_hw, boxes)
+    crop = roi.CROPS[self.cfg.crop]
+    crops = jax.vmap(lambda im, hw, bx: crop(im, hw, bx, size))(images, image_hw, boxes)
     return roi.normalize_rois(crops), roi.box_positions(boxes, image_hw[:, None, :])
 
   def from_images(self, images: jax.Array, image_hw: jax.Array, boxes: jax.Array):

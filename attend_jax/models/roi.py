@@ -52,7 +52,7 @@ def _axis_weights(start: jax.Array, size: jax.Array, extent: jax.Array, out_size
 
 
 def crop_rois(image: jax.Array, image_hw: jax.Array, boxes: jax.Array, out_size: int,
-              padding: float = CROP_PADDING) -> jax.Array:
+              padding: float = CROP_PADDING, dtype=None) -> jax.Array:
   """RoI crops of one image.
 
   Args:
@@ -60,6 +60,8 @@ def crop_rois(image: jax.Array, image_hw: jax.Array, boxes: jax.Array, out_size:
     image_hw: (2,) the real height and width inside the padded buffer.
     boxes: (K, 4) ``cx cy w h`` in image pixels.
     out_size: S, the side of each crop.
+    dtype: None computes in float32 at HIGHEST precision (the reference's numbers); bfloat16
+      takes bfloat16 operands and accumulates in float32 (``crop_rois_bf16``).
 
   Returns:
     (K, S, S) float32 crops.
@@ -72,9 +74,33 @@ def crop_rois(image: jax.Array, image_hw: jax.Array, boxes: jax.Array, out_size:
   num_taps = int(math.ceil(2 * max(1.0, max_size / out_size))) + 2
   rows = jax.vmap(lambda s, n: _axis_weights(s, n, image_hw[0], out_size, h, num_taps))(y0, size)
   cols = jax.vmap(lambda s, n: _axis_weights(s, n, image_hw[1], out_size, w, num_taps))(x0, size)
-  hi = jax.lax.Precision.HIGHEST
-  tmp = jnp.einsum("kyh,hw->kyw", rows, image.astype(jnp.float32), precision=hi)
-  return jnp.einsum("kyw,kxw->kyx", tmp, cols, precision=hi)
+  if dtype is None:
+    hi = jax.lax.Precision.HIGHEST
+    tmp = jnp.einsum("kyh,hw->kyw", rows, image.astype(jnp.float32), precision=hi)
+    return jnp.einsum("kyw,kxw->kyx", tmp, cols, precision=hi)
+  f32 = jnp.float32
+  tmp = jnp.einsum("kyh,hw->kyw", rows.astype(dtype), image.astype(dtype),
+                   preferred_element_type=f32)
+  return jnp.einsum("kyw,kxw->kyx", tmp.astype(dtype), cols.astype(dtype),
+                    preferred_element_type=f32)
+
+
+def crop_rois_bf16(image: jax.Array, image_hw: jax.Array, boxes: jax.Array, out_size: int,
+                   padding: float = CROP_PADDING) -> jax.Array:
+  """``crop_rois`` with bfloat16 operands and float32 accumulation: one pass of an accelerator's
+  16-bit matmul units instead of float32 at HIGHEST (six bf16 passes on a TPU), for models that
+  compute in bfloat16 anyway. Crops are within 1e-2 of the float32 ones (pixels in [0, 1]: about
+  one bfloat16 step near 1, as the ViT's own cast of them).
+
+  At 2048 px and five 448 px RoIs a crop is 23 GFLOP; XLA's cost analysis also priced a banded
+  form (only the taps each pixel reads: 0.14 GFLOP but 4.6x the bytes, 603 MB, as gathers): at
+  the chips' rooflines this one is the cheapest, 0.04 ms on an H100 and 0.16 ms on a v5e against
+  0.18 / 0.74 ms banded and 0.34 / 0.7 ms at float32 HIGHEST.
+  """
+  return crop_rois(image, image_hw, boxes, out_size, padding, dtype=jnp.bfloat16)
+
+
+CROPS = {"dense": crop_rois, "bf16": crop_rois_bf16}
 
 
 def normalize_rois(crops: jax.Array) -> jax.Array:

@@ -18,14 +18,17 @@ from torch_refs import reference_crop as _reference_crop
     (270.0, 380.0, 40.0, 30.0),     # Small: upsampled, leaves bottom-right.
     (150.0, 200.0, 300.0, 400.0),   # The whole image (the breast anchor).
 ])
-def test_crop_matches_reference_resize(box):
+@pytest.mark.parametrize("crop", sorted(roi.CROPS))
+def test_crop_matches_reference_resize(box, crop):
   rng = np.random.default_rng(0)
   image = (rng.random((400, 300)) * 65535).astype(np.uint16)
   padded = np.zeros((512, 512), np.float32)
   padded[:400, :300] = image / 65535.0
   padded[400:, :] = 0.7  # Padding content must be ignored.
-  out = roi.crop_rois(jnp.asarray(padded), jnp.array([400, 300]), jnp.array([box]), 64)
-  np.testing.assert_allclose(np.asarray(out[0]), _reference_crop(image, box, 64), atol=2e-6)
+  out = jax.jit(roi.CROPS[crop], static_argnums=3)(
+      jnp.asarray(padded), jnp.array([400, 300]), jnp.array([box]), 64)
+  atol = {"dense": 2e-6, "bf16": 1e-2}[crop]
+  np.testing.assert_allclose(np.asarray(out[0]), _reference_crop(image, box, 64), atol=atol)
 
 
 def test_crop_is_batched_and_jittable():
@@ -109,3 +112,17 @@ def test_lesion_hits_by_coverage_and_by_iou():
   assert by_iou.tolist() == [True, False, False, False, True]
   no_lesions = roi.lesion_iou(rois, lesions, jnp.zeros_like(mask))
   assert not np.any(np.asarray(no_lesions))
+
+
+def test_the_bf16_crop_multiplies_bf16_and_sums_in_float32_the_dense_one_at_highest():
+  """What the accelerator is asked for, in the lowered program (XLA:CPU itself widens bf16)."""
+  args = (jnp.zeros((256, 256)), jnp.array([256, 200]), jnp.array([[128, 128, 100, 80]],
+                                                                 jnp.float32), 32)
+  bf16 = jax.jit(roi.crop_rois_bf16, static_argnums=3).lower(*args).as_text()
+  dots = [l for l in bf16.splitlines() if "dot_general" in l]
+  assert len(dots) == 2 and all("bf16" in l and "-> tensor<" in l and "xf32>" in l.split("->")[-1]
+                                for l in dots), dots
+  dense = [l for l in jax.jit(roi.crop_rois, static_argnums=3).lower(*args).as_text()
+           .splitlines() if "dot_general" in l]
+  assert len(dense) == 2 and all("precision = [HIGHEST, HIGHEST]" in l and "bf16" not in l
+                                 for l in dense), dense

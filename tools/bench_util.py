@@ -6,7 +6,7 @@ import statistics
 import time
 from typing import Callable
 
-from attend_jax.models import vit
+from attend_jax.models import attend, vit
 
 
 def forward_flops(cfg: vit.ViTConfig, size: int, batch: int) -> float:
@@ -31,3 +31,79 @@ def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int) -> d
       fns[name]()
       times[name].append(time.perf_counter() - start)
   return {name: statistics.median(t) for name, t in times.items()}
+
+
+class Rows:
+  """A benchmark's figures as JSON, written again after every row: a part killed at its time
+  limit keeps every figure it finished (``{**header, "rows": [...]}`` in ``path``)."""
+
+  def __init__(self, path: str | None, **header):
+    self.path, self.header, self.rows = path, header, []
+
+  def add(self, row: dict) -> None:
+    self.rows.append(row)
+    self.write()
+
+  def write(self, **extra) -> None:
+    self.header.update(extra)
+    if self.path:
+      import json
+      import pathlib
+
+      pathlib.Path(self.path).write_text(json.dumps({**self.header, "rows": self.rows},
+                                                    indent=2) + "\n")
+
+
+def peak_device_bytes() -> int | None:
+  """The first device's peak memory in use so far (``memory_stats``; None where the backend has
+  none, as the CPU's)."""
+  import jax
+
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def analytic_flops(config, model_cfg: attend.AttendConfig, batch: int, train: bool) -> dict:
+  """Matmul FLOPs (2 x multiply-adds) of one step on ``batch`` images, by part.
+
+  A train step is 3x the forward for every layer whose input needs a gradient, 2x for those
+  whose input is data: the patch embedding (its input is the image) and the box embedding
+  (sine features of the boxes). Frozen blocks (``model.freeze_blocks``) are 2x: their weight
+  gradients are never read, so XLA drops them, but the input gradients still flow through them
+  to the position embeddings and CLS token, which train (as in the reference); a frozen patch
+  embedding is forward only. The RoI crop has no gradient. The contrastive projections only
+  run in training (evaluation does not use them). Norms, activations, softmax, the losses'
+  similarity matrices and the position-embedding resize are left out: they are the cost
+  analysis's remainder.
+  """
+  v = model_cfg.vit
+  k, s = config.proposals.topk, model_cfg.roi_size
+  size = config.data.image_size
+  grid = s // vit.PATCH_SIZE
+  patch = 2 * grid * grid * vit.PATCH_SIZE**2 * 3 * v.width  # Per RoI.
+  backbone = forward_flops(v, s, 1)  # Per RoI, the patch embedding included.
+  e = model_cfg.width
+  tokens = k + (model_cfg.pool == "cls")
+  pos = 4 * attend.POSITION_DIMS
+  aggregator = model_cfg.num_blocks * (10 * tokens * e * e + 4 * tokens * tokens * e)
+  head = 2 * e * model_cfg.head_hidden + 2 * model_cfg.head_hidden * model_cfg.num_classes
+  projection = 0
+  if model_cfg.contrastive_dim and train:
+    projection = (1 + k) * (2 * e * e + 2 * e * model_cfg.contrastive_dim)
+  position = 2 * k * pos * pos
+  crop = 2 * k * s * size * size + 2 * k * s * size * s  # Rows then columns, per image.
+  block = (backbone - patch) / v.depth
+  freeze = config.model.freeze_blocks
+  frozen = min(freeze, v.depth) if freeze >= 0 else 0
+  if train:  # Trained blocks 3x, frozen ones 2x; the patch embedding 2x, or 1x when frozen.
+    vit_flops = 3 * (v.depth - frozen) * block + 2 * frozen * block
+    vit_flops += patch if freeze >= 0 else 2 * patch
+  else:
+    vit_flops = backbone
+  g = 3 if train else 1
+  parts = {"vit": batch * k * vit_flops,
+           "crop": batch * crop,
+           "aggregator_head": batch * (g * (aggregator + head + projection)
+                                       + (2 if train else 1) * position)}
+  parts["total"] = sum(parts.values())
+  return parts

@@ -56,6 +56,7 @@ def check(config) -> None:
   _one_of(config, "model.dtype", ("float32", "bfloat16"))
   _one_of(config, "model.attention", attention.IMPLEMENTATIONS)
   _one_of(config, "model.remat", tuple(vit.REMAT_POLICIES))
+  _one_of(config, "model.crop", tuple(roi.CROPS))
   _one_of(config, "model.num_classes", (1, 2))
   _one_of(config, "optim.schedule", ("constant", "cosine"))
   if config.train.get("preemption_grace_s", 1.0) <= 0:

@@ -58,6 +58,10 @@ def base() -> ml_collections.ConfigDict:
   c.model.dropout = 0.25
   c.model.freeze_blocks = 3  # Patch embedding and the first N ViT blocks; -1 freezes nothing.
   c.model.dtype = "float32"  # Or "bfloat16" compute.
+  # How RoIs are cut from the breast image: "dense", float32 at HIGHEST (the reference's
+  # numbers), or "bf16": bfloat16 operands summed in float32, one pass of an accelerator's 16-bit
+  # matmul units (crops within 1e-2; models/roi.py crop_rois_bf16 has the costs).
+  c.model.crop = "dense"
   # The ViT's attention kernel: auto (cuDNN flash on sm80+ GPUs in bf16, Pallas splash on TPU,
   # XLA otherwise) | xla | cudnn | splash | cpu. The log says which ran and why.
   c.model.attention = "auto"
@@ -144,6 +148,10 @@ def finetune(c: ml_collections.ConfigDict, dataset: str, batch_size: int) -> Non
   c.model.pretrained = "weights/dinov2_vitb14"
   c.model.dtype = "bfloat16"
   c.model.freeze_blocks = 3
+  # 4 images per chip fit a 16 GB v5e with the matmuls' outputs kept and the rest recomputed
+  # (tools/scale_report.py: about 6.5 GB against 15.6 without remat, for 7 % more FLOPs).
+  c.model.remat = "dots"
+  c.model.crop = "bf16"
   c.loss.contrastive_weight = 0.1
   c.optim.lr = 2e-5
   c.optim.schedule = "cosine"

@@ -53,7 +53,7 @@ def attend_config(config) -> attend.AttendConfig:
   return attend.AttendConfig(
       vit=vit_config(config), pool=config.model.pool, pool_attn_block=config.model.pool_attn_block,
       num_classes=config.model.num_classes, dropout=config.model.dropout,
-      roi_size=config.model.roi_size,
+      roi_size=config.model.roi_size, crop=config.model.get("crop", "dense"),
       contrastive_dim=config.model.contrastive_dim if config.loss.contrastive_weight else 0)
 
 

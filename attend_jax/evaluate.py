@@ -33,9 +33,11 @@ def predict_split(loaded: run.Loaded, split: str) -> dict:
   if tasks.name(loaded.config) != "classify":
     raise ValueError(f"{loaded.source} is a detector: its evaluation (recall, FROC, mAP) is in"
                      " WORKDIR/eval/metrics.json, written at the end of training.")
-  step = eval_loop.model_step(loaded.task, loaded.model, detail=True, proposer=loaded.proposer)
-  return eval_loop.predict_split(step, pipeline.for_split(loaded.config, split, train=False),
-                                 host_keys=loaded.task.host_keys,
+  cfg = pipeline.for_split(loaded.config, split, train=False)
+  mesh = eval_loop.local_mesh(cfg.batch_size)
+  step = eval_loop.model_step(loaded.task, loaded.model, detail=True, proposer=loaded.proposer,
+                              mesh=mesh)
+  return eval_loop.predict_split(step, cfg, mesh, host_keys=loaded.task.host_keys,
                                  progress=Progress(f"evaluating {split}", "img"))
 
 
@@ -82,7 +84,7 @@ def plot_gallery(pred: dict, config, split: str, path: pathlib.Path, k: int) -> 
 
 def evaluate(workdir: str, split: str, out: pathlib.Path, gallery: int = 4) -> dict:
   """Writes the evaluation into the local folder ``out`` (main stages a bucket's)."""
-  loaded = run.load(workdir)
+  loaded = run.load(workdir, eval_loop.local_mesh(run.read_config(workdir).data.eval_batch_size))
   config = loaded.config
   prepared.require(config.data.dir, config.data.name, (split,), flag="the run's config.data.dir",
                    instead="move the prepared folder back there",

@@ -14,7 +14,6 @@ import pathlib
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from attend_jax import box_ops, run, tasks
@@ -23,6 +22,7 @@ from attend_jax.data import pool as pool_lib
 from attend_jax.data.errors import DataError
 from attend_jax.data.sources.base import Example
 from attend_jax.eval import loop as eval_loop
+from attend_jax.train import sharding
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -163,7 +163,9 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
         " --proposals DIR with <image>_preds.txt files (cx cy w h score per line).")
   cfg = pipeline.PipelineConfig(data_dir="", config="", image_size=config.data.image_size,
                                 num_proposals=max(config.proposals.topk, 1))
-  step = eval_loop.model_step(loaded.task, loaded.model, detail=True, proposer=loaded.proposer)
+  mesh = eval_loop.local_mesh(batch_size)
+  step = eval_loop.model_step(loaded.task, loaded.model, detail=True, proposer=loaded.proposer,
+                              mesh=mesh)
   anchor = config.proposals.anchor or config.proposals.source not in ("files", "detector")
   images, bad, pending = [], [], []
 
@@ -173,7 +175,7 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
     batch = {k: np.stack([f[k] for f in fixed] + [np.zeros_like(fixed[0][k])] * (batch_size - n))
              for k in fixed[0]}
     batch["image_hw"][n:] = 1
-    outputs = jax.device_get(step({k: jnp.asarray(v) for k, v in batch.items()}))
+    outputs = jax.device_get(step(sharding.to_global(batch, mesh)))
     for j, (path, record) in enumerate(pending):
       out = {"path": path, "image_id": str(record["image_id"]),
              "study_id": str(record["study_id"]), "patient_id": str(record["patient_id"]),

@@ -78,10 +78,11 @@ def save_export(directory: str | os.PathLike, model: nnx.Module, config) -> None
   write_config(directory, config)
 
 
-def load(directory: str | os.PathLike) -> Loaded:
+def load(directory: str | os.PathLike, mesh=None) -> Loaded:
   """The model of a training workdir (best checkpoint, else the latest) or of a weights export:
-  a classifier, with the detector that proposes its RoIs if it was trained with one, or a
-  detector. The config comes from ``DIR/config.json``."""
+  a classifier, with the detector that proposes its RoIs if it was trained with one (replicated
+  over ``mesh``, where batches will be split), or a detector. The config comes from
+  ``DIR/config.json``."""
   directory = paths.path(directory)
   config = read_config(directory)
   config.model.pretrained = ""  # The checkpoint holds the backbone too.
@@ -100,7 +101,8 @@ def load(directory: str | os.PathLike) -> Loaded:
       step, state = restored
       model = nnx.merge(graph, state["params"], state["stats"], rest)
       model.eval()
-      return Loaded(config, model, f"{directory / sub} step {step}", proposer(config, directory))
+      return Loaded(config, model, f"{directory / sub} step {step}",
+                    proposer(config, directory, mesh))
   raise ModelNotFoundError(f"{directory}: no checkpoint in {checkpoint.BEST}/,"
                            f" {checkpoint.LATEST}/ or {WEIGHTS}/ yet.")
 

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from attend_jax.data import pipeline, prefetch, records
 from attend_jax.tasks.base import Task
@@ -33,11 +34,22 @@ def predict_step(task: Task, graph, detail: bool = False,
 
 
 def model_step(task: Task, model: nnx.Module, detail: bool = False,
-               proposer: Callable[[dict], dict] | None = None) -> Callable[[dict], dict]:
-  """``predict_step`` bound to one model's current state: ``batch -> outputs``."""
+               proposer: Callable[[dict], dict] | None = None,
+               mesh=None) -> Callable[[dict], dict]:
+  """``predict_step`` bound to one model's current state: ``batch -> outputs``; with ``mesh``,
+  that state is replicated over its devices, for batches split over them."""
   graph, *states = nnx.split(model)
+  if mesh is not None:
+    states = jax.device_put(states, NamedSharding(mesh, PartitionSpec()))
   step = predict_step(task, graph, detail, proposer)
   return lambda batch: step(tuple(states), batch)
+
+
+def local_mesh(batch_size: int):
+  """A data-parallel mesh over as many of this host's devices as divide ``batch_size``: what
+  evaluate and predict run on, as training runs on its mesh."""
+  n = max(d for d in range(1, jax.local_device_count() + 1) if batch_size % d == 0)
+  return sharding.make_mesh(n, 1, devices=jax.local_devices()[:n])
 
 
 def predict_split(step: Callable[[dict], dict], cfg: pipeline.PipelineConfig, mesh=None,

@@ -83,3 +83,23 @@ def test_the_pass_reads_nothing_back_until_it_ends(config, monkeypatch):
   pred = loop.predict_split(step, pipeline.for_split(config, "train", train=False))
   assert len(dispatched) > 1 and reads and set(reads) == {len(dispatched)}
   assert len(pred["mean"]) == len(_by_hand(config, "train"))
+
+
+def test_a_model_on_a_mesh_of_every_device_predicts_as_on_one(config):
+  """What evaluate and predict run: the batch split over the 8 (simulated) local devices, the
+  model replicated over them, against the model on one device."""
+  from attend_jax import tasks
+
+  assert jax.local_device_count() == 8
+  task = tasks.get(config)
+  model = task.build_model(0)
+  model.eval()
+  cfg = pipeline.for_split(config, "train", train=False)
+  mesh = loop.local_mesh(cfg.batch_size)
+  assert mesh.size == 8
+  one = loop.predict_split(loop.model_step(task, model), cfg, host_keys=task.host_keys)
+  many = loop.predict_split(loop.model_step(task, model, mesh=mesh), cfg, mesh,
+                            host_keys=task.host_keys)
+  np.testing.assert_allclose(many["prob"], one["prob"], atol=1e-6)
+  assert many["ids"] == one["ids"]
+  assert loop.local_mesh(6).size == 6 and loop.local_mesh(5).size == 5

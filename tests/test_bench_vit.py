@@ -32,3 +32,14 @@ def test_dry_run_writes_rows_and_both_frameworks_op_tables(tmp_path):
   profile = (tmp_path / "profile.md").read_text()
   assert profile.count("### vits14 28 px") == 2
   assert "| aten::" in profile and "= backward dot of" in profile  # The train step's backward.
+
+
+def test_attention_a_b_without_torch_writes_a_row_per_kernel(tmp_path):
+  """bench_accelerator.sh's A/B: each case once per kernel, JAX alone."""
+  out = helpers.run("tools/bench_vit.py", "--dry_run", "--parts=train", "--attention=xla,cpu",
+                    "--notorch", f"--json={tmp_path / 'ab.json'}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = json.loads((tmp_path / "ab.json").read_text())["rows"]
+  assert [(r["attention"], r["kernel"]) for r in rows] == [("xla", "xla"), ("cpu", "cpu")]
+  assert all(r["jax_ms"] > 0 and "torch_ms" not in r for r in rows)
+  assert all(r["peak_bytes"] is None for r in rows)  # The CPU keeps no memory statistics.

@@ -48,7 +48,7 @@ from attend_jax import tasks
 from attend_jax.models import attend, vit
 from attend_jax.data import prefetch
 from attend_jax.train import optim, trainer
-from bench_util import forward_flops, interleaved
+from bench_util import forward_flops, interleaved, peak_device_bytes
 from configs import common
 from torch_reference import ReferenceAttend
 
@@ -61,6 +61,8 @@ flags.DEFINE_float("peak_tflops", 989.0, "Accelerator dense bf16 peak for MFU (H
 flags.DEFINE_bool("dry_run", False, "The preset's code path at tiny shapes, one step each.")
 flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 flags.DEFINE_integer("overlap_steps", 8, "Steps of the input-overlap comparison (0: skip it).")
+flags.DEFINE_list("frameworks", ["jax", "torch"], "jax, torch or both (tools/bench_accelerator.sh"
+                  " runs them in separate processes).")
 
 transformers.logging.set_verbosity_error()
 
@@ -138,8 +140,13 @@ def jax_step(config, batch: dict):
   return run, model_cfg, on
 
 
-def input_overlap(step_on, batch: dict, step_s: float, steps: int) -> dict:
+def input_overlap(step_on, batch: dict, steps: int) -> dict:
   """Seconds per step with a loader as slow as the step: the old loop against prefetching."""
+  placed = jax.device_put(batch)
+  float(step_on(placed))  # Compiled for this batch's layout.
+  start = time.perf_counter()
+  float(step_on(placed))
+  step_s = time.perf_counter() - start
 
   def loader():
     for _ in range(steps):
@@ -222,14 +229,25 @@ def main(argv):
     preset.update(DRY_RUN)
   if FLAGS.batch:
     preset["batch"] = FLAGS.batch
+  unknown = set(FLAGS.frameworks) - {"jax", "torch"}
+  if unknown or not FLAGS.frameworks:
+    raise app.UsageError(f"--frameworks takes jax and/or torch, got {FLAGS.frameworks}")
   reps, warmup = (1, 0) if FLAGS.dry_run else (FLAGS.reps, FLAGS.warmup)
   gpu = jax.default_backend() == "gpu"
-  device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
+  device = "cuda" if gpu else "cpu"
+  frameworks = list(FLAGS.frameworks)
+  if "torch" in frameworks and gpu and not torch.cuda.is_available():
+    print("torch: skipped, this torch has no CUDA (its figures would be CPU ones beside a GPU's)")
+    frameworks.remove("torch")
   config = make_config(preset)
   batch = make_batch(config, preset["batch"])
   step, model_cfg, step_on = jax_step(config, batch)
-  fns = {"jax": step, "torch fp32": torch_step(model_cfg, batch, device, autocast=False),
-         "torch autocast": torch_step(model_cfg, batch, device, autocast=True)}
+  fns = {}
+  if "jax" in frameworks:
+    fns["jax"] = step
+  if "torch" in frameworks:
+    fns["torch fp32"] = torch_step(model_cfg, batch, device, autocast=False)
+    fns["torch autocast"] = torch_step(model_cfg, batch, device, autocast=True)
   dry = " (dry run)" if FLAGS.dry_run else ""
   print(f"{FLAGS.preset}{dry}: {preset['variant']} {preset['overrides'] or ''} RoIs"
         f" {preset['topk']} x {preset['roi_size']} px, batch {preset['batch']}, JAX"
@@ -246,26 +264,31 @@ def main(argv):
       rows[name]["mfu"] = flops / sec / 1e12 / FLAGS.peak_tflops
       line += f"  MFU {100 * rows[name]['mfu']:5.1f} %"
     print(line)
-  for name in ("torch fp32", "torch autocast"):
-    rows[name]["jax_speedup"] = seconds[name] / seconds["jax"]
-    print(f"  JAX speed-up over {name}: {rows[name]['jax_speedup']:.2f}x")
+  if "jax" in seconds:
+    rows["jax"]["peak_bytes"] = peak_device_bytes()
+    for name in ("torch fp32", "torch autocast"):
+      if name in seconds:
+        rows[name]["jax_speedup"] = seconds[name] / seconds["jax"]
+        print(f"  JAX speed-up over {name}: {rows[name]['jax_speedup']:.2f}x")
+  figures = {"bench": "train", "preset": FLAGS.preset, "dry_run": FLAGS.dry_run,
+             "device": jax.devices()[0].device_kind, "torch_device": device, "shapes": preset,
+             "frameworks": frameworks, "steps": rows, "input_overlap": None}
+
+  def write():
+    if FLAGS.json:
+      pathlib.Path(FLAGS.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+  write()  # The step figures, before the overlap comparison that follows.
   token_reduction(vit.config_for("vitb14"), 448, 5)  # The paper's backbone and RoIs.
-  overlap = None
-  if FLAGS.overlap_steps > 0:
-    overlap = input_overlap(step_on, batch, seconds["jax"], 2 if FLAGS.dry_run else
-                            FLAGS.overlap_steps)
+  if FLAGS.overlap_steps > 0 and "jax" in seconds:
+    overlap = input_overlap(step_on, batch, 2 if FLAGS.dry_run else FLAGS.overlap_steps)
     print(f"input overlap, a loader as slow as the step ({1e3 * overlap['step_s']:.1f} ms each):"
           f" load+place+step+read {1e3 * overlap['sequential_s']:.1f} ms/step"
           f" ({overlap['sequential_over_sum']:.2f}x their sum); prefetched, no read-back"
           f" {1e3 * overlap['prefetched_s']:.1f} ms/step"
           f" ({overlap['prefetched_over_max']:.2f}x the larger of the two)")
-  if FLAGS.json:
-    device_kind = jax.devices()[0].device_kind
-    pathlib.Path(FLAGS.json).write_text(json.dumps(
-        {"bench": "train", "preset": FLAGS.preset, "dry_run": FLAGS.dry_run,
-         "device": device_kind, "torch_device": device, "shapes": preset, "steps": rows,
-         "input_overlap": overlap},
-        indent=2) + "\n")
+    figures["input_overlap"] = overlap
+    write()
 
 
 if __name__ == "__main__":

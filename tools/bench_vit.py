@@ -13,7 +13,11 @@ On a GPU backend it adds ViT-B/14 at 448 px in bfloat16 and reports TFLOP/s and 
   .venv/bin/python tools/bench_vit.py --sizes=224,448 --reps=10
   .venv/bin/python tools/bench_vit.py --dry_run         # the same code path, tiny, one call each
 
-``--json=PATH`` also writes every row (tools/bench_accelerator.sh collects them).
+``--json=PATH`` also writes every row, as each completes (tools/bench_accelerator.sh collects
+them); on an accelerator each row carries the device's peak memory so far.
+``--attention=xla,auto`` runs each case once per attention kernel (attend_jax.models.attention:
+an A/B of XLA's attention against the fused kernel the backend gets); ``--notorch`` leaves
+PyTorch out (tools/bench_accelerator.sh runs it in a process of its own).
 ``--profile=PATH`` then traces each part in both frameworks and writes per-op tables (markdown):
 which XLA op (its HLO, its class) takes the time, beside PyTorch's aten ops (tools/op_profile.py).
 
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 import time
 from typing import Callable
@@ -39,8 +42,8 @@ import transformers
 from flax import nnx
 
 from attend_jax.convert import dinov2 as conv
-from attend_jax.models import vit
-from bench_util import forward_flops, interleaved
+from attend_jax.models import attention, vit
+from bench_util import Rows, forward_flops, interleaved, peak_device_bytes
 import op_profile
 
 FLAGS = flags.FLAGS
@@ -54,6 +57,9 @@ flags.DEFINE_list("parts", ["gemm", "forward", "train"], "Any of gemm, forward, 
 flags.DEFINE_enum("jit", "jax", ["jax", "nnx"],
                   "jax: jax.jit over nnx.split state; nnx: nnx.jit on the module.")
 flags.DEFINE_integer("attention_chunk", None, "Overrides ViTConfig.attention_chunk.")
+flags.DEFINE_list("attention", ["auto"], "Attention kernels to run each case with (model.attention"
+                  " values: auto, xla, cudnn, splash, cpu).")
+flags.DEFINE_bool("torch", True, "Also time transformers' PyTorch model, where it can run.")
 flags.DEFINE_float("peak_tflops", 989.0, "Accelerator dense bf16 peak for MFU (H100/H200).")
 flags.DEFINE_integer("gemm_n", 4096, "Side of the square GEMM yardstick.")
 flags.DEFINE_bool("dry_run", False, "28 px, batch 1, one timed call each, no GEMM: a check.")
@@ -74,6 +80,7 @@ class Case:
   variant: str
   size: int
   dtype: str
+  attention: str = "auto"
 
 
 def _random_hf_model(cfg: vit.ViTConfig) -> transformers.Dinov2Model:
@@ -98,7 +105,7 @@ def _jax_model(hf: transformers.Dinov2Model, case: Case) -> vit.DinoV2:
   sd = {k: v.detach().float().numpy() for k, v in hf.state_dict().items()}
   meta, fmt = conv.to_meta_names(sd)
   overrides = dict(pos_embed_interp=conv.DEFAULT_INTERP[(fmt, False)],
-                   dtype=_JNP_DTYPES[case.dtype])
+                   dtype=_JNP_DTYPES[case.dtype], attention=case.attention)
   if FLAGS.attention_chunk is not None:
     overrides["attention_chunk"] = FLAGS.attention_chunk
   cfg = vit.config_for(case.variant, **overrides)
@@ -237,14 +244,17 @@ def run_case(case: Case, device: str | None, parts: list[str]):
 def print_header(gpu: bool) -> None:
   rates = ("   torch TF/s  MFU     jax TF/s  MFU" if gpu
            else "   torch GF/s %gemm    jax GF/s %gemm")
-  print(f"\n{'model':<8}{'size':>5} {'dtype':<9}{'part':<8}{'torch ms':>10}{'jax ms':>10}"
+  print(f"\n{'model':<8}{'size':>5} {'dtype':<9}{'attn':<6}{'part':<8}{'torch ms':>10}{'jax ms':>10}"
         f"{'torch/jax':>10}{rates}  jax compile s", flush=True)
 
 
 def row_figures(row, gpu: bool) -> dict:
   case, part, med, work, compile_s = row
+  cfg = vit.config_for(case.variant)
+  kernel, _ = attention.choose(_JNP_DTYPES[case.dtype], cfg.head_dim, case.attention)
   out = {"variant": case.variant, "size": case.size, "dtype": case.dtype, "part": part,
-         "batch": FLAGS.batch, "compile_s": compile_s}
+         "attention": case.attention, "kernel": kernel, "batch": FLAGS.batch,
+         "compile_s": compile_s, "peak_bytes": peak_device_bytes()}
   for name, sec in med.items():
     out[f"{name}_ms"] = 1e3 * sec
     out[f"{name}_tflops"] = work / sec / 1e12
@@ -271,14 +281,16 @@ def print_row(row, gemm: dict | None, gpu: bool) -> None:
       cells.append(f"{rate / 1e9:13.1f}{frac}")
   t_ms = f"{1e3 * med['torch']:10.1f}" if "torch" in med else f"{'-':>10}"
   ratio = f"{med['torch'] / med['jax']:10.2f}" if "torch" in med else f"{'-':>10}"
-  print(f"{case.variant:<8}{case.size:>5} {case.dtype:<9}{part:<8}{t_ms}"
+  print(f"{case.variant:<8}{case.size:>5} {case.dtype:<9}{case.attention:<6}{part:<8}{t_ms}"
         f"{1e3 * med['jax']:10.1f}{ratio}{''.join(cells)}{compile_s:12.1f}", flush=True)
 
 
 def main(argv):
   del argv
   gpu = jax.default_backend() == "gpu"
-  if gpu:
+  if not FLAGS.torch:
+    device = None
+  elif gpu:
     device = "cuda" if torch.cuda.is_available() else None
   else:
     device = "cpu"
@@ -290,29 +302,30 @@ def main(argv):
     raise app.UsageError("--profile needs --jit=jax (it reads the jitted step's HLO)")
   if FLAGS.dry_run:
     FLAGS.sizes, FLAGS.batch = ["28"], 1
+  rows = Rows(FLAGS.json, bench="vit", dry_run=FLAGS.dry_run,
+              device=jax.devices()[0].device_kind, peak_tflops=FLAGS.peak_tflops)
   if "gemm" in FLAGS.parts and device and not FLAGS.dry_run:
     gemm = _gemm_rates(FLAGS.gemm_n, max(3, FLAGS.reps // 2), device)
     print(f"fp32 GEMM {FLAGS.gemm_n}^3: torch {gemm['torch'] / 1e9:.1f} GFLOP/s, "
           f"jax {gemm['jax'] / 1e9:.1f} GFLOP/s", flush=True)
+    rows.write(gemm_flops=gemm)
   parts = [p for p in FLAGS.parts if p in ("forward", "train")]
-  cases = [Case(FLAGS.variant, int(s), FLAGS.dtype) for s in FLAGS.sizes]
-  if gpu and not FLAGS.dry_run:
-    cases.append(Case("vitb14", 448, "bfloat16"))
+  cases = [Case(FLAGS.variant, int(s), FLAGS.dtype, a) for s in FLAGS.sizes
+           for a in FLAGS.attention]
+  paper = Case("vitb14", 448, "bfloat16")
+  if gpu and not FLAGS.dry_run and not any(dataclasses.replace(c, attention="auto") == paper
+                                           for c in cases):
+    cases.append(paper)
   print_header(gpu)
-  rows = []
   for case in cases:
     for row in run_case(case, device, parts):
       print_row(row, gemm, gpu)
-      rows.append(row_figures(row, gpu))
+      rows.add(row_figures(row, gpu))
   if FLAGS.profile:
     pathlib.Path(FLAGS.profile).write_text(
         f"# Per-op profile (tools/bench_vit.py; {jax.devices()[0].device_kind}, torch "
         f"{torch.get_num_threads()} threads)\n\n" + "\n".join(_PROFILES))
     print(f"Per-op tables: {FLAGS.profile}")
-  if FLAGS.json:
-    pathlib.Path(FLAGS.json).write_text(json.dumps(
-        {"bench": "vit", "dry_run": FLAGS.dry_run, "device": jax.devices()[0].device_kind,
-         "peak_tflops": FLAGS.peak_tflops, "gemm_flops": gemm, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ VIT=(--variant=vitb14 --dtype=bfloat16 --sizes=448)
 if [[ ${#DRY[@]} -gt 0 ]]; then
   # A CPU compiles and runs even tiny shapes slowly, and may be shared: longer limits.
   SCALE=4
-  BATCH=1
+  BATCH=2  # The reference's BatchNorm needs two images to train.
   VIT=(--variant=vits14)
   DATA=(--size 600 --num_studies 1 --long_side 256 --batch 4 --batches 3 --workers 1)
   LOOP=()

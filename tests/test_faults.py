@@ -600,7 +600,7 @@ def _start_predict_held_at_loading(*args):
   """A predict that holds still where it starts loading the model."""
   code = ("import sys, time\n"
           "from attend_jax import cli, predict, run\n"
-          "def load(directory):\n"
+          "def load(directory, mesh=None):\n"
           "  print('loading the model', flush=True)\n"
           "  while True:\n"
           "    time.sleep(1)\n"

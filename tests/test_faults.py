@@ -776,7 +776,7 @@ def _corrupt_shards(data: pathlib.Path, split: str, copy: pathlib.Path) -> pathl
 
 
 def test_a_corrupt_shard_names_itself_and_the_prepare_command(tiny_data, tmp_path):
-  from attend_jax.data import pipeline
+  from attend_jax.data import pipeline, records
   from attend_jax.data.errors import CorruptRecordsError
 
   data = tmp_path / "data"
@@ -792,8 +792,15 @@ def test_a_corrupt_shard_names_itself_and_the_prepare_command(tiny_data, tmp_pat
       next(iter(pipeline.make_dataset(cfg)))
     assert e.value.path == str(shard)
     assert str(e.value).startswith(want[0]) and str(e.value).endswith(want[1]), str(e.value)
+  # Evaluation's ids come from the side table prepare wrote, without reading a shard; records
+  # prepared before it existed are read, and name the corrupt shard.
+  assert [r["image_id"] for r in pipeline.record_ids(cfg, [0, 1])] == [
+      r["image_id"] for r in records.ids(data, "synthetic_96", "train")[:2]]
+  pathlib.Path(records.builder(data, "synthetic_96").data_dir, "ids-train.json").unlink()
   with pytest.raises(CorruptRecordsError, match="prepare them again"):
     pipeline.record_ids(cfg, [0, 1])
+  with pytest.raises(CorruptRecordsError, match="prepare them again"):
+    records.write_ids(data, "synthetic_96", missing_only=True)
 
 
 @pytest.mark.slow

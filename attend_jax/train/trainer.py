@@ -49,6 +49,7 @@ def make_train_step(task: tasks.Task, train_def, tx: optax.GradientTransformatio
   need another executable, and donation could not reuse those buffers.
   """
   compute_dtype = jnp.dtype(task.config.model.dtype)
+  schedule = optim.schedule(task.config)
 
   def train_step(params, stats, opt_state, rngs, step, batch):
     m = nnx.merge(train_def, gathered_as(params, compute_dtype), stats, rngs)
@@ -71,6 +72,7 @@ def make_train_step(task: tasks.Task, train_def, tx: optax.GradientTransformatio
     trained = jax.tree.leaves(optim.trainable(task.config, params))
     terms["grad_norm"] = optax.tree.norm(
         [g for g, t in zip(jax.tree.leaves(grads), trained, strict=True) if t])
+    terms["lr"] = schedule(step + 1)  # As logged at the step this update completes.
     return params, nnx.state(m, nnx.BatchStat), opt_state, terms
 
   if shardings is None:
@@ -322,7 +324,6 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
       if log_now:
         rate = (step - start_step) / (time.perf_counter() - start_time)
         scalars = {k: float(v) for k, v in terms.items()}
-        scalars["lr"] = float(optim.schedule(config)(step))
         writer.write(step, "train", scalars)
         log("step %d/%d  loss %.4f  %.2f steps/s  ETA %.0f s", step, total, scalars["loss"],
             rate, (total - step) / max(rate, 1e-9))

@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from attend_jax.data import prepare, synthetic
-from attend_jax.train import trainer
+from attend_jax.train import optim, trainer
 from configs import demo
 
 import gcs as gcs_emulator
@@ -354,12 +354,16 @@ def test_eight_devices_train_like_one(data_dir, tmp_path):
 
 
 def test_bfloat16_compute_with_gradient_accumulation_trains(data_dir, tmp_path):
-  summary = trainer.train_and_evaluate(
-      _config(data_dir, model__dtype="bfloat16", optim__grad_accum=2, train__steps=4),
-      str(tmp_path))
+  config = _config(data_dir, model__dtype="bfloat16", optim__grad_accum=2, train__steps=4,
+                   optim__warmup_steps=3)
+  summary = trainer.train_and_evaluate(config, str(tmp_path))
   lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   losses = [l["loss"] for l in lines if l["split"] == "train"]
   assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+  # The step computes the logged lr on the device: the schedule at the row's step.
+  schedule = optim.schedule(config)
+  for row in (l for l in lines if l["split"] == "train"):
+    assert row["lr"] == pytest.approx(float(schedule(row["step"])), rel=1e-6), row
   assert summary["num_examples"] > 0
   step, params = _latest_params(tmp_path)
   assert step == 4 and all(x.dtype == np.float32 for x in jax.tree.leaves(params))  # f32 master.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from attend_jax.data import synthetic
 from attend_jax.data.errors import LabelError
 from attend_jax.data.sources.base import Example, Listing, read_csv, require_dir, split_by_key
 
@@ -18,6 +17,10 @@ def list_examples(root, val_fraction: float = 0.15, test_fraction: float = 0.15,
   """``oracle_proposals`` > 0 attaches that many proposals from ``simulate_detector`` (an
   oracle: boxes around the true lesions, jittered, and false positives) to each row that has
   the image's width and height, for ablations against a real detector."""
+  # The generator (scipy, pydicom, OpenCV) only where synthetic data is listed: every CLI
+  # imports this package, and a training run on records never needs it.
+  from attend_jax.data import synthetic
+
   root = require_dir(root, "Synthetic dataset", WHERE, LAYOUT)
   csv_path = root / "labels.csv"
   examples, bad = [], []

@@ -193,8 +193,13 @@ ID_KEYS = ("image_id", "study_id", "patient_id", "laterality", "view")
 
 def record_ids(cfg: PipelineConfig, indices, extra_keys: tuple[str, ...] = ()) -> list[dict]:
   """The string ids (image, study, patient, laterality, view) of records by index, and their
-  ``extra_keys`` as stored (e.g. ``crop_box``); read by a few threads, since each read loads the
-  whole record."""
+  ``extra_keys`` as stored (e.g. ``crop_box``): from the split's side table
+  (``records.ids``), or, for records prepared before it, read from the records by a few threads
+  (each read loads the whole record)."""
+  table = records.ids(cfg.data_dir, cfg.config, cfg.split)
+  if table is not None and all(k in records.ID_FIELDS for k in extra_keys):
+    return [{k: table[int(i)][k] for k in (*ID_KEYS, *extra_keys)}
+            for i in np.asarray(indices).reshape(-1)]
   source = _source(cfg)
 
   def read(i):

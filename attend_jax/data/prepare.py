@@ -326,6 +326,9 @@ def _prepare(dataset: str, root: str | os.PathLike, out: pathlib.Path, opts: Pre
     raise ValueError(f"crop must be one of {breast.RULES}, got {opts.crop!r}.")
   config = config_name(dataset, opts.long_side)
   if _is_built(out, config) and (out / MANIFEST).exists():
+    from attend_jax.data import records
+
+    records.write_ids(out, config, missing_only=True)  # Records prepared before the table.
     manifest = json.loads((out / MANIFEST).read_text())
     return PrepareResult(manifest["builder"], manifest["counts"], _read_bad(out), 0.0)
   listing = SOURCES[dataset](root, **source_kwargs)
@@ -383,6 +386,7 @@ def _prepare(dataset: str, root: str | os.PathLike, out: pathlib.Path, opts: Pre
   write_start = time.perf_counter()
   try:
     records.build(out, config, cache)
+    records.write_ids(out, config)
   except KeyboardInterrupt:
     raise PrepareInterrupted(cache, total) from None
   except OSError as e:

@@ -8,6 +8,7 @@ Read back with ``tfds.data_source``, which grain indexes directly.
 
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 from collections.abc import Callable
@@ -101,6 +102,44 @@ def build(data_dir, config: str, cache_dir) -> None:
   b.download_and_prepare(
       file_format="array_record",
       download_config=tfds.download.DownloadConfig(manual_dir=str(cache_dir)))
+
+
+# Beside each split's shards: its records' ids and geometry in record order, written once by
+# prepare, so that evaluation looks ids up instead of reading every record (image included)
+# again after each pass.
+IDS = "ids-{split}.json"
+ID_FIELDS = {"image_id": str, "study_id": str, "patient_id": str, "laterality": str,
+             "view": str, "crop_box": np.int32, "original_hw": np.int32, "flipped": np.bool_,
+             "scale": np.float32}
+
+
+def _ids_path(data_dir, config: str, split: str) -> pathlib.Path:
+  return pathlib.Path(builder(data_dir, config).data_dir) / IDS.format(split=split)
+
+
+def write_ids(data_dir, config: str, missing_only: bool = False) -> None:
+  """The side table of every split of a built dataset (the images are not decoded)."""
+  b = builder(data_dir, config)
+  for split in b.info.splits:
+    if missing_only and _ids_path(data_dir, config, split).exists():
+      continue
+    source = Records(b.as_data_source(split=split,
+                                      decoders={"image": tfds.decode.SkipDecoding()}),
+                     data_dir, config)  # A corrupt shard names itself.
+    rows = [{k: (v.decode() if isinstance(v, bytes) else str(v) if kind is str
+                 else np.asarray(v).tolist())
+             for k, kind in ID_FIELDS.items() for v in (record[k],)} for record in source]
+    _ids_path(data_dir, config, split).write_text(json.dumps(rows) + "\n")
+
+
+def ids(data_dir, config: str, split: str) -> list[dict] | None:
+  """The split's side table (ids as str, geometry as numpy), or None for records prepared
+  before it existed."""
+  path = _ids_path(data_dir, config, split)
+  if not path.exists():
+    return None
+  return [{k: v if ID_FIELDS[k] is str else np.asarray(v, ID_FIELDS[k]) for k, v in row.items()}
+          for row in json.loads(path.read_text())]
 
 
 def data_source(data_dir, config: str, split: str,

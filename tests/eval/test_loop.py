@@ -103,3 +103,35 @@ def test_a_model_on_a_mesh_of_every_device_predicts_as_on_one(config):
   np.testing.assert_allclose(many["prob"], one["prob"], atol=1e-6)
   assert many["ids"] == one["ids"]
   assert loop.local_mesh(6).size == 6 and loop.local_mesh(5).size == 5
+
+
+def test_ids_come_from_the_side_table_without_reading_a_record(config, monkeypatch):
+  """prepare writes each split's ids and geometry beside its shards; a pass looks them up
+  (the same as reading the records), and records prepared before the table still work."""
+  from attend_jax.data import records
+
+  cfg = pipeline.for_split(config, "train", train=False)
+  keys = ("crop_box", "flipped", "scale")
+  table = records.ids(cfg.data_dir, cfg.config, "train")
+  source = pipeline._source(cfg)
+  assert table is not None and len(table) == len(source)
+  by_reading = [{k: record[k] for k in ("image_id", "study_id", "crop_box", "scale")}
+                for record in source]
+  for row, read in zip(table, by_reading):
+    assert row["image_id"] == read["image_id"].decode() and row["study_id"] == read[
+        "study_id"].decode()
+    np.testing.assert_array_equal(row["crop_box"], read["crop_box"])
+    assert row["scale"] == read["scale"]
+
+  def no_reading(self, index):
+    raise AssertionError("a record was read for its ids")
+
+  monkeypatch.setattr(records.Records, "__getitem__", no_reading)
+  ids = pipeline.record_ids(cfg, [2, 0], keys)
+  assert [i["image_id"] for i in ids] == [table[2]["image_id"], table[0]["image_id"]]
+  assert ids[0]["crop_box"].dtype == np.int32 and ids[0]["flipped"].dtype == np.bool_
+  monkeypatch.undo()
+  monkeypatch.setattr(records, "ids", lambda *a: None)  # Prepared before the side table.
+  old = pipeline.record_ids(cfg, [2, 0], keys)
+  assert [i["image_id"] for i in old] == [i["image_id"] for i in ids]
+  np.testing.assert_array_equal(old[0]["crop_box"], ids[0]["crop_box"])

@@ -29,3 +29,6 @@ def test_bench_train_gpu_preset_dry_run(tmp_path):
   assert overlap["sequential_s"] >= overlap["load_s"] and overlap["prefetched_s"] >= overlap[
       "load_s"]
   assert "prefetched, no read-back" in proc.stdout
+  versus = figures["eval_vs_train"]
+  assert versus["eval_over_train"] == pytest.approx(
+      versus["eval_images_per_s"] / versus["train_images_per_s"])

@@ -22,7 +22,9 @@ It then times input overlap (``--overlap_steps``, 0 skips it): the trainer's ste
 loader that takes as long as the step (a sleep, as a disk or a bucket would), first as the old
 loop ran it (load, place on the device, step, read the loss back), then as the trainer runs it
 now (``data.prefetch.DevicePrefetch`` placing batches ahead in a thread, nothing read back
-between log steps). Overlapped, a step takes max(step, load), not their sum.
+between log steps). Overlapped, a step takes max(step, load), not their sum. Last, evaluation's
+images/s against training's (the evaluation step against the update, each dispatched back to
+back and read once at the end, as both loops run them).
 
 ``--preset=gpu`` reports MFU against --peak_tflops; the FLOPs are the ViT's matmuls and
 attention (3x the forward for a train step), counting frozen blocks as if trained.
@@ -47,6 +49,7 @@ from flax import nnx
 from attend_jax import tasks
 from attend_jax.models import attend, vit
 from attend_jax.data import prefetch
+from attend_jax.eval import loop as eval_loop
 from attend_jax.train import optim, trainer
 from bench_util import forward_flops, interleaved, peak_device_bytes
 from configs import common
@@ -137,7 +140,31 @@ def jax_step(config, batch: dict):
   def run():
     jax.block_until_ready(on(device_batch))
 
-  return run, model_cfg, on
+  # Its own copy: the train step donates the state it was split from. Timing needs the shapes,
+  # not the trained values.
+  twin = task.build_model(0)
+  twin.eval()
+  evaluate = eval_loop.model_step(task, twin)
+
+  def eval_on(placed):
+    return evaluate(placed)["prob"]
+
+  return run, model_cfg, on, eval_on
+
+
+def eval_against_train(train_on, eval_on, batch: dict, steps: int) -> dict:
+  """Images/s of ``steps`` evaluation steps and of as many train steps, each dispatched back to
+  back and read once at the end, as the loops run them."""
+  placed = jax.device_put(batch)
+  rates = {}
+  for name, fn in (("train", train_on), ("eval", eval_on)):
+    jax.block_until_ready(fn(placed))  # Compiled.
+    start = time.perf_counter()
+    out = [fn(placed) for _ in range(steps)]
+    jax.block_until_ready(out)
+    rates[name] = steps * len(batch["label"]) / (time.perf_counter() - start)
+  return {"train_images_per_s": rates["train"], "eval_images_per_s": rates["eval"],
+          "eval_over_train": rates["eval"] / rates["train"]}
 
 
 def input_overlap(step_on, batch: dict, steps: int) -> dict:
@@ -241,7 +268,7 @@ def main(argv):
     frameworks.remove("torch")
   config = make_config(preset)
   batch = make_batch(config, preset["batch"])
-  step, model_cfg, step_on = jax_step(config, batch)
+  step, model_cfg, step_on, eval_on = jax_step(config, batch)
   fns = {}
   if "jax" in frameworks:
     fns["jax"] = step
@@ -288,6 +315,12 @@ def main(argv):
           f" {1e3 * overlap['prefetched_s']:.1f} ms/step"
           f" ({overlap['prefetched_over_max']:.2f}x the larger of the two)")
     figures["input_overlap"] = overlap
+    write()
+  if "jax" in seconds:
+    figures["eval_vs_train"] = versus = eval_against_train(
+        step_on, eval_on, batch, 2 if FLAGS.dry_run else max(FLAGS.reps, 4))
+    print(f"evaluation {versus['eval_images_per_s']:.1f} images/s against training"
+          f" {versus['train_images_per_s']:.1f} ({versus['eval_over_train']:.2f}x)")
     write()
 
 

@@ -20,7 +20,7 @@ TINY = ["--config=configs/vindr.py:smoke", "--config.data.image_size=128",
 def test_tiny_config_on_eight_devices(tmp_path):
   out = tmp_path / "scale.json"
   proc = helpers.run("tools/scale_report.py", *TINY, "--lower_for=tpu,cuda", f"--json={out}",
-                     devices=None)
+                     "--detector_config=configs/detector_vindr.py:smoke", devices=None)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   assert "HLO matmuls / analytic" in proc.stdout
   report = json.loads(out.read_text())
@@ -30,6 +30,11 @@ def test_tiny_config_on_eight_devices(tmp_path):
   assert any(k.startswith("splash_mha_fwd") for k in report["lowered"]["tpu"]["kernels"])
   assert report["lowered"]["cuda"]["attention"] == "xla"
   assert report["per_device_batch"] == 1 and report["peak_gb_per_device"] > 0
+  # The detector's proposals: paid at every step on the fly, once per image in the records.
+  cost = report["proposals"]
+  assert cost["on_the_fly_flops_per_step"] > 0 and 0 < cost["of_the_train_step"] < 1
+  assert cost["computed_once_flops_per_image"] == pytest.approx(
+      cost["on_the_fly_flops_per_step"] / 8)
   for chip, kernel in (("h100", "xla"), ("v5e", "splash")):
     roof = report["roofline"][chip]
     assert roof["attention_kernel"] == kernel and 0 < roof["mfu"] < 1

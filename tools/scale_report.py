@@ -74,6 +74,10 @@ _LOWER_FOR = flags.DEFINE_list("lower_for", [], "Also lower the train step with 
                                " each module.")
 _REMAT = flags.DEFINE_bool("remat_sweep", True, "Estimate the per-device peak under each"
                            " model.remat policy (none, dots, full).")
+_DETECTOR = config_flags.DEFINE_config_file(
+    "detector_config", None, "For a two-stage config: the detector's (file[:arg]), to price its"
+    " proposals on the fly (its forward before every train step) against computed once into the"
+    " records (tools/export_proposals.py --records).", lock_config=False)
 _FIT = flags.DEFINE_bool("fit", True, "Compile a second batch size for the largest batch.")
 _EVAL = flags.DEFINE_bool("eval", True, "Compile the evaluation step too.")
 
@@ -329,6 +333,32 @@ def roofline(config, report: dict) -> dict:
   return out
 
 
+# --- proposals: on the fly, or computed once ----------------------------------------------------
+
+
+def proposal_cost(config, detector_config, report: dict, mesh) -> dict:
+  """FLOPs of the detector's proposals for one train batch (``tasks.detect.propose_fn``,
+  compiled for the config's batch on its mesh, the detector replicated): what every step pays
+  with ``proposals.source="detector"``, against once per image with the boxes in the records."""
+  from attend_jax.tasks import detect
+
+  task = tasks.get(detector_config)
+  with jax.set_mesh(mesh):
+    graph, state = nnx.split(nnx.eval_shape(lambda: task.build_model(detector_config.seed)))
+  replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                       state)
+  with attention.attention_as_on("gpu"), jax.set_mesh(mesh):
+    compiled = jax.jit(detect.propose_fn(graph, config.proposals.topk)).lower(
+        state, train_memory.abstract_batch(config, mesh, config.data.batch_size)
+    ).compile(COMPILER_OPTIONS)
+  per_device = cost_flops(compiled)
+  devices = report["mesh"]["data"] * report["mesh"]["fsdp"]
+  return {"on_the_fly_flops_per_step": per_device * devices,
+          "of_the_train_step": per_device / report["train"]["flops_per_device"],
+          "computed_once_flops_per_image": per_device * devices / report["global_batch"]}
+
+
 # --- lowering for an accelerator ---------------------------------------------------------------
 
 _PLATFORM_BACKEND = {"tpu": "tpu", "cuda": "gpu", "rocm": "gpu"}
@@ -484,10 +514,12 @@ def main(argv):
   if "remat" in own:
     policy = config.model.get("remat", "none")
     summary.update(remat=policy, peak_gb_per_device=own["remat"][policy]["peak_bytes"] / GB)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp,
+                            devices=jax.devices()[:_DEVICES.value])
   if _LOWER_FOR.value:
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp,
-                              devices=jax.devices()[:_DEVICES.value])
     summary["lowered"] = {p: lowered_attention(config, mesh, p) for p in _LOWER_FOR.value}
+  if _DETECTOR.value is not None:
+    summary["proposals"] = proposal_cost(config, _DETECTOR.value, own, mesh)
   name = pathlib.Path(config_flags.get_config_filename(flags.FLAGS["config"])).name
   print_report(name, reports)
   print_summary(config, summary)
@@ -515,6 +547,12 @@ def print_summary(config, summary: dict) -> None:
     print(f"peak per device, model.remat={summary['remat']} (estimated for a TPU's program):"
           f" {summary['peak_gb_per_device']:.2f} GB; XLA:CPU's compiled peak (no remat, XLA"
           f" attention): {summary['peak_gb_per_device_xla_cpu']:.2f} GB")
+  if "proposals" in summary:
+    p = summary["proposals"]
+    print(f"proposals on the fly: the detector adds {p['on_the_fly_flops_per_step'] / 1e12:.2f}"
+          f" TFLOP to every train step ({100 * p['of_the_train_step']:.1f} % of it); computed"
+          f" once into the records: {p['computed_once_flops_per_image'] / 1e9:.1f} GFLOP per"
+          " image, once")
   for platform, r in summary.get("lowered", {}).items():
     print(f"lowered for {platform}: attention kernel {r['attention']}"
           f" {r['kernels'] or ''} ({r['module_bytes'] / 1e6:.1f} MB module,"

@@ -88,12 +88,18 @@ def proposer(model: detector.Detector, k: int, mesh=None):
   graph, state = nnx.split(model)
   if mesh is not None:
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+  propose = jax.jit(propose_fn(graph, k))
+  return lambda batch: propose(state, batch)
 
-  @jax.jit
+
+def propose_fn(graph, k: int):
+  """``(state, batch) -> batch`` with the proposals of the detector ``graph`` (nnx.split's
+  graph) at ``state``: its top ``k`` detections. Unjitted; tools/scale_report.py compiles it."""
+
   def propose(state, batch):
     m = nnx.merge(graph, state)
     props, mask = detector.as_proposals(m.detect(device_augment.images(batch, False),
                                                  batch["image_hw"]))
     return {**batch, "proposals": props[:, :k], "proposal_mask": mask[:, :k]}
 
-  return lambda batch: propose(state, batch)
+  return propose

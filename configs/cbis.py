@@ -13,6 +13,12 @@ configs/detector_cbis.py instead (the two-stage recipe, see the README):
   python -m attend_jax.main --config=configs/detector_cbis.py --workdir=workdirs/detector_cbis
   python -m attend_jax.main --config=configs/cbis.py:detector --workdir=workdirs/cbis_det
 
+``:proposals`` is the same recipe with the detector's boxes computed once, written into a copy
+of the records, instead of at every step (the step then runs no detector):
+
+  python tools/export_proposals.py --detector workdirs/detector_cbis --records
+  python -m attend_jax.main --config=configs/cbis.py:proposals --workdir=workdirs/cbis_props
+
 ``:smoke`` runs a tiny ViT for a few steps on any prepared folder:
 
   python -m attend_jax.main --config=configs/cbis.py:smoke --workdir=/tmp/cbis \
@@ -38,11 +44,13 @@ def get_config(arg: str = ""):
   c.train.steps = 3_000  # About 20 epochs of 2,400 training images at batch 16.
   c.train.eval_every = 150
   c.train.checkpoint_every = 150
-  parts = common.variants(arg, "cbis", ("smoke", "tiny", "detector"))
+  parts = common.variants(arg, "cbis", ("smoke", "tiny", "detector", "proposals"))
   if "detector" in parts:
     common.two_stage(c, "workdirs/detector_cbis")
   if "smoke" in parts:
     common.smoke(c)
   if "tiny" in parts:
     common.tiny(c)
+  if "proposals" in parts:  # Last: the records' name follows the size variants'.
+    common.precomputed_proposals(c)
   return c

@@ -257,3 +257,19 @@ def two_stage(c: ml_collections.ConfigDict, detector_workdir: str) -> None:
   c.proposals.source = "detector"
   c.proposals.detector = detector_workdir
   c.proposals.topk = 5
+
+
+# The suffix of a prepared dataset whose records hold a detector's boxes as their proposals
+# (tools/export_proposals.py --records).
+DETECTOR_RECORDS = "_det"
+
+
+def precomputed_proposals(c: ml_collections.ConfigDict) -> None:
+  """``two_stage`` with the detector's boxes computed once instead of at every step: the breast
+  anchor and the top 4 boxes the records hold, which tools/export_proposals.py --records wrote
+  from the trained detector (dataset ``<name>_det`` beside the prepared one). The step then
+  runs no detector (tools/scale_report.py --detector_config prices both ways)."""
+  c.proposals.source = "files"
+  c.proposals.detector = ""
+  c.proposals.topk = 5
+  c.data.name = c.data.name + DETECTOR_RECORDS

@@ -13,6 +13,12 @@ two-stage recipe, see the README):
   python -m attend_jax.main --config=configs/detector_vindr.py --workdir=workdirs/detector_vindr
   python -m attend_jax.main --config=configs/vindr.py:detector --workdir=workdirs/vindr_det
 
+``:proposals`` is the same recipe with the detector's boxes computed once, written into a copy
+of the records, instead of at every step (the step then runs no detector):
+
+  python tools/export_proposals.py --detector workdirs/detector_vindr --records
+  python -m attend_jax.main --config=configs/vindr.py:proposals --workdir=workdirs/vindr_props
+
 ``:smoke`` runs a tiny ViT for a few steps on any prepared folder:
 
   python -m attend_jax.main --config=configs/vindr.py:smoke --workdir=/tmp/vindr \
@@ -38,11 +44,13 @@ def get_config(arg: str = ""):
   c.train.steps = 8_000  # 20 epochs of 12,800 images at batch 32.
   c.train.eval_every = 400
   c.train.checkpoint_every = 400
-  parts = common.variants(arg, "vindr", ("smoke", "tiny", "detector"))
+  parts = common.variants(arg, "vindr", ("smoke", "tiny", "detector", "proposals"))
   if "detector" in parts:
     common.two_stage(c, "workdirs/detector_vindr")
   if "smoke" in parts:
     common.smoke(c)
   if "tiny" in parts:
     common.tiny(c)
+  if "proposals" in parts:  # Last: the records' name follows the size variants'.
+    common.precomputed_proposals(c)
   return c

@@ -37,7 +37,7 @@ def run(tmp_path_factory):
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   # --data_dir and --dataset are left to their defaults: the detector's own config.data.
   proc = _cli("tools/export_proposals.py", f"--detector={work}", f"--out={out}",
-              f"--batch_size={BATCH}")
+              f"--batch_size={BATCH}", "--records")
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   return {"work": work, "data": data, "out": out, "stdout": proc.stdout, "stderr": proc.stderr}
 
@@ -246,3 +246,24 @@ def test_a_classifier_missing_or_too_large_dataset_is_an_error(run, tmp_path):
   with pytest.raises(ValueError, match="not a detector"):
     export_proposals.export(classifier, tmp_path / "o", DATASET, str(run["data"]), ["val"])
   assert not (tmp_path / "o").exists()
+
+
+def test_records_hold_the_detector_boxes_as_their_proposals(run, direct):
+  """--records: the prepared dataset again, its pixels untouched, its proposals the detector's
+  boxes in stored pixels best first, made with the same prepare options."""
+  from attend_jax import box_ops
+
+  name = DATASET + "_det"
+  assert f"the prepared dataset {name} in" in run["stdout"]
+  for split, rows in direct.items():
+    made = records.data_source(run["data"], name, split)
+    assert len(made) == len(rows)
+    by_id = {_text(made[i]["image_id"]): made[i] for i in range(len(made))}
+    for record, boxes, scores in rows:
+      new = by_id[_text(record["image_id"])]
+      np.testing.assert_array_equal(new["image"], record["image"])
+      np.testing.assert_array_equal(new["crop_box"], record["crop_box"])
+      want = np.concatenate([box_ops.to_cxcywh(boxes), scores[:, None]], 1)[:32]
+      np.testing.assert_allclose(new["proposals"], want.reshape(-1, 5), atol=1e-3)
+  assert prepare.read_options(run["data"], name) == prepare.read_options(run["data"], DATASET)
+  assert records.ids(run["data"], name, "train") is not None

@@ -17,34 +17,48 @@ layout of the reference's own proposal folders, so both consumers find the files
       (<dicom stem>_preds.txt in OUT or in OUT/<dicom's folder>/)
 
 --layout=flat writes ``OUT/<image_id>_preds.txt`` instead (predict only, for DICOM folders not
-named by study). An image where the detector finds nothing gets one line, the whole crop with
+named by study).
+
+An image where the detector finds nothing gets one line, the whole crop with
 score 0 (what the classifier falls back on anyway; the reference's reader rejects an empty
 file). OUT/manifest.json, written last, records the checkpoint, dataset, splits, counts
 and the convention.
+
+--records also writes the dataset again with those boxes as its records' proposals (in stored
+pixels, best first, up to the prepared dataset's max_proposals), as the prepared dataset
+``<dataset>_det`` beside it: what ``configs/<dataset>.py:proposals`` trains on, the two-stage
+recipe with the detector run once per image instead of at every training step.
+
+  python tools/export_proposals.py --detector workdirs/detector_vindr --records
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import sys
 import time
 from collections.abc import Sequence
 
 import numpy as np
+import tensorflow_datasets as tfds
 from absl import app, flags
 
 from attend_jax import box_ops, cli, run, tasks
-from attend_jax.data import pipeline, prepared
+from attend_jax.data import pipeline, prepare, prepared, records
 from attend_jax.eval import loop as eval_loop
 from attend_jax.progress import Progress
+from configs import common
 
 _DETECTOR = flags.DEFINE_string("detector", None, "A detector's training workdir (config.task ="
                                 " 'detect'); its best checkpoint, else the latest.",
                                 required=True)
-_OUT = flags.DEFINE_string("out", None, "Folder for the proposal files and manifest.json.",
-                           required=True)
+_OUT = flags.DEFINE_string("out", None, "Folder for the proposal files and manifest.json.")
+_RECORDS = flags.DEFINE_bool("records", False, "Also write the dataset with the boxes as its"
+                             " proposals, as <dataset>_det beside it (configs/*.py:proposals).")
 _DATASET = flags.DEFINE_string("dataset", None, "Prepared builder config, e.g. vindr_2048"
                                " (default: the detector's config.data.name).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where it was prepared (tools/prepare_data.py"
@@ -138,16 +152,42 @@ def resolve_dataset(config, dataset: str, data_dir: str, splits: Sequence[str] |
   return list(splits) if splits else have
 
 
-def export(loaded: run.Loaded, out: str | os.PathLike, dataset: str, data_dir: str,
+def stored_proposals(boxes: np.ndarray, scores: np.ndarray, valid: np.ndarray,
+                     limit: int) -> np.ndarray:
+  """One image's detections -> float32 (N, 5) ``cx cy w h score`` in the stored image's pixels,
+  best first, valid only, at most ``limit``: a record's proposals."""
+  valid = np.asarray(valid, bool)
+  boxes, scores = np.asarray(boxes, np.float32)[valid], np.asarray(scores, np.float32)[valid]
+  order = np.argsort(-scores, kind="stable")[:limit]
+  return np.concatenate([box_ops.to_cxcywh(boxes[order]), scores[order, None]],
+                        1).astype(np.float32).reshape(-1, 5)
+
+
+def _detect(loaded: run.Loaded, dataset: str, data_dir: str, split: str, batch_size: int,
+            progress: bool) -> dict:
+  cfg = pipeline.PipelineConfig(
+      data_dir=str(data_dir), config=dataset, split=split, batch_size=batch_size,
+      image_size=loaded.config.data.image_size, num_proposals=1, seed=0, shuffle=False,
+      num_epochs=1, drop_remainder=False, augment=False, worker_count=0)
+  return eval_loop.predict_split(eval_loop.model_step(loaded.task, loaded.model), cfg,
+                                 record_keys=GEOMETRY,
+                                 progress=Progress(f"exporting {split}", "img") if progress
+                                 else None)
+
+
+def export(loaded: run.Loaded, out: str | os.PathLike | None, dataset: str, data_dir: str,
            splits: Sequence[str], batch_size: int = 8, layout: str = "study",
-           progress: bool = False) -> dict:
-  """Runs the detector over ``splits`` and writes the files and manifest; returns the manifest.
+           progress: bool = False, to_records: bool = False) -> dict:
+  """Runs the detector over ``splits``, writes the files and manifest into ``out`` (if given)
+  and, with ``to_records``, the prepared dataset ``<dataset>_det``; returns the manifest.
 
   ``progress`` draws a status line per split."""
   config = loaded.config
   require_detector(loaded)
   if batch_size < 1:
     raise ValueError(f"--batch_size must be at least 1, got {batch_size}.")
+  if out is None and not to_records:
+    raise ValueError("nothing to write: pass --out (proposal files), --records, or both.")
   size = config.data.image_size
   long_side = _long_side(dataset)
   if long_side is not None and long_side > size:
@@ -158,21 +198,20 @@ def export(loaded: run.Loaded, out: str | os.PathLike, dataset: str, data_dir: s
     print(f"warning: {dataset!r} stores crops of at most {long_side} px; the detector was"
           f" trained on {size} px, so it sees lesions smaller than it learned.", file=sys.stderr)
   start = time.perf_counter()
-  out = pathlib.Path(out)
-  step = eval_loop.model_step(loaded.task, loaded.model)
   written: dict[pathlib.Path, str] = {}
   counts = {}
+  detections = {}
   for split in splits:
-    cfg = pipeline.PipelineConfig(
-        data_dir=str(data_dir), config=dataset, split=split, batch_size=batch_size,
-        image_size=size, num_proposals=1, seed=0, shuffle=False, num_epochs=1,
-        drop_remainder=False, augment=False, worker_count=0)
-    det = eval_loop.predict_split(step, cfg, record_keys=GEOMETRY,
-                                  progress=Progress(f"exporting {split}", "img") if progress
-                                  else None)
+    det = detections[split] = _detect(loaded, dataset, data_dir, split, batch_size, progress)
     c = counts[split] = {"images": 0, "boxes": 0, "no_detections": 0}
     for j, record in enumerate(det["ids"]):
       image_id, study_id = record["image_id"], record["study_id"]
+      empty = not np.any(det["valid"][j])
+      c["images"] += 1
+      c["boxes"] += 0 if empty else int(np.sum(det["valid"][j]))
+      c["no_detections"] += int(empty)
+      if out is None:
+        continue
       path = proposal_file(out, image_id, study_id, layout)
       if path in written:
         raise ValueError(f"{split} image {image_id!r} (study {study_id!r}) and {written[path]}"
@@ -183,10 +222,6 @@ def export(loaded: run.Loaded, out: str | os.PathLike, dataset: str, data_dir: s
       tmp = path.with_name(path.name + ".tmp")
       tmp.write_text(format_rows(rows))
       os.replace(tmp, path)
-      empty = not np.any(det["valid"][j])
-      c["images"] += 1
-      c["boxes"] += 0 if empty else len(rows)
-      c["no_detections"] += int(empty)
   manifest = {
       "detector": loaded.source,
       "dataset": dataset,
@@ -195,35 +230,80 @@ def export(loaded: run.Loaded, out: str | os.PathLike, dataset: str, data_dir: s
       "images": sum(c["images"] for c in counts.values()),
       "boxes": sum(c["boxes"] for c in counts.values()),
       "no_detections": sum(c["no_detections"] for c in counts.values()),
-      "files": NAMING[layout],
+      "files": NAMING[layout] if out is not None else None,
       "format": CONVENTION,
       "image_size": size,
       "max_detections": loaded.model.cfg.max_detections,
       "nms_iou": loaded.model.cfg.nms_iou,
-      "seconds": round(time.perf_counter() - start, 1),
   }
-  out.mkdir(parents=True, exist_ok=True)
-  (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+  if to_records:
+    manifest["records"] = write_records(data_dir, dataset, detections, loaded.source)
+  manifest["seconds"] = round(time.perf_counter() - start, 1)
+  if out is not None:
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
   return manifest
+
+
+def write_records(data_dir: str, dataset: str, detections: dict, source: str) -> str:
+  """``dataset``'s records with the detector's boxes as their proposals, as the prepared dataset
+  ``<dataset>_det`` in ``data_dir`` (made as ``dataset`` was: its prepare options are copied);
+  returns its name. The pixels and everything else are the records' own, not decoded again."""
+  name = dataset + common.DETECTOR_RECORDS
+  made = prepare.read_options(data_dir, dataset) or prepare.PrepareOptions()
+  cache = pathlib.Path(data_dir) / f".{name}-records"
+  shutil.rmtree(cache, ignore_errors=True)
+  features = {k: f for k, f in records.builder(data_dir, dataset).info.features.items()
+              if isinstance(f, tfds.features.Tensor)}
+  for split, det in detections.items():
+    folder = cache / split
+    folder.mkdir(parents=True)
+    source_records = records.data_source(data_dir, dataset, split)
+    for j, index in enumerate(det["index"]):
+      record = dict(source_records[int(index)])
+      record["proposals"] = stored_proposals(det["boxes"][j], det["scores"][j],
+                                             det["valid"][j], made.max_proposals)
+      # Scalars come back from the reader as Python numbers: stored again in their feature's
+      # dtype, as prepare stored them.
+      record = {k: (v.decode() if isinstance(v, bytes) else
+                    np.asarray(v, features[k].np_dtype) if k in features else v)
+                for k, v in record.items()}
+      np.savez(folder / f"{int(index):08d}.npz", **record)
+  built = pathlib.Path(data_dir) / records.NAME / name
+  shutil.rmtree(built, ignore_errors=True)  # A dataset of an earlier detector.
+  records.build(data_dir, name, cache)
+  records.write_ids(data_dir, name)
+  prepare.options_path(data_dir, name).write_text(json.dumps(dataclasses.asdict(made)) + "\n")
+  (built / "detector.txt").write_text(f"proposals from {source}\n")
+  shutil.rmtree(cache)
+  return name
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _OUT.value is None and not _RECORDS.value:
+    raise ValueError("nothing to write: pass --out (proposal files), --records, or both.")
   loaded = run.load(_DETECTOR.value)
   require_detector(loaded)
   dataset = _DATASET.value or loaded.config.data.name
   data_dir = _DATA_DIR.value or loaded.config.data.dir
   splits = resolve_dataset(loaded.config, dataset, data_dir, _SPLITS.value)
-  cli.setup_logging(_OUT.value)  # Only now: a failed check leaves no output folder behind.
+  cli.setup_logging(_OUT.value or data_dir)  # Only now: a failed check leaves no folder behind.
   print(f"{dataset} in {data_dir}, splits {', '.join(splits)}; detector {loaded.source}",
         file=sys.stderr)
   manifest = export(loaded, _OUT.value, dataset, data_dir, splits, _BATCH.value, _LAYOUT.value,
-                    progress=True)
+                    progress=True, to_records=_RECORDS.value)
   per_split = ", ".join(f"{s} {c['images']}" for s, c in manifest["splits"].items())
+  where = []
+  if _OUT.value:
+    where.append(f"{_OUT.value}/{manifest['files']} and {_OUT.value}/{MANIFEST}")
+  if _RECORDS.value:
+    where.append(f"the prepared dataset {manifest['records']} in {data_dir}")
   print(f"{manifest['images']} images ({per_split}), {manifest['boxes']} boxes,"
-        f" {manifest['no_detections']} without any, in {manifest['seconds']:.0f} s ->"
-        f" {_OUT.value}/{manifest['files']} and {_OUT.value}/{MANIFEST}")
+        f" {manifest['no_detections']} without any, in {manifest['seconds']:.0f} s -> "
+        + " and ".join(where))
 
 
 if __name__ == "__main__":

@@ -59,3 +59,9 @@ def test_the_two_stage_recipe_detector_first(vindr, backbone, tmp_path):
   images = flow.predict(work, _dicoms(vindr)[:2], tmp_path / "predict")
   for image in images:
     assert all(r["detector_score"] is not None for r in image["rois"][1:]), image["rois"]
+  # The same recipe with the boxes computed once into the records (configs/vindr.py:proposals).
+  out = flow.ok("tools/export_proposals.py", f"--detector={detector}", "--records")
+  assert "the prepared dataset vindr_256_det in" in out
+  metrics, out = flow.train("configs/vindr.py:tiny,proposals", tmp_path / "vindr_props",
+                            vindr / "data", backbone)
+  assert "Proposals: the detector of" not in out and metrics["num_examples"] > 0

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from attend_jax import paths
 from attend_jax.data.errors import CorruptRecordsError
@@ -113,8 +114,8 @@ ID_FIELDS = {"image_id": str, "study_id": str, "patient_id": str, "laterality": 
              "scale": np.float32}
 
 
-def _ids_path(data_dir, config: str, split: str) -> pathlib.Path:
-  return pathlib.Path(builder(data_dir, config).data_dir) / IDS.format(split=split)
+def _ids_path(data_dir, config: str, split: str) -> epath.Path:
+  return paths.path(builder(data_dir, config).data_dir) / IDS.format(split=split)
 
 
 def write_ids(data_dir, config: str, missing_only: bool = False) -> None:

@@ -164,11 +164,60 @@ def _xla(q, k, v, chunk: int, per_head: bool):
     # XLA:CPU runs batched matmuls at half the rate of plain 2-D ones, and a full (B, H, N, N)
     # score tensor does not stay in cache. One (batch, head) pair at a time fixes both.
     flat = lambda t: t.reshape(b * h, *t.shape[2:])  # noqa: E731
-    out = jax.lax.map(lambda qkv: _attend_chunked(*qkv, chunk), (flat(q), flat(k), flat(v)))
+    if chunk:
+      out = jax.lax.map(lambda qkv: _attend_chunked(*qkv, chunk), (flat(q), flat(k), flat(v)))
+    else:
+      out = _per_pair(flat(q), flat(k), flat(v))
     out = out.reshape(b, h, n, d)
   else:
     out = _attend_chunked(q, k, v, chunk)
   return out.transpose(0, 2, 1, 3)
+
+
+# The CPU's loop, differentiated as flash attention is: the forward keeps each row's
+# log-sum-exp, and the backward computes the probabilities again, one (batch, head) pair at a
+# time. Autodiff of the loop would keep every pair's (N, N) probabilities for the backward:
+# 12 x 126 MB a step for ViT-S at 448 px and 5 RoIs, which XLA:CPU allocates afresh, and the
+# kernel faults in page by page, at every step.
+
+
+@jax.custom_vjp
+def _per_pair(q, k, v):
+  """Softmax attention of (P, N, D) pairs, ``q`` already scaled: (P, N, D)."""
+  return _per_pair_fwd(q, k, v)[0]
+
+
+def _pair_forward(q, k, v):
+  scores = jnp.einsum("qd,kd->qk", q, k).astype(jnp.float32)
+  top = scores.max(-1, keepdims=True)
+  e = jnp.exp(scores - top)
+  total = e.sum(-1, keepdims=True)
+  out = jnp.einsum("qk,kd->qd", e.astype(v.dtype), v).astype(jnp.float32) / total
+  return out.astype(v.dtype), (top + jnp.log(total))[:, 0]
+
+
+def _per_pair_fwd(q, k, v):
+  out, lse = jax.lax.map(lambda qkv: _pair_forward(*qkv), (q, k, v))
+  return out, (q, k, v, out, lse)
+
+
+def _pair_backward(q, k, v, out, lse, g):
+  f32 = jnp.float32
+  p = jnp.exp(jnp.einsum("qd,kd->qk", q, k).astype(f32) - lse[:, None])
+  g32 = g.astype(f32)
+  dv = jnp.einsum("qk,qd->kd", p, g32)
+  dp = jnp.einsum("qd,kd->qk", g32, v.astype(f32))
+  ds = p * (dp - jnp.sum(g32 * out.astype(f32), -1, keepdims=True))
+  dq = jnp.einsum("qk,kd->qd", ds, k.astype(f32))
+  dk = jnp.einsum("qk,qd->kd", ds, q.astype(f32))
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+def _per_pair_bwd(residuals, g):
+  return jax.lax.map(lambda a: _pair_backward(*a), (*residuals, g))
+
+
+_per_pair.defvjp(_per_pair_fwd, _per_pair_bwd)
 
 
 # --- splash (TPU) ------------------------------------------------------------------------------

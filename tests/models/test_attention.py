@@ -58,6 +58,33 @@ def test_xla_and_cpu_paths_equal_the_reference(implementation, chunk):
   np.testing.assert_allclose(out, _reference(q, k, v), atol=2e-6, rtol=0)
 
 
+def test_the_cpu_path_differentiates_like_xla_and_keeps_no_scores_for_the_backward():
+  """Its backward computes the probabilities again from the saved log-sum-exp, as flash
+  attention does: the same gradients as autodiff of XLA's attention, while the pullback holds
+  no (N, N) array per (batch, head) pair (autodiff of the loop kept them all)."""
+  b, n, h, d = 2, 128, 2, 8
+  q, k, v = _qkv(b, n, h, d)
+  loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(attention.dot_product_attention(
+      q, k, v, impl)))
+  want = jax.jit(jax.grad(loss("xla"), argnums=(0, 1, 2)))(q, k, v)
+  got = jax.jit(jax.grad(loss("cpu"), argnums=(0, 1, 2)))(q, k, v)
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_allclose(g, w, atol=2e-6, rtol=0)
+  def held(fn):  # Floats the pullback keeps for the backward.
+    _, pullback = jax.vjp(fn, q, k, v)
+    return sum(x.size for x in jax.tree.leaves(pullback) if hasattr(x, "size"))
+
+  autodiff = lambda q, k, v: jnp.sum(jnp.sin(attention._xla(q, k, v, n, per_head=True)))
+  assert held(loss("cpu")) < b * h * n * n <= held(autodiff), (held(loss("cpu")),
+                                                               held(autodiff))
+  bf16 = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+  got16 = jax.jit(jax.grad(lambda *a: loss("cpu")(*a).astype(jnp.float32),
+                           argnums=(0, 1, 2)))(*bf16)
+  for g, w in zip(got16, want, strict=True):
+    assert g.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(g, np.float32), w, atol=0.05, rtol=0.05)
+
+
 def _loss(implementation):
   return lambda q, k, v: jnp.sum(jnp.sin(attention.dot_product_attention(
       q, k, v, implementation).astype(jnp.float32)))

@@ -129,6 +129,19 @@ def test_backward_fusions_do_not_grow_with_depth():
   assert _max_fusion_operands(8) == _max_fusion_operands(3)
 
 
+def test_gelu_is_the_exact_gelu_and_its_derivative():
+  x = jnp.linspace(-8.0, 8.0, 4001)
+  np.testing.assert_allclose(vit.gelu(x), jax.nn.gelu(x, approximate=False), atol=1e-6, rtol=0)
+  grad = jax.vmap(jax.grad(vit.gelu))(x)
+  want = jax.vmap(jax.grad(lambda t: jax.nn.gelu(t, approximate=False)))(x)
+  np.testing.assert_allclose(grad, want, atol=1e-6, rtol=0)
+  x16 = x.astype(jnp.bfloat16)
+  assert vit.gelu(x16).dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(vit.gelu(x16), np.float32),
+                             jax.nn.gelu(x16.astype(jnp.float32), approximate=False),
+                             atol=0.02, rtol=0.01)
+
+
 def test_residual_barrier_is_the_identity_and_keeps_a_non_finite_gradient():
   x = jnp.arange(6.0).reshape(2, 3)
   f = lambda x, c: jnp.sum(c * vit.residual_barrier(x) ** 2)
@@ -161,7 +174,9 @@ def test_remat_leaves_gradients_unchanged_and_keeps_fewer_activations():
   full, full_bytes = _grads_and_saved_bytes("full")
   for grads in (dots, full):
     for a, b in zip(jax.tree.leaves(none), jax.tree.leaves(grads), strict=True):
-      np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+      # Recomputed in other fusions, a sum of terms as large as the array's largest rounds
+      # differently: float32 rounding of that scale, not of each (cancelled) element.
+      np.testing.assert_allclose(a, b, atol=1e-6 * max(1.0, float(np.abs(a).max())), rtol=1e-5)
   assert full_bytes < dots_bytes < none_bytes, (full_bytes, dots_bytes, none_bytes)
 
 

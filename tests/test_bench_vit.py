@@ -5,6 +5,7 @@ import json
 import jax
 import jax.numpy as jnp
 
+import bench_util
 import helpers
 import op_profile
 
@@ -26,7 +27,11 @@ def test_dry_run_writes_rows_and_both_frameworks_op_tables(tmp_path):
   out = helpers.run("tools/bench_vit.py", "--dry_run", "--sizes=224,448", "--parts=forward,train",
                     f"--json={tmp_path / 'vit.json'}", f"--profile={tmp_path / 'profile.md'}")
   assert out.returncode == 0, out.stderr[-3000:]
-  rows = json.loads((tmp_path / "vit.json").read_text())["rows"]
+  figures = json.loads((tmp_path / "vit.json").read_text())
+  rows = figures["rows"]
+  # Run again with the glibc tunables that keep freed memory for reuse, and says so.
+  assert figures["glibc_tunables"] == bench_util.MALLOC_REUSE
+  assert f"glibc malloc: {bench_util.MALLOC_REUSE}" in out.stdout
   assert {r["part"] for r in rows} == {"forward", "train"}
   assert all(r["torch_ms"] > 0 and r["jax_ms"] > 0 for r in rows)
   profile = (tmp_path / "profile.md").read_text()

@@ -18,6 +18,10 @@ them); on an accelerator each row carries the device's peak memory so far.
 ``--attention=xla,auto`` runs each case once per attention kernel (attend_jax.models.attention:
 an A/B of XLA's attention against the fused kernel the backend gets); ``--notorch`` leaves
 PyTorch out (tools/bench_accelerator.sh runs it in a process of its own).
+``--malloc=reuse`` (the default) runs the script with glibc tunables that keep freed memory
+for reuse (bench_util.MALLOC_REUSE): XLA:CPU otherwise maps each step's temporaries afresh and
+faults them in page by page, a cost that differs from machine to machine; ``--malloc=default``
+keeps glibc's own behaviour.
 ``--profile=PATH`` then traces each part in both frameworks and writes per-op tables (markdown):
 which XLA op (its HLO, its class) takes the time, beside PyTorch's aten ops (tools/op_profile.py).
 
@@ -43,7 +47,8 @@ from flax import nnx
 
 from attend_jax.convert import dinov2 as conv
 from attend_jax.models import attention, vit
-from bench_util import Rows, forward_flops, interleaved, peak_device_bytes
+from bench_util import (Rows, forward_flops, interleaved, peak_device_bytes,
+                        reuse_freed_memory)
 import op_profile
 
 FLAGS = flags.FLAGS
@@ -63,6 +68,10 @@ flags.DEFINE_bool("torch", True, "Also time transformers' PyTorch model, where i
 flags.DEFINE_float("peak_tflops", 989.0, "Accelerator dense bf16 peak for MFU (H100/H200).")
 flags.DEFINE_integer("gemm_n", 4096, "Side of the square GEMM yardstick.")
 flags.DEFINE_bool("dry_run", False, "28 px, batch 1, one timed call each, no GEMM: a check.")
+flags.DEFINE_enum("malloc", "reuse", ["reuse", "default"], "reuse: run with glibc tunables that"
+                  " keep freed memory for reuse (bench_util.MALLOC_REUSE; both frameworks, one"
+                  " process), so that no step pays page faults for its temporaries; default:"
+                  " glibc's own.")
 flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
 flags.DEFINE_string("profile", None, "Also write per-op time tables of each part to this "
                     "markdown file (needs --jit=jax).")
@@ -287,6 +296,7 @@ def print_row(row, gemm: dict | None, gpu: bool) -> None:
 
 def main(argv):
   del argv
+  tunables = reuse_freed_memory(FLAGS.malloc)
   gpu = jax.default_backend() == "gpu"
   if not FLAGS.torch:
     device = None
@@ -296,14 +306,16 @@ def main(argv):
     device = "cpu"
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}); "
         f"torch {torch.__version__} on {device}, {torch.get_num_threads()} threads; "
-        f"batch {FLAGS.batch}, {FLAGS.reps} reps, jit={FLAGS.jit}")
+        f"batch {FLAGS.batch}, {FLAGS.reps} reps, jit={FLAGS.jit}; glibc malloc:"
+        f" {tunables or 'defaults'}")
   gemm = None
   if FLAGS.profile and FLAGS.jit != "jax":
     raise app.UsageError("--profile needs --jit=jax (it reads the jitted step's HLO)")
   if FLAGS.dry_run:
     FLAGS.sizes, FLAGS.batch = ["28"], 1
   rows = Rows(FLAGS.json, bench="vit", dry_run=FLAGS.dry_run,
-              device=jax.devices()[0].device_kind, peak_tflops=FLAGS.peak_tflops)
+              device=jax.devices()[0].device_kind, peak_tflops=FLAGS.peak_tflops,
+              glibc_tunables=tunables)
   if "gemm" in FLAGS.parts and device and not FLAGS.dry_run:
     gemm = _gemm_rates(FLAGS.gemm_n, max(3, FLAGS.reps // 2), device)
     print(f"fp32 GEMM {FLAGS.gemm_n}^3: torch {gemm['torch'] / 1e9:.1f} GFLOP/s, "

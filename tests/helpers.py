@@ -65,3 +65,17 @@ def needs_shared(test):
 
   return pytest.mark.skipif(not (SHARED / "proposals").is_dir(),
                             reason=f"needs the reference's real data in {SHARED}")(test)
+
+
+def tiny_prepared(root: pathlib.Path, out: pathlib.Path | None = None, seed: int = 0,
+                  jpeg2000_fraction: float = 0.0, **prepare_kwargs) -> pathlib.Path:
+  """Six synthetic studies written as DICOMs to ``root/dicom`` and prepared at 96 px
+  (``synthetic_96``) into ``out`` (default ``root``): the suite's tiny dataset; returns ``out``."""
+  from attend_jax.data import prepare, synthetic
+
+  out = root if out is None else out
+  synthetic.generate(root / "dicom", 6, seed=seed, size_range=(200, 260),
+                     jpeg2000_fraction=jpeg2000_fraction)
+  prepare.prepare("synthetic", root / "dicom", out, prepare.PrepareOptions(long_side=96),
+                  workers=1, **prepare_kwargs)
+  return out

@@ -659,11 +659,7 @@ def test_a_bad_config_is_one_line_before_anything_is_written(tmp_path, override,
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-  root = tmp_path_factory.mktemp("fault_data")
-  synthetic.generate(root / "dicom", 6, seed=0, size_range=(200, 260), jpeg2000_fraction=0.0)
-  prepare.prepare("synthetic", root / "dicom", root, prepare.PrepareOptions(long_side=96),
-                  workers=1)
-  return root
+  return helpers.tiny_prepared(tmp_path_factory.mktemp("fault_data"))
 
 
 def _train_args(data, workdir, *extra):

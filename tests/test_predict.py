@@ -9,7 +9,6 @@ import pytest
 
 from attend_jax import inference
 from attend_jax import run as run_lib
-from attend_jax.data import prepare, synthetic
 from attend_jax.train import trainer
 from configs import demo
 
@@ -20,9 +19,7 @@ import helpers
 def run(tmp_path_factory):
   """A tiny model trained for a few steps on synthetic DICOMs with grid RoIs."""
   root = tmp_path_factory.mktemp("predict")
-  synthetic.generate(root / "dicom", 6, seed=0, size_range=(200, 260), jpeg2000_fraction=0.25)
-  prepare.prepare("synthetic", root / "dicom", root / "data",
-                  prepare.PrepareOptions(long_side=96), workers=1)
+  helpers.tiny_prepared(root, root / "data", jpeg2000_fraction=0.25)
   c = demo.get_config("smoke")
   c.data.dir, c.data.name, c.data.image_size = str(root / "data"), "synthetic_96", 96
   c.data.synthetic.num_studies = 0

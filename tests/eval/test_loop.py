@@ -6,17 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attend_jax.data import pipeline, prepare, synthetic
+from attend_jax.data import pipeline
 from attend_jax.eval import loop
 from configs import demo
+
+import helpers
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-  root = tmp_path_factory.mktemp("loop_data")
-  synthetic.generate(root / "dicom", 6, seed=1, size_range=(200, 260), jpeg2000_fraction=0.0)
-  prepare.prepare("synthetic", root / "dicom", root, prepare.PrepareOptions(long_side=96),
-                  workers=1)
+  root = helpers.tiny_prepared(tmp_path_factory.mktemp("loop_data"), seed=1)
   c = demo.get_config("smoke")
   c.data.dir, c.data.name, c.data.image_size = str(root), "synthetic_96", 96
   c.data.eval_batch_size = 8

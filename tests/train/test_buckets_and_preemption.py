@@ -11,7 +11,6 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
-from attend_jax.data import prepare, synthetic
 from attend_jax.train import preemption
 
 import gcs as gcs_emulator
@@ -56,11 +55,7 @@ def get_config():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("bucket_data")
-  synthetic.generate(root / "dicom", 6, seed=0, size_range=(200, 260), jpeg2000_fraction=0.0)
-  prepare.prepare("synthetic", root / "dicom", root, prepare.PrepareOptions(long_side=96),
-                  workers=1)
-  return root
+  return helpers.tiny_prepared(tmp_path_factory.mktemp("bucket_data"))
 
 
 def _config_file(data_dir, tmp_path):

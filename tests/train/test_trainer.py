@@ -9,7 +9,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from attend_jax.data import prepare, synthetic
 from attend_jax.train import optim, trainer
 from configs import demo
 
@@ -21,12 +20,8 @@ pytestmark = pytest.mark.slow  # Each test trains; the unit tests of the loop's 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("trainer_data")
-  synthetic.generate(root / "dicom", 6, seed=0, size_range=(200, 260), jpeg2000_fraction=0.0)
   # With proposal files (the oracle's boxes), so the RoIs come from the records.
-  prepare.prepare("synthetic", root / "dicom", root, prepare.PrepareOptions(long_side=96),
-                  workers=1, oracle_proposals=6)
-  return root
+  return helpers.tiny_prepared(tmp_path_factory.mktemp("trainer_data"), oracle_proposals=6)
 
 
 def _config(data_dir, **train):

@@ -28,7 +28,7 @@ from flax import nnx
 from attend_jax import paths, tasks
 from attend_jax.progress import log
 from attend_jax.tasks import detect
-from attend_jax.train import checkpoint
+from attend_jax.train import checkpoint, sharding
 
 CONFIG = "config.json"
 WEIGHTS = "weights"  # A standalone export: DIR/config.json + DIR/weights (params, stats).
@@ -91,8 +91,7 @@ def load(directory: str | os.PathLike, mesh=None) -> Loaded:
   # parameter op by op (about 2 s of one-off kernel compiles per process) to be overwritten.
   graph, params, stats, _ = nnx.split(nnx.eval_shape(build), nnx.Param, nnx.BatchStat, ...)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                        {"params": params, "stats": stats})
+  target = sharding.abstract({"params": params, "stats": stats}, device)
   # The rest (dropout's RNG state) as a fresh build has it, from one small compiled program.
   rest = jax.jit(lambda: nnx.split(build(), nnx.Param, nnx.BatchStat, ...)[3])()
   for sub in (checkpoint.BEST, checkpoint.LATEST, WEIGHTS):

@@ -346,8 +346,7 @@ def proposal_cost(config, detector_config, report: dict, mesh) -> dict:
   with jax.set_mesh(mesh):
     graph, state = nnx.split(nnx.eval_shape(lambda: task.build_model(detector_config.seed)))
   replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-                       state)
+  state = sharding.abstract(state, replicated)
   with attention.attention_as_on("gpu"), jax.set_mesh(mesh):
     compiled = jax.jit(detect.propose_fn(graph, config.proposals.topk)).lower(
         state, train_memory.abstract_batch(config, mesh, config.data.batch_size)

@@ -162,16 +162,14 @@ def init_state(config, mesh, task: tasks.Task | None = None, abstract: bool = Fa
   model.eval()
   eval_def = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]
   if abstract:
-    params, stats, rngs = (jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree,
-        sharding.state_shardings(tree, mesh)) for tree in (params, stats, rngs))
+    params, stats, rngs = (sharding.abstract(tree, sharding.state_shardings(tree, mesh))
+                           for tree in (params, stats, rngs))
   tx = optim.make(config, params, model.cfg.vit.depth)
   # Moments sharded like their parameters, step counts replicated on the mesh; an explicit
   # layout also makes restores land on the same devices.
   opt_shardings = sharding.opt_state_shardings(tx.init, params, mesh)
   if abstract:
-    opt_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                             jax.eval_shape(tx.init, params), opt_shardings)
+    opt_state = sharding.abstract(jax.eval_shape(tx.init, params), opt_shardings)
   else:
     opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
   return State(task, train_def, eval_def, params, stats, rngs, tx, opt_state)

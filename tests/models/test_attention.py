@@ -58,11 +58,17 @@ def test_xla_and_cpu_paths_equal_the_reference(implementation, chunk):
   np.testing.assert_allclose(out, _reference(q, k, v), atol=2e-6, rtol=0)
 
 
-def test_the_cpu_path_differentiates_like_xla_and_keeps_no_scores_for_the_backward():
+@pytest.mark.parametrize("group_bytes, group", [(128 * 128 * 4, 1), (2 * 128 * 128 * 4, 2),
+                                                 (1 << 20, 4)])
+def test_the_cpu_path_differentiates_like_xla_and_keeps_no_scores_for_the_backward(
+    monkeypatch, group_bytes, group):
   """Its backward computes the probabilities again from the saved log-sum-exp, as flash
   attention does: the same gradients as autodiff of XLA's attention, while the pullback holds
-  no (N, N) array per (batch, head) pair (autodiff of the loop kept them all)."""
+  no (N, N) array per (batch, head) pair (autodiff of the loop kept them all). So with one, two
+  or all four pairs in each iteration of the loop."""
   b, n, h, d = 2, 128, 2, 8
+  monkeypatch.setattr(attention, "PAIR_GROUP_BYTES", group_bytes)
+  assert attention.pair_group(b * h, n) == group
   q, k, v = _qkv(b, n, h, d)
   loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(attention.dot_product_attention(
       q, k, v, impl)))
@@ -83,6 +89,16 @@ def test_the_cpu_path_differentiates_like_xla_and_keeps_no_scores_for_the_backwa
   for g, w in zip(got16, want, strict=True):
     assert g.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(g, np.float32), w, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("pairs, length, group", [
+    (30, 257, 3),   # ViT-S at 224 px, 5 RoIs: three 264 kB score blocks fit 1 MiB.
+    (30, 1025, 1),  # At 448 px one 4.2 MB block is already past the budget.
+    (7, 300, 1),    # Two would fit, but 7 pairs do not split into twos.
+    (6, 17, 6)])
+def test_the_cpu_loop_takes_as_many_pairs_as_fit_the_cache_and_divide_the_pairs(
+    pairs, length, group):
+  assert attention.pair_group(pairs, length) == group
 
 
 def _loss(implementation):
@@ -149,7 +165,7 @@ def test_the_choice_is_logged_once_per_process(capsys):
   for _ in range(3):
     attention.dot_product_attention(q, k, v, "auto")
   out = capsys.readouterr().out
-  assert out.count("Attention: cpu (CPU: one (batch, head) pair at a time)") == 1, out
+  assert out.count("Attention: cpu (CPU: a loop over (batch, head) pairs, as many at a time as fit the cache)") == 1, out
 
 
 def test_a_vit_with_splash_attention_equals_the_default():

@@ -165,7 +165,8 @@ def test_the_choice_is_logged_once_per_process(capsys):
   for _ in range(3):
     attention.dot_product_attention(q, k, v, "auto")
   out = capsys.readouterr().out
-  assert out.count("Attention: cpu (CPU: a loop over (batch, head) pairs, as many at a time as fit the cache)") == 1, out
+  said = "Attention: cpu (CPU: a loop over (batch, head) pairs, as many at a time as fit the cache)"
+  assert out.count(said) == 1, out
 
 
 def test_a_vit_with_splash_attention_equals_the_default():

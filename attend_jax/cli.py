@@ -24,7 +24,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from attend_jax import paths, progress
-from attend_jax.data.errors import DataError, DiskFullError
+from attend_jax.errors import DataError, DiskFullError
 from attend_jax.data.sources import DatasetNotFoundError
 
 LOG_FILE = "log.txt"

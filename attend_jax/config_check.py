@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from attend_jax import tasks
-from attend_jax.data.errors import DataError
+from attend_jax.errors import DataError
 from attend_jax.models import attend, attention, build, roi, vit
 
 

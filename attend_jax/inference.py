@@ -19,7 +19,7 @@ import numpy as np
 from attend_jax import box_ops, run, tasks
 from attend_jax.data import dicom, pipeline, prepare, prepared
 from attend_jax.data import pool as pool_lib
-from attend_jax.data.errors import DataError
+from attend_jax.errors import DataError
 from attend_jax.data.sources.base import Example
 from attend_jax.eval import loop as eval_loop
 from attend_jax.train import sharding

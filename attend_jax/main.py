@@ -16,7 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from attend_jax import cli, config_check, run
-from attend_jax.data.errors import DiskFullError
+from attend_jax.errors import DiskFullError
 from attend_jax.train import checkpoint, preemption, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)

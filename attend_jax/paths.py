@@ -30,7 +30,6 @@ import urllib.request
 
 from etils import epath
 
-from attend_jax.data.errors import DataError
 
 
 def path(p: str | os.PathLike) -> epath.Path:
@@ -168,13 +167,3 @@ class Mirror:
     if not is_local(self.remote):
       self.sync()
       shutil.rmtree(self.dir)
-
-
-class RemoteRecordsError(DataError):
-  """Prepared records on a bucket, which the ArrayRecord reader cannot open."""
-
-  def __init__(self, data_dir, reason: str):
-    super().__init__(
-        data_dir, f"prepared records cannot be read from a bucket ({reason}); copy the prepared"
-        f" folder to local disk (gcloud storage cp -r {data_dir} /mnt/disks/ssd/) and pass that"
-        " folder as --config.data.dir")

@@ -25,7 +25,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from attend_jax import inference
 from attend_jax.data import dicom, pool, prepare, proposals, synthetic
-from attend_jax.data.errors import ProposalError
+from attend_jax.errors import ProposalError
 from attend_jax.data.sources import base as sources_base
 from attend_jax.data.sources import cbis_ddsm
 from configs import demo
@@ -773,7 +773,7 @@ def _corrupt_shards(data: pathlib.Path, split: str, copy: pathlib.Path) -> pathl
 
 def test_a_corrupt_shard_names_itself_and_the_prepare_command(tiny_data, tmp_path):
   from attend_jax.data import pipeline, records
-  from attend_jax.data.errors import CorruptRecordsError
+  from attend_jax.errors import CorruptRecordsError
 
   data = tmp_path / "data"
   shard = _corrupt_shards(tiny_data, "train", data)

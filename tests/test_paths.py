@@ -11,7 +11,7 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from attend_jax import paths, run
+from attend_jax import errors, paths, run
 from attend_jax.train import checkpoint
 from attend_jax.train.writer import MetricWriter
 
@@ -104,7 +104,7 @@ LOCAL_BY_NATURE = {
     "paths.py:local": "the one conversion, after is_local",
     "paths.py:staged": "the local staging folder",
     "paths.py:Mirror.__init__": "the local mirror folder",
-    "data/errors.py:DiskFullError.__init__": "disk_usage of a local disk",
+    "errors.py:DiskFullError.__init__": "disk_usage of a local disk",
     "data/dicom.py:_names": "DICOM files are read from local disk",
     "data/dicom.py:read_dicom": "DICOM files are read from local disk",
     "data/proposals.py:proposal_path": "proposal files beside local DICOMs",
@@ -190,10 +190,10 @@ def test_prepare_writes_to_a_bucket_and_a_run_cannot_read_records_there(gcs, els
   again = prepare.prepare("synthetic", elsewhere / "dicom", out,
                           prepare.PrepareOptions(long_side=64), workers=1)
   assert again.counts == result.counts and again.seconds == 0.0  # Found on the bucket.
-  with pytest.raises(paths.RemoteRecordsError, match="copy the prepared folder to local disk"):
+  with pytest.raises(errors.RemoteRecordsError, match="copy the prepared folder to local disk"):
     prepared.require(out, "synthetic_64", ("train",), flag="config.data.dir", instead="",
                      split_advice="")
-  with pytest.raises(paths.RemoteRecordsError):
+  with pytest.raises(errors.RemoteRecordsError):
     records.data_source(out, "synthetic_64", "train")
 
 
@@ -202,14 +202,13 @@ def test_a_pretrained_backbone_and_a_detector_are_read_from_a_bucket(gcs, elsewh
   the backbone's parameters arrive as saved, and the classifier's run copies the detector into
   its own bucket workdir."""
   from attend_jax import tasks
-  from attend_jax.convert import dinov2
-  from attend_jax.models import build
+  from attend_jax.models import build, pretrained
   from configs import demo
 
   config = demo.get_config("smoke")
   source = tasks.get(config).build_model(seed=0)
   weights = gcs.path("weights/dinov2")
-  dinov2.save(source.vision_model, weights)  # What tools/convert_dinov2.py --out writes.
+  pretrained.save(source.vision_model, weights)  # What tools/convert_dinov2.py --out writes.
   model = tasks.get(config).build_model(seed=1)
   build.load_pretrained_backbone(model, weights)
   want = jax.tree.leaves(nnx.state(source.vision_model, nnx.Param))

@@ -7,7 +7,7 @@ r"""Converts pretrained DINOv2 weights into an attend_jax (orbax) checkpoint.
       --checkpoint dinov2_vitb14_reg4_pretrain.pth --out weights/dinov2_vitb14_reg4
 
 The format is detected from the tensor names. Load the result with
-``attend_jax.convert.dinov2.load(out)``.
+``attend_jax.models.pretrained.load(out)``.
 """
 
 from absl import flags

@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attend_jax.convert import dinov2 as conv
-from attend_jax.models import vit
+from attend_jax.models import pretrained, vit
 
 _WEIGHTS = flags.DEFINE_string("weights", None, "Converted checkpoint (tools/convert_dinov2.py).")
 _VARIANT = flags.DEFINE_enum("variant", "vits14", vit.VARIANTS, "Backbone when no --weights.")
@@ -49,7 +48,7 @@ def synthetic_rois(n: int, size: int, seed: int = 0) -> np.ndarray:
 def main(argv):
   del argv
   if _WEIGHTS.value:
-    model = conv.load(_WEIGHTS.value)
+    model = pretrained.load(_WEIGHTS.value)
   else:
     model = vit.create(vit.config_for(_VARIANT.value))
   cfg = model.cfg

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from attend_jax.convert import dinov2
-from attend_jax.convert.dinov2 import CheckpointError
+from attend_jax.errors import CheckpointError
 from attend_jax.models import attend
 
 VISION_PREFIX = "vision_model."

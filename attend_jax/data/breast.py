@@ -26,7 +26,7 @@ import os
 import cv2
 import numpy as np
 
-from attend_jax.data.errors import BreastNotFoundError
+from attend_jax.errors import BreastNotFoundError
 
 RULES = ("robust", "reference")
 PADDING = 15

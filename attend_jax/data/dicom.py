@@ -27,7 +27,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from attend_jax.data.errors import DicomError
+from attend_jax.errors import DicomError
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 # The largest real mammograms are about 5k x 6k (30 megapixels); a header that claims more than

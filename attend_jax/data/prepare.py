@@ -33,7 +33,7 @@ from PIL import Image
 from attend_jax import box_ops, paths
 from attend_jax.data import breast, dicom, proposals
 from attend_jax.data import pool as pool_lib
-from attend_jax.data.errors import DataError, DicomError, DiskFullError, NoUsableImagesError
+from attend_jax.errors import DataError, DicomError, DiskFullError, NoUsableImagesError
 from attend_jax.data.sources import SOURCES, Example
 
 CACHE_DIR = "cache"

@@ -22,7 +22,7 @@ import pathlib
 import numpy as np
 
 from attend_jax import box_ops
-from attend_jax.data.errors import ProposalError
+from attend_jax.errors import ProposalError
 
 IOU_THRESHOLD = 0.5
 

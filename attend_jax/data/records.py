@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from attend_jax import paths
-from attend_jax.data.errors import CorruptRecordsError
+from attend_jax.errors import CorruptRecordsError, RemoteRecordsError
 
 NAME = "mammograms"
 LABEL_NAMES = ("no_cancer", "cancer")
@@ -195,7 +195,7 @@ class Records:
 def require_local(data_dir) -> None:
   """RemoteRecordsError for prepared records on a bucket."""
   if not paths.is_local(data_dir):
-    raise paths.RemoteRecordsError(data_dir, "the ArrayRecord reader opens local files only")
+    raise RemoteRecordsError(data_dir, "the ArrayRecord reader opens local files only")
 
 
 def splits(data_dir, config: str) -> list[str]:

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attend_jax.models import attend, detector, vit
+from attend_jax.errors import CheckpointError
+from attend_jax.models import attend, detector, pretrained, vit
 from attend_jax.progress import log
 
 
@@ -81,15 +82,13 @@ def pretrained_vit(config) -> vit.ViTConfig | None:
   each config key that differs."""
   if not config.model.pretrained:
     return None
-  from attend_jax.convert import dinov2
-
-  stored = dinov2.read_config(config.model.pretrained, variant=config.model.variant)
+  stored = pretrained.read_config(config.model.pretrained, variant=config.model.variant)
   want = vit_config(config)
   wrong = [f"{key}: the weights have {getattr(stored, field)!r}, the config"
            f" {getattr(want, field)!r}" for field, key in _ARCHITECTURE.items()
            if getattr(stored, field) != getattr(want, field)]
   if wrong:
-    raise dinov2.CheckpointError(
+    raise CheckpointError(
         config.model.pretrained, "the converted backbone does not match config.model ("
         + "; ".join(wrong) + "): set those keys to the weights' values, or convert the"
         " weights of the backbone the config asks for")
@@ -110,19 +109,17 @@ def adopt_pretrained(config) -> None:
 def load_pretrained_backbone(model: nnx.Module, path: str) -> None:
   """Replaces ``model.vision_model``'s parameters by a converted DINOv2 (tools/convert_dinov2.py),
   each read straight into the sharding the live parameter has."""
-  from attend_jax.convert import dinov2
-
   want = model.cfg.vit
-  stored = dinov2.read_config(path)
+  stored = pretrained.read_config(path)
   # How it computes (dtype, kernel, remat) is the run's; what it is must match.
   if dataclasses.replace(stored, dtype=want.dtype, pos_embed_interp=want.pos_embed_interp,
                          attention=want.attention, remat=want.remat,
                          attention_chunk=want.attention_chunk) != want:
-    raise dinov2.CheckpointError(
+    raise CheckpointError(
         path, f"the converted backbone is {stored}, but the model is {want}")
   current = nnx.state(model.vision_model, nnx.Param)
   # Under the run's mesh, and never a whole copy on one device first.
-  pretrained = dinov2.load(path, shardings=jax.tree.map(lambda x: x.sharding, current),
+  weights = pretrained.load(path, shardings=jax.tree.map(lambda x: x.sharding, current),
                            dtype=want.dtype, pos_embed_interp=want.pos_embed_interp)
-  nnx.update(model.vision_model, nnx.state(pretrained, nnx.Param))
+  nnx.update(model.vision_model, nnx.state(weights, nnx.Param))
   log("Loaded the DINOv2 backbone from %s", path)

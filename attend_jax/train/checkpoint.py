@@ -26,7 +26,7 @@ from absl import logging
 from etils import epath
 
 from attend_jax import paths
-from attend_jax.data.errors import DiskFullError
+from attend_jax.errors import DiskFullError
 from attend_jax.progress import warn
 
 LATEST, BEST, CORRUPT = "checkpoints", "best", "corrupt_checkpoints"

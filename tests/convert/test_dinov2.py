@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from attend_jax import errors
 from attend_jax.convert import dinov2 as conv
-from attend_jax.models import vit
+from attend_jax.models import pretrained, vit
 from torch_refs import hf_dinov2, meta_state_from_hf, run_hf, timm_state_from_meta
 import helpers
 
@@ -101,8 +102,8 @@ def test_convert_save_load_round_trip(tmp_path):
   path = tmp_path / "w.pth"
   torch.save(meta_state_from_hf(_hf(registers=True)), path)
   loaded = conv.load_pretrained(path, "vits14", True, **TINY)
-  conv.save(loaded.model, tmp_path / "ckpt")
-  fresh = conv.load(tmp_path / "ckpt")
+  pretrained.save(loaded.model, tmp_path / "ckpt")
+  fresh = pretrained.load(tmp_path / "ckpt")
   assert fresh.cfg == loaded.model.cfg
   for a, b in zip(jax.tree.leaves(fresh(_images())), jax.tree.leaves(loaded.model(_images()))):
     np.testing.assert_array_equal(a, b)
@@ -119,7 +120,7 @@ def test_missing_keys_are_named(tmp_path):
   del sd["blocks.1.attn.proj.weight"], sd["norm.bias"]
   path = tmp_path / "partial.pth"
   torch.save(sd, path)
-  with pytest.raises(conv.CheckpointError) as e:
+  with pytest.raises(errors.CheckpointError) as e:
     conv.load_pretrained(path, "vits14", **TINY)
   assert str(path) in str(e.value)
   assert "missing 2 keys" in str(e.value)
@@ -131,7 +132,7 @@ def test_wrong_variant_names_shapes(tmp_path):
   hf_model = hf_dinov2(width=768, depth=1, heads=12, image_size=56)
   path = tmp_path / "vitb.pth"
   torch.save(meta_state_from_hf(hf_model), path)
-  with pytest.raises(conv.CheckpointError, match="shapes do not match") as e:
+  with pytest.raises(errors.CheckpointError, match="shapes do not match") as e:
     conv.load_pretrained(path, "vits14", depth=1)
   assert str(path) in str(e.value)
   assert "(1, 1, 768) vs model (1, 1, 384)" in str(e.value)
@@ -139,7 +140,7 @@ def test_wrong_variant_names_shapes(tmp_path):
 
 def test_register_mismatch_says_what_to_do(tmp_path):
   path = _meta_file(tmp_path, registers=True)
-  with pytest.raises(conv.CheckpointError, match="add --registers"):
+  with pytest.raises(errors.CheckpointError, match="add --registers"):
     conv.load_pretrained(path, "vits14", False, **TINY)
 
 
@@ -152,7 +153,7 @@ def test_truncated_file(tmp_path, kind):
     save_file(_hf().state_dict(), path)
   data = path.read_bytes()
   path.write_bytes(data[: len(data) // 2])
-  with pytest.raises(conv.CheckpointError, match="truncated or corrupt") as e:
+  with pytest.raises(errors.CheckpointError, match="truncated or corrupt") as e:
     conv.load_pretrained(path, "vits14", **TINY)
   assert str(path) in str(e.value)
 
@@ -165,7 +166,7 @@ def test_non_checkpoint_files(tmp_path, content, reason):
   path = tmp_path / "weights.pth"
   if content is not None:
     path.write_bytes(content)
-  with pytest.raises(conv.CheckpointError, match=reason) as e:
+  with pytest.raises(errors.CheckpointError, match=reason) as e:
     conv.load_pretrained(path, "vits14", **TINY)
   assert str(path) in str(e.value)
 
@@ -173,11 +174,11 @@ def test_non_checkpoint_files(tmp_path, content, reason):
 def test_pickle_of_something_else(tmp_path):
   path = tmp_path / "list.pth"
   torch.save([1, 2, 3], path)
-  with pytest.raises(conv.CheckpointError, match="holds a list"):
+  with pytest.raises(errors.CheckpointError, match="holds a list"):
     conv.load_pretrained(path, "vits14", **TINY)
   path = tmp_path / "other.pth"
   torch.save({"fc.weight": torch.zeros(3, 3)}, path)
-  with pytest.raises(conv.CheckpointError, match="no DINOv2 weights found"):
+  with pytest.raises(errors.CheckpointError, match="no DINOv2 weights found"):
     conv.load_pretrained(path, "vits14", **TINY)
 
 
@@ -204,7 +205,7 @@ def test_offline_download_says_which_url_and_where(tmp_path, monkeypatch):
     raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
   monkeypatch.setattr(conv.urllib.request, "urlopen", offline)
-  with pytest.raises(conv.WeightsDownloadError) as e:
+  with pytest.raises(errors.WeightsDownloadError) as e:
     conv.resolve_source(None, "vitb14", True)
   message = str(e.value)
   assert "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth" in message
@@ -225,7 +226,7 @@ def test_cli_converts_and_reports_bad_files(tmp_path):
              "--pos_embed_interp", "hf_v1")
   assert out.returncode == 0, out.stderr
   assert "meta names" in out.stdout and "position resize hf_v1" in out.stdout
-  model = conv.load(tmp_path / "ckpt")
+  model = pretrained.load(tmp_path / "ckpt")
   _assert_same_outputs(hf_model, model, registers=False)
 
   # A register model of a smaller size than its variant's, as the configs' :tiny variants use
@@ -236,7 +237,7 @@ def test_cli_converts_and_reports_bad_files(tmp_path):
              "--num_heads", "2", "--checkpoint", str(tmp_path / "reg4.pth"),
              "--out", str(tmp_path / "reg4"))
   assert out.returncode == 0, out.stderr
-  _assert_same_outputs(hf_model, conv.load(tmp_path / "reg4"), registers=True)
+  _assert_same_outputs(hf_model, pretrained.load(tmp_path / "reg4"), registers=True)
 
   bad = tmp_path / "bad.pth"
   bad.write_text("not weights")

@@ -6,7 +6,7 @@ import pytest
 
 from attend_jax import box_ops
 from attend_jax.data import breast
-from attend_jax.data.errors import BreastNotFoundError
+from attend_jax.errors import BreastNotFoundError
 
 
 def _image(h=600, w=400, chest_left=True):

@@ -10,7 +10,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 import data_store  # pydicom-data's package: real test files, no download.
 from attend_jax.data import breast, dicom
-from attend_jax.data.errors import BreastNotFoundError, DicomError
+from attend_jax.errors import BreastNotFoundError, DicomError
 from dicom_fixtures import phantom as _phantom, write_mg as _mg
 
 DATA = pathlib.Path(data_store.__file__).parent / "data"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from attend_jax.data import sources
-from attend_jax.data.errors import LabelError
+from attend_jax.errors import LabelError
 from attend_jax.data.sources import cbis_ddsm, reference_csv, rsna, synthetic, vindr
 import helpers
 

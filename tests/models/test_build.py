@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from attend_jax import tasks
-from attend_jax.convert import dinov2
-from attend_jax.models import build, vit
+from attend_jax import errors, tasks
+from attend_jax.models import build, pretrained, vit
 from attend_jax.train import sharding
 from configs import cbis
 
@@ -28,7 +27,7 @@ def weights(tmp_path_factory):
   cfg = dataclasses.replace(build.vit_config(c), pos_embed_interp="hf_v1")
   folder = tmp_path_factory.mktemp("weights") / "dinov2"
   model = vit.create(cfg, seed=3)
-  dinov2.save(model, folder)
+  pretrained.save(model, folder)
   return folder, nnx.state(model, nnx.Param)
 
 
@@ -69,14 +68,14 @@ def test_a_backbone_of_another_size_names_each_config_key(weights):
   config = _config(folder)
   config.model.vit_overrides.depth = 6
   config.model.registers = True
-  with pytest.raises(dinov2.CheckpointError) as e:
+  with pytest.raises(errors.CheckpointError) as e:
     build.pretrained_vit(config)
   assert "model.vit_overrides.depth: the weights have 4, the config 6" in str(e.value)
   assert "model.registers: the weights have 0, the config 4" in str(e.value)
 
 
 def test_a_missing_folder_gives_the_command_that_writes_it(tmp_path):
-  with pytest.raises(dinov2.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=r"no such folder; convert .* python tools/convert_dinov2.py"
                            r" --variant vitb14 --out .*nothing"):
     build.pretrained_vit(_config(tmp_path / "nothing"))
@@ -87,9 +86,9 @@ def test_a_corrupt_vit_config_json_is_one_reason(weights, tmp_path, content):
   folder, _ = weights
   broken = tmp_path / "broken"
   broken.mkdir()
-  (broken / dinov2.CONFIG_FILE).write_text(content)
-  with pytest.raises(dinov2.CheckpointError, match="unreadable .*convert the weights again"):
-    dinov2.read_config(broken)
+  (broken / pretrained.CONFIG_FILE).write_text(content)
+  with pytest.raises(errors.CheckpointError, match="unreadable .*convert the weights again"):
+    pretrained.read_config(broken)
 
 
 def _probe_sharding_while_tracing():

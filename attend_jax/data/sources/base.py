@@ -9,7 +9,7 @@ import os
 import pathlib
 from typing import Iterable, Sequence
 
-from attend_jax.data.errors import DataError, LabelError
+from attend_jax.errors import DataError, LabelError
 
 SPLITS = ("train", "val", "test")
 

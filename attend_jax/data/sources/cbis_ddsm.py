@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 
-from attend_jax.data.errors import LabelError
+from attend_jax.errors import LabelError
 from attend_jax.data.sources.base import (Example, Listing, read_csv, require_dir,
                                           split_by_key)
 

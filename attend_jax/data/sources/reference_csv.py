@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 
 from attend_jax.data import proposals
-from attend_jax.data.errors import LabelError
+from attend_jax.errors import LabelError
 from attend_jax.data.sources.base import SPLITS, Example, Listing, read_csv, require_dir
 
 LAYOUT = """  CSV_DIR/{train,val,test}.csv   (im_path,laterality,cancer,view[,study_id])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attend_jax.data.errors import LabelError
+from attend_jax.errors import LabelError
 from attend_jax.data.sources.base import Example, Listing, read_csv, require_dir, split_by_key
 
 LAYOUT = """  ROOT/train.csv   (site_id,patient_id,image_id,laterality,view,age,cancer,...)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from attend_jax.data.errors import LabelError
+from attend_jax.errors import LabelError
 from attend_jax.data.sources.base import Example, Listing, read_csv, require_dir, split_by_key
 
 LAYOUT = """  ROOT/labels.csv   (image_id,study_id,patient_id,laterality,view,label,path,...,lesions)

@@ -1,4 +1,8 @@
-"""Typed errors for bad input files. Each names the file and a reason a person can act on."""
+"""Typed errors for what a user can fix: a bad input file, a weights file, a full disk.
+
+Each names the file and a reason a person can act on; the CLIs print them as one line
+(``cli.py``). They live at the bottom of the package, so that any layer may raise them.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +50,24 @@ class CorruptRecordsError(DataError):
 
   def __reduce__(self):  # Raised in grain's worker processes: travels back by its arguments.
     return CorruptRecordsError, (self.path, self.reason)
+
+
+class RemoteRecordsError(DataError):
+  """Prepared records on a bucket, which the ArrayRecord reader cannot open."""
+
+  def __init__(self, data_dir, reason: str):
+    super().__init__(
+        data_dir, f"prepared records cannot be read from a bucket ({reason}); copy the prepared"
+        f" folder to local disk (gcloud storage cp -r {data_dir} /mnt/disks/ssd/) and pass that"
+        " folder as --config.data.dir")
+
+
+class CheckpointError(DataError):
+  """A weights file that cannot be used; names the file and the reason."""
+
+
+class WeightsDownloadError(CheckpointError):
+  """The official weights could not be fetched (offline, proxy, HTTP error)."""
 
 
 class DiskFullError(OSError):

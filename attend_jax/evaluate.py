@@ -18,9 +18,9 @@ from absl import app, flags
 
 from attend_jax import cli, paths, run, tasks
 from attend_jax.data import pipeline, prepared, records
-from attend_jax.eval import loop as eval_loop
 from attend_jax.eval import metrics, report
 from attend_jax.progress import Progress
+from attend_jax.train import prediction
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir.", required=True)
 _SPLIT = flags.DEFINE_string("split", "test", "Split of the run's prepared dataset.")
@@ -34,10 +34,10 @@ def predict_split(loaded: run.Loaded, split: str) -> dict:
     raise ValueError(f"{loaded.source} is a detector: its evaluation (recall, FROC, mAP) is in"
                      " WORKDIR/eval/metrics.json, written at the end of training.")
   cfg = pipeline.for_split(loaded.config, split, train=False)
-  mesh = eval_loop.local_mesh(cfg.batch_size)
-  step = eval_loop.model_step(loaded.task, loaded.model, detail=True, proposer=loaded.proposer,
+  mesh = prediction.local_mesh(cfg.batch_size)
+  step = prediction.model_step(loaded.task, loaded.model, detail=True, proposer=loaded.proposer,
                               mesh=mesh)
-  return eval_loop.predict_split(step, cfg, mesh, host_keys=loaded.task.host_keys,
+  return prediction.predict_split(step, cfg, mesh, host_keys=loaded.task.host_keys,
                                  progress=Progress(f"evaluating {split}", "img"))
 
 
@@ -84,7 +84,7 @@ def plot_gallery(pred: dict, config, split: str, path: pathlib.Path, k: int) -> 
 
 def evaluate(workdir: str, split: str, out: pathlib.Path, gallery: int = 4) -> dict:
   """Writes the evaluation into the local folder ``out`` (main stages a bucket's)."""
-  loaded = run.load(workdir, eval_loop.local_mesh(run.read_config(workdir).data.eval_batch_size))
+  loaded = run.load(workdir, prediction.local_mesh(run.read_config(workdir).data.eval_batch_size))
   config = loaded.config
   prepared.require(config.data.dir, config.data.name, (split,), flag="the run's config.data.dir",
                    instead="move the prepared folder back there",

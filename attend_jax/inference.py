@@ -19,10 +19,9 @@ import numpy as np
 from attend_jax import box_ops, run, tasks
 from attend_jax.data import dicom, pipeline, prepare, prepared
 from attend_jax.data import pool as pool_lib
-from attend_jax.errors import DataError
 from attend_jax.data.sources.base import Example
-from attend_jax.eval import loop as eval_loop
-from attend_jax.train import sharding
+from attend_jax.errors import DataError
+from attend_jax.train import prediction, sharding
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -163,8 +162,8 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
         " --proposals DIR with <image>_preds.txt files (cx cy w h score per line).")
   cfg = pipeline.PipelineConfig(data_dir="", config="", image_size=config.data.image_size,
                                 num_proposals=max(config.proposals.topk, 1))
-  mesh = eval_loop.local_mesh(batch_size)
-  step = eval_loop.model_step(loaded.task, loaded.model, detail=True, proposer=loaded.proposer,
+  mesh = prediction.local_mesh(batch_size)
+  step = prediction.model_step(loaded.task, loaded.model, detail=True, proposer=loaded.proposer,
                               mesh=mesh)
   anchor = config.proposals.anchor or config.proposals.source not in ("files", "detector")
   images, bad, pending = [], [], []

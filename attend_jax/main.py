@@ -15,9 +15,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from attend_jax import cli, config_check, run
+from attend_jax import checkpoint, cli, config_check, run
 from attend_jax.errors import DiskFullError
-from attend_jax.train import checkpoint, preemption, trainer
+from attend_jax.train import preemption, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.",

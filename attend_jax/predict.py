@@ -19,8 +19,8 @@ from absl import app, flags
 
 from attend_jax import cli, inference, paths, run
 from attend_jax.data import dicom
-from attend_jax.eval import loop as eval_loop
 from attend_jax.progress import Progress
+from attend_jax.train import prediction
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (its best checkpoint).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Or a converted checkpoint folder.")
@@ -72,7 +72,7 @@ def _predict(files, missing, folder, out) -> int:
   if unusable:
     writer.finish([], missing + unusable, "none loaded")
     return _none_usable(len(files), out)
-  loaded = run.load(_WORKDIR.value or _CHECKPOINT.value, eval_loop.local_mesh(_BATCH.value))
+  loaded = run.load(_WORKDIR.value or _CHECKPOINT.value, prediction.local_mesh(_BATCH.value))
   print(f"{len(files)} files; model {loaded.source}", file=sys.stderr)
   images, bad = inference.predict(loaded, files, _PROPOSALS.value, _BATCH.value,
                                   _WORKERS.value, Progress("predicting", "img"), writer.image,

@@ -25,10 +25,9 @@ import jax
 import ml_collections
 from flax import nnx
 
-from attend_jax import paths, tasks
+from attend_jax import checkpoint, paths, tasks
 from attend_jax.progress import log
 from attend_jax.tasks import detect
-from attend_jax.train import checkpoint, sharding
 
 CONFIG = "config.json"
 WEIGHTS = "weights"  # A standalone export: DIR/config.json + DIR/weights (params, stats).
@@ -91,7 +90,7 @@ def load(directory: str | os.PathLike, mesh=None) -> Loaded:
   # parameter op by op (about 2 s of one-off kernel compiles per process) to be overwritten.
   graph, params, stats, _ = nnx.split(nnx.eval_shape(build), nnx.Param, nnx.BatchStat, ...)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = sharding.abstract({"params": params, "stats": stats}, device)
+  target = checkpoint.abstract({"params": params, "stats": stats}, device)
   # The rest (dropout's RNG state) as a fresh build has it, from one small compiled program.
   rest = jax.jit(lambda: nnx.split(build(), nnx.Param, nnx.BatchStat, ...)[3])()
   for sub in (checkpoint.BEST, checkpoint.LATEST, WEIGHTS):

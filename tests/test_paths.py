@@ -11,8 +11,7 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from attend_jax import errors, paths, run
-from attend_jax.train import checkpoint
+from attend_jax import checkpoint, errors, paths, run
 from attend_jax.train.writer import MetricWriter
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -49,8 +49,7 @@ from flax import nnx
 from attend_jax import tasks
 from attend_jax.models import attend, vit
 from attend_jax.data import prefetch
-from attend_jax.eval import loop as eval_loop
-from attend_jax.train import optim, trainer
+from attend_jax.train import optim, prediction, trainer
 from bench_util import forward_flops, interleaved, peak_device_bytes
 from configs import common
 from torch_reference import ReferenceAttend
@@ -144,7 +143,7 @@ def jax_step(config, batch: dict):
   # not the trained values.
   twin = task.build_model(0)
   twin.eval()
-  evaluate = eval_loop.model_step(task, twin)
+  evaluate = prediction.model_step(task, twin)
 
   def eval_on(placed):
     return evaluate(placed)["prob"]

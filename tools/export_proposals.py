@@ -49,8 +49,8 @@ from absl import app, flags
 
 from attend_jax import box_ops, cli, run, tasks
 from attend_jax.data import pipeline, prepare, prepared, records
-from attend_jax.eval import loop as eval_loop
 from attend_jax.progress import Progress
+from attend_jax.train import prediction
 from configs import common
 
 _DETECTOR = flags.DEFINE_string("detector", None, "A detector's training workdir (config.task ="
@@ -169,7 +169,7 @@ def _detect(loaded: run.Loaded, dataset: str, data_dir: str, split: str, batch_s
       data_dir=str(data_dir), config=dataset, split=split, batch_size=batch_size,
       image_size=loaded.config.data.image_size, num_proposals=1, seed=0, shuffle=False,
       num_epochs=1, drop_remainder=False, augment=False, worker_count=0)
-  return eval_loop.predict_split(eval_loop.model_step(loaded.task, loaded.model), cfg,
+  return prediction.predict_split(prediction.model_step(loaded.task, loaded.model), cfg,
                                  record_keys=GEOMETRY,
                                  progress=Progress(f"exporting {split}", "img") if progress
                                  else None)

@@ -6,7 +6,7 @@ accelerator is paid for.
   python tools/scale_report.py --config=configs/vindr_reference.py --devices=1
 
 On ``--devices`` simulated CPU devices it lowers and compiles the trainer's own train step
-(``trainer.make_train_step``) and evaluation step (``eval.loop.predict_step``) for the
+(``trainer.make_train_step``) and evaluation step (``train.prediction.predict_step``) for the
 config's real shapes, with the trainer's parameter, optimiser-state and batch shardings, from
 abstract values only (``nnx.eval_shape``, ShapeDtypeStructs): no data, no weights. Attention is
 traced as on an accelerator (``attention.attention_as_on``), not with the CPU's loop over heads.
@@ -52,11 +52,10 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from ml_collections import config_flags
 
-from attend_jax import cli, tasks
-from attend_jax.eval import loop as eval_loop
+from attend_jax import checkpoint, cli, tasks
 from attend_jax.models import attend, attention, build, vit
 from attend_jax.train import memory as train_memory
-from attend_jax.train import sharding, trainer
+from attend_jax.train import prediction, sharding, trainer
 from bench_util import analytic_flops, forward_flops
 from hlo_util import COLLECTIVES, OP_CLASSES, collectives, hlo_dot_flops, op_classes
 
@@ -132,7 +131,7 @@ def compile_steps(config, mesh, train_batch: int, eval_batch: int | None, backen
                        ).compile(COMPILER_OPTIONS)
     evaluate = None
     if eval_batch:
-      predict = eval_loop.predict_step(state.task, state.eval_def)
+      predict = prediction.predict_step(state.task, state.eval_def)
       evaluate = predict.lower((state.params, state.stats, state.rngs),
                                train_memory.abstract_batch(config, mesh, eval_batch)
                                ).compile(COMPILER_OPTIONS)
@@ -346,7 +345,7 @@ def proposal_cost(config, detector_config, report: dict, mesh) -> dict:
   with jax.set_mesh(mesh):
     graph, state = nnx.split(nnx.eval_shape(lambda: task.build_model(detector_config.seed)))
   replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = sharding.abstract(state, replicated)
+  state = checkpoint.abstract(state, replicated)
   with attention.attention_as_on("gpu"), jax.set_mesh(mesh):
     compiled = jax.jit(detect.propose_fn(graph, config.proposals.topk)).lower(
         state, train_memory.abstract_batch(config, mesh, config.data.batch_size)

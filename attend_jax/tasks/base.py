@@ -60,7 +60,7 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def summarize(self, pred: dict) -> dict:
-    """The metrics of a predicted split (``attend_jax.eval.loop.predict_split``'s output)."""
+    """The metrics of a predicted split (``attend_jax.train.prediction.predict_split``'s output)."""
 
   @abc.abstractmethod
   def write(self, pred: dict, out_dir: pathlib.Path, split: str, extra: dict | None = None

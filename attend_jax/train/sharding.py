@@ -51,16 +51,6 @@ def fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> Partiti
   return PartitionSpec(*fitted)
 
 
-def abstract(tree, shardings):
-  """ShapeDtypeStructs of ``tree``'s arrays, laid out by ``shardings``: a tree like ``tree``, or
-  one sharding for every leaf. What a compile or an orbax restore takes in place of arrays."""
-  if isinstance(shardings, jax.sharding.Sharding):
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=shardings),
-                        tree)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree,
-                      shardings)
-
-
 def state_shardings(abstract_state, mesh: Mesh):
   """NamedShardings for a (possibly abstract) nnx.State, from its partition annotations."""
   specs = nnx.get_partition_spec(abstract_state)

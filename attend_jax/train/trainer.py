@@ -25,12 +25,11 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from attend_jax import config_check, paths, run, tasks
+from attend_jax import checkpoint, config_check, paths, run, tasks
 from attend_jax.data import pipeline, prefetch, prepared, records
-from attend_jax.eval import loop as eval_loop
 from attend_jax.models import build
 from attend_jax.progress import log
-from attend_jax.train import checkpoint, memory, optim, preemption, sharding
+from attend_jax.train import memory, optim, preemption, prediction, sharding
 from attend_jax.train.writer import MetricWriter
 
 
@@ -162,14 +161,14 @@ def init_state(config, mesh, task: tasks.Task | None = None, abstract: bool = Fa
   model.eval()
   eval_def = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]
   if abstract:
-    params, stats, rngs = (sharding.abstract(tree, sharding.state_shardings(tree, mesh))
+    params, stats, rngs = (checkpoint.abstract(tree, sharding.state_shardings(tree, mesh))
                            for tree in (params, stats, rngs))
   tx = optim.make(config, params, model.cfg.vit.depth)
   # Moments sharded like their parameters, step counts replicated on the mesh; an explicit
   # layout also makes restores land on the same devices.
   opt_shardings = sharding.opt_state_shardings(tx.init, params, mesh)
   if abstract:
-    opt_state = sharding.abstract(jax.eval_shape(tx.init, params), opt_shardings)
+    opt_state = checkpoint.abstract(jax.eval_shape(tx.init, params), opt_shardings)
   else:
     opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
   return State(task, train_def, eval_def, params, stats, rngs, tx, opt_state)
@@ -249,7 +248,7 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
   train_step = train_step_for(config, state, mesh)
   # A run's batch transform: with proposals.source="detector", its detector's boxes.
   proposer = run.proposer(config, workdir, mesh)
-  eval_step = eval_loop.predict_step(task, state.eval_def, proposer=proposer)
+  eval_step = prediction.predict_step(task, state.eval_def, proposer=proposer)
 
   # --- memory pre-flight ---------------------------------------------------------------------
   # The step compiled ahead of time from the batch's shapes, before the pipeline reads a batch,
@@ -285,7 +284,7 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
 
   # --- evals ---------------------------------------------------------------------------------
   def predict(split: str):
-    return eval_loop.predict_split(functools.partial(eval_step, (params, stats, rngs)),
+    return prediction.predict_split(functools.partial(eval_step, (params, stats, rngs)),
                                    pipeline.for_split(config, split, train=False), mesh,
                                    task.host_keys)
 

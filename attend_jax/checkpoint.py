@@ -36,8 +36,18 @@ class CheckpointRestoreError(RuntimeError):
   """No checkpoint of a folder could be read; the message lists each one and why."""
 
 
+def abstract(tree, shardings):
+  """ShapeDtypeStructs of ``tree``'s arrays, laid out by ``shardings``: a tree like ``tree``, or
+  one sharding for every leaf. What a compile or an orbax restore takes in place of arrays."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=shardings),
+                        tree)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree,
+                      shardings)
+
+
 def _abstract(tree):
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
+  return abstract(tree, jax.tree.map(lambda a: a.sharding, tree))
 
 
 def _reason(e: BaseException) -> str:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from attend_jax.data import pipeline
-from attend_jax.eval import loop
+from attend_jax.train import prediction
 from configs import demo
 
 import helpers
@@ -42,7 +42,7 @@ def _by_hand(config, split):
 
 def test_every_record_once_in_order_the_padding_dropped(config):
   cfg = pipeline.for_split(config, "train", train=False)
-  pred = loop.predict_split(_step, cfg, host_keys=("label", "index"))
+  pred = prediction.predict_split(_step, cfg, host_keys=("label", "index"))
   expected = _by_hand(config, "train")
   assert len(expected) % cfg.batch_size  # The last batch is a padded one.
   assert list(pred["index"]) == list(range(len(expected)))
@@ -57,9 +57,9 @@ def test_small_splits_decode_in_process_and_large_ones_in_workers(config, monkey
   monkeypatch.setattr(pipeline, "EVAL_WORKERS_FROM", 1)
   cfg = pipeline.for_split(config, "train", train=False)
   assert cfg.worker_count == 1
-  with_workers = loop.predict_split(_step, cfg)
+  with_workers = prediction.predict_split(_step, cfg)
   monkeypatch.setattr(pipeline, "EVAL_WORKERS_FROM", 10 ** 9)
-  in_process = loop.predict_split(_step, pipeline.for_split(config, "train", train=False))
+  in_process = prediction.predict_split(_step, pipeline.for_split(config, "train", train=False))
   np.testing.assert_array_equal(with_workers["mean"], in_process["mean"])
   assert with_workers["ids"] == in_process["ids"]
 
@@ -79,7 +79,7 @@ def test_the_pass_reads_nothing_back_until_it_ends(config, monkeypatch):
     dispatched.append(1)
     return _step(batch)
 
-  pred = loop.predict_split(step, pipeline.for_split(config, "train", train=False))
+  pred = prediction.predict_split(step, pipeline.for_split(config, "train", train=False))
   assert len(dispatched) > 1 and reads and set(reads) == {len(dispatched)}
   assert len(pred["mean"]) == len(_by_hand(config, "train"))
 
@@ -94,14 +94,14 @@ def test_a_model_on_a_mesh_of_every_device_predicts_as_on_one(config):
   model = task.build_model(0)
   model.eval()
   cfg = pipeline.for_split(config, "train", train=False)
-  mesh = loop.local_mesh(cfg.batch_size)
+  mesh = prediction.local_mesh(cfg.batch_size)
   assert mesh.size == 8
-  one = loop.predict_split(loop.model_step(task, model), cfg, host_keys=task.host_keys)
-  many = loop.predict_split(loop.model_step(task, model, mesh=mesh), cfg, mesh,
+  one = prediction.predict_split(prediction.model_step(task, model), cfg, host_keys=task.host_keys)
+  many = prediction.predict_split(prediction.model_step(task, model, mesh=mesh), cfg, mesh,
                             host_keys=task.host_keys)
   np.testing.assert_allclose(many["prob"], one["prob"], atol=1e-6)
   assert many["ids"] == one["ids"]
-  assert loop.local_mesh(6).size == 6 and loop.local_mesh(5).size == 5
+  assert prediction.local_mesh(6).size == 6 and prediction.local_mesh(5).size == 5
 
 
 def test_ids_come_from_the_side_table_without_reading_a_record(config, monkeypatch):

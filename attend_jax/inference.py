@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 import jax
 import numpy as np
 
-from attend_jax import box_ops, run, tasks
+from attend_jax import box_ops, geometry, run, tasks
 from attend_jax.data import dicom, pipeline, prepare, prepared
 from attend_jax.data import pool as pool_lib
 from attend_jax.data.sources.base import Example
@@ -132,8 +132,7 @@ def preprocess(paths: Sequence[pathlib.Path], config, proposal_dir: str | None =
 def _roi_rows(rois: np.ndarray, attention: np.ndarray, scores: np.ndarray, record: dict,
               anchor: bool) -> list:
   """RoIs of one image in original DICOM pixels, with detector score and attention weight."""
-  original = prepare.to_original(box_ops.to_xyxy(rois), record["crop_box"],
-                                 bool(record["flipped"]), float(record["scale"]))
+  original = geometry.Placement.of(record).to_original(box_ops.to_xyxy(rois))
   return [{"box_xyxy": [round(float(v), 1) for v in box],
            "detector_score": None if np.isnan(score) else float(score),
            "attention": float(weight), "anchor": bool(anchor and i == 0)}
@@ -281,11 +280,8 @@ def draw_overlay(prediction: dict, record: dict, path: pathlib.Path) -> None:
   import matplotlib.pyplot as plt
   from matplotlib import patches
 
-  image = np.asarray(record["image"], np.float32) / 65535.0
-  flipped, scale = bool(record["flipped"]), float(record["scale"])
-  x0, y0 = (int(v) for v in record["crop_box"][:2])
-  if flipped:
-    image = image[:, ::-1]
+  placement = geometry.Placement.of(record)
+  image = placement.display(np.asarray(record["image"], np.float32) / 65535.0)
   h, w = image.shape
   fig, ax = plt.subplots(figsize=(4, 4 * h / max(w, 1)), dpi=120)
   ax.imshow(image, cmap="gray", vmin=0, vmax=1)
@@ -293,10 +289,7 @@ def draw_overlay(prediction: dict, record: dict, path: pathlib.Path) -> None:
   weights = np.array([r["attention"] for r in prediction["rois"]])
   top = weights.max() if len(weights) and weights.max() > 0 else 1.0
   for roi in prediction["rois"]:
-    bx0, by0, bx1, by1 = roi["box_xyxy"]
-    # Back from original pixels to the crop shown here (already unflipped).
-    bx0, bx1, by0, by1 = ((bx0 - x0) * scale, (bx1 - x0) * scale, (by0 - y0) * scale,
-                          (by1 - y0) * scale)
+    bx0, by0, bx1, by1 = placement.original_to_display(roi["box_xyxy"])[0]
     color = cmap(roi["attention"] / top)
     ax.add_patch(patches.Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, color=color,
                                    linewidth=1 if roi["anchor"] else 2,

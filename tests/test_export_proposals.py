@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from attend_jax import inference
+from attend_jax import geometry, inference
 from attend_jax import run as run_lib
 from attend_jax.data import pipeline, prepare, proposals, records
 from attend_jax.data.sources import DatasetNotFoundError
@@ -192,10 +192,9 @@ def test_mapping_inverts_prepare_on_known_boxes():
   np.testing.assert_allclose(rows[0, :4], [396.5, 7.25, 7.0, 14.5])
   assert rows[0, 4] == np.float32(0.9)
   np.testing.assert_allclose(_stored_cxcywh(rows, record), _cxcywh(stored[::-1]))
-  # prepare.to_original is the same mapping plus the crop's offset in the DICOM.
-  in_dicom = prepare.to_original(stored, record["crop_box"], True, 0.5)
-  np.testing.assert_allclose(export_proposals.to_reference(stored, record["crop_box"], True, 0.5),
-                             _cxcywh(in_dicom - [100, 40, 100, 40]))
+  # Placement.to_original is the same mapping plus the crop's offset in the DICOM.
+  in_dicom = geometry.Placement.of(record).to_original(stored)
+  np.testing.assert_allclose(rows[::-1, :4], _cxcywh(in_dicom - [100, 40, 100, 40]))
   # Invalid boxes are left out; nothing valid gives the whole crop at score 0.
   one = export_proposals.proposal_rows(stored, np.array([0.2, 0.9]), np.array([True, False]),
                                        record)

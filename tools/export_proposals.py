@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import app, flags
 
-from attend_jax import box_ops, cli, run, tasks
+from attend_jax import box_ops, cli, geometry, run, tasks
 from attend_jax.data import pipeline, prepare, prepared, records
 from attend_jax.progress import Progress
 from attend_jax.train import prediction
@@ -93,20 +93,6 @@ def proposal_file(out: str | os.PathLike, image_id: str, study_id: str,
   return folder / f"{image_id}{SUFFIX}"
 
 
-def to_reference(boxes_xyxy: np.ndarray, crop_box: Sequence[int], flipped: bool,
-                 scale: float) -> np.ndarray:
-  """Stored-image ``x0 y0 x1 y1`` boxes -> the reference's (N, 4) ``cx cy w h``.
-
-  The exact inverse of what ``prepare.process_example`` does to a proposal file's boxes
-  (un-flip with the crop width, then multiply by ``scale``): divide by ``scale``, then un-flip.
-  ``prepare.to_original`` is the same plus the crop's offset in the DICOM.
-  """
-  boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4) / float(scale)
-  if flipped:
-    boxes = box_ops.flip(boxes, int(crop_box[2]) - int(crop_box[0]))
-  return box_ops.to_cxcywh(boxes)
-
-
 def proposal_rows(boxes: np.ndarray, scores: np.ndarray, valid: np.ndarray, record: dict
                   ) -> np.ndarray:
   """One image's detections -> float32 (N, 5) ``cx cy w h score``, best first, valid only."""
@@ -117,7 +103,9 @@ def proposal_rows(boxes: np.ndarray, scores: np.ndarray, valid: np.ndarray, reco
   if not len(order):
     w, h = float(crop_box[2] - crop_box[0]), float(crop_box[3] - crop_box[1])
     return np.array([[w / 2, h / 2, w, h, 0.0]], np.float32)
-  cxcywh = to_reference(boxes[order], crop_box, bool(record["flipped"]), float(record["scale"]))
+  # The reference's files are in pixels of the breast crop: the inverse of what prepare does to
+  # them (mirror with the crop's width, then scale).
+  cxcywh = box_ops.to_cxcywh(geometry.Placement.of(record).stored_to_crop(boxes[order]))
   return np.concatenate([cxcywh, scores[order, None]], 1).astype(np.float32)
 
 

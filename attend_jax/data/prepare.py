@@ -30,11 +30,11 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from attend_jax import box_ops, paths
+from attend_jax import box_ops, geometry, paths
 from attend_jax.data import breast, dicom, proposals
 from attend_jax.data import pool as pool_lib
-from attend_jax.errors import DataError, DicomError, DiskFullError, NoUsableImagesError
 from attend_jax.data.sources import SOURCES, Example
+from attend_jax.errors import DataError, DicomError, DiskFullError, NoUsableImagesError
 
 CACHE_DIR = "cache"
 MANIFEST = "manifest.json"
@@ -61,27 +61,6 @@ def _resize(pixels: np.ndarray, scale: float) -> np.ndarray:
   size = (max(1, round(w * scale)), max(1, round(h * scale)))
   # PIL's 16-bit bilinear resize widens its kernel when downscaling (antialiased).
   return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
-
-
-def to_stored(boxes_xyxy: np.ndarray, crop: breast.BreastBox, flipped: bool,
-              scale: float) -> np.ndarray:
-  """Original-image ``x0 y0 x1 y1`` boxes -> stored-image boxes, clipped to the crop."""
-  boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4).copy()
-  boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]] - crop.x0, 0, crop.width)
-  boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]] - crop.y0, 0, crop.height)
-  if flipped:
-    boxes = box_ops.flip(boxes, crop.width)
-  return (boxes * scale).astype(np.float32)
-
-
-def to_original(boxes_xyxy: np.ndarray, crop_box: np.ndarray, flipped: bool,
-                scale: float) -> np.ndarray:
-  """Stored-image ``x0 y0 x1 y1`` boxes -> original DICOM pixels (inverse of ``to_stored``)."""
-  boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4) / scale
-  x0, y0, x1, _ = (int(v) for v in crop_box)
-  if flipped:
-    boxes = box_ops.flip(boxes, x1 - x0)
-  return boxes + np.array([x0, y0, x0, y0], np.float64)
 
 
 def _mask_boxes(mask_paths, malignant, original_hw, image_path, max_pixels: int
@@ -124,13 +103,14 @@ def process_example(ex: Example, opts: PrepareOptions,
   stored = np.ascontiguousarray(_resize(cropped, scale))
   scale_yx = (stored.shape[0] / cropped.shape[0], stored.shape[1] / cropped.shape[1])
   scale = float(np.mean(scale_yx))
+  placement = geometry.Placement((crop.x0, crop.y0, crop.x1, crop.y1), flipped, scale)
 
   cancer = bool(ex.label)  # Lesions without their own pathology take the image's.
   lesions = list(zip(ex.lesion_boxes, ex.lesion_malignant or [cancer] * len(ex.lesion_boxes)))
   if ex.mask_paths:
     lesions += _mask_boxes(ex.mask_paths, ex.mask_malignant or [cancer] * len(ex.mask_paths),
                            pixels.shape, ex.path, max_pixels)
-  lesion_boxes = to_stored(np.array([b for b, _ in lesions]).reshape(-1, 4), crop, flipped, scale)
+  lesion_boxes = placement.to_stored([b for b, _ in lesions]).astype(np.float32)
   lesion_malignant = np.array([m for _, m in lesions], bool)
   kept = (lesion_boxes[:, 2] > lesion_boxes[:, 0]) & (lesion_boxes[:, 3] > lesion_boxes[:, 1])
   lesion_boxes, lesion_malignant = lesion_boxes[kept], lesion_malignant[kept]
@@ -145,13 +125,11 @@ def process_example(ex: Example, opts: PrepareOptions,
     kept, is_real = proposals.select_proposals(raw, opts.max_proposals,
                                                image_hw=cropped.shape)
     kept = kept[is_real]
-    xyxy = box_ops.to_xyxy(kept)
-    if flipped:
-      xyxy = box_ops.flip(xyxy.astype(np.float64), crop.width)
-    props = np.concatenate([box_ops.to_cxcywh(xyxy * scale), kept[:, 4:5]], 1).astype(np.float32)
+    xyxy = placement.crop_to_stored(box_ops.to_xyxy(kept))
+    props = np.concatenate([box_ops.to_cxcywh(xyxy), kept[:, 4:5]], 1).astype(np.float32)
   elif ex.proposal_boxes:
     given = np.asarray(ex.proposal_boxes, np.float64).reshape(-1, 5)
-    xyxy = to_stored(given[:, :4], crop, flipped, scale)
+    xyxy = placement.to_stored(given[:, :4])
     cxcywh = np.concatenate([box_ops.to_cxcywh(xyxy), given[:, 4:5]], 1)
     kept, is_real = proposals.select_proposals(cxcywh[(cxcywh[:, 2] > 0) & (cxcywh[:, 3] > 0)],
                                                opts.max_proposals, image_hw=stored.shape)
@@ -169,7 +147,7 @@ def process_example(ex: Example, opts: PrepareOptions,
       # The label CSV decides; the DICOM header fills gaps.
       "laterality": ex.laterality or image.laterality,
       "view": ex.view or image.view,
-      "crop_box": np.array([crop.x0, crop.y0, crop.x1, crop.y1], np.int32),
+      "crop_box": np.array(placement.crop_box, np.int32),
       "original_hw": np.array(pixels.shape, np.int32),
       "flipped": bool(flipped),
       "scale": np.float32(scale),

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless
 
+from attend_jax import geometry
 from attend_jax.data import dicom, layouts, prepare, records
 from attend_jax.data import synthetic as S
 from attend_jax.data.sources import SOURCES
@@ -174,8 +175,7 @@ def test_cbis_ddsm_layout_is_read_by_its_source_with_boxes_from_the_masks(cbis, 
       assert mask.shape == (im.height, im.width) and set(np.unique(mask)) == {0, 255}
       assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == lesion.box
     record = prepare.process_example(ex, opts)
-    back = prepare.to_original(record["lesion_boxes"], record["crop_box"], record["flipped"],
-                               record["scale"])
+    back = geometry.Placement.of(record).to_original(record["lesion_boxes"])
     assert sorted(zip(map(tuple, back.tolist()), record["lesion_malignant"].tolist())) == sorted(
         zip(_boxes(im.lesions), _malignant(im.lesions)))
     seen[name[1]] += 1

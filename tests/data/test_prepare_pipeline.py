@@ -7,6 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from attend_jax import geometry
 from attend_jax.data import pipeline, prepare, proposals, records
 from dicom_fixtures import phantom, write_mg
 import helpers
@@ -118,7 +119,7 @@ def test_cbis_mask_boxes_land_on_the_lesion(tmp_path):
   x0, y0, x1, y1 = np.round(box).astype(int)
   inside = rec["image"][y0:y1, x0:x1].mean()
   assert inside > 2 * rec["image"][rec["image"] > 0].mean()
-  back = prepare.to_original(box, rec["crop_box"], bool(rec["flipped"]), float(rec["scale"]))
+  back = geometry.Placement.of(rec).to_original(box)
   np.testing.assert_allclose(back, [[110, 100, 130, 120]], atol=1.5)
 
 
@@ -264,7 +265,7 @@ def test_synthetic_dicoms_prepare_end_to_end(tmp_path):
       meta = by_id[rec["image_id"].decode()]
       assert rec["label"] == meta.label and len(rec["lesion_boxes"]) == len(meta.lesions)
       for box, lesion in zip(rec["lesion_boxes"], meta.lesions):
-        back = prepare.to_original(box, rec["crop_box"], bool(rec["flipped"]), float(rec["scale"]))
+        back = geometry.Placement.of(rec).to_original(box)
         np.testing.assert_allclose(back[0], lesion.box, atol=2.5)
         checked += 1
   assert checked >= 4

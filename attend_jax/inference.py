@@ -59,10 +59,11 @@ def image_ids(paths: Sequence[pathlib.Path]) -> list[str]:
 
 
 def example(path: pathlib.Path, proposal_dir: str | None = None,
-            image_id: str | None = None) -> Example:
+            image_id: str | None = None, who: dicom.Identity | None = None) -> Example:
   """A DICOM file as the source of one prediction: its ids, side and view from the header (and
-  a CBIS/NBIA name), its exam as the patient on one date."""
-  who = dicom.identity(dicom.read_header(path), path)
+  a CBIS/NBIA name), its exam as the patient on one date. ``who`` is the header's identity
+  when the file was already read; otherwise the header is read here."""
+  who = who or dicom.identity(dicom.read_header(path), path)
   props = None
   if proposal_dir:
     for candidate in (pathlib.Path(proposal_dir) / f"{path.stem}_preds.txt",
@@ -94,11 +95,14 @@ def none_usable(paths: Sequence[pathlib.Path],
   return bad
 
 
-def _preprocess(args) -> dict | tuple[str, str]:
-  """In a worker: the record of one file, or (file, reason)."""
+def preprocess_file(args) -> dict | tuple[str, str]:
+  """The record of one file, or (file, reason): what each of preprocess's workers runs on
+  ``(path, options, proposal_dir, image_id, max_pixels)``."""
   path, opts, proposal_dir, image_id, max_pixels = args
   try:
-    return prepare.process_example(example(path, proposal_dir, image_id), opts, max_pixels)
+    image = dicom.read_dicom(path, max_pixels)  # The file is parsed once, here.
+    return prepare.process_example(example(path, proposal_dir, image_id, image.identity), opts,
+                                   max_pixels, image=image)
   except DataError as e:
     return str(path), e.reason
 
@@ -115,7 +119,7 @@ def preprocess(paths: Sequence[pathlib.Path], config, proposal_dir: str | None =
   on."""
   opts = prepared.options(config)  # As the run's records were prepared.
   jobs = [(p, opts, proposal_dir, i, max_pixels) for p, i in zip(paths, image_ids(paths))]
-  results = pool_lib.guarded_map(_preprocess, jobs, preload=[prepare.__name__],
+  results = pool_lib.guarded_map(preprocess_file, jobs, preload=[prepare.__name__],
                                  workers=pool_lib.worker_count(workers, len(jobs)),
                                  time_limit=time_limit, log_path=log_path)
   for done, ((path, *_), result) in enumerate(results, start=1):
@@ -159,8 +163,7 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
     raise ValueError(
         "This model was trained on detector proposals (proposals.source='files'): pass"
         " --proposals DIR with <image>_preds.txt files (cx cy w h score per line).")
-  cfg = pipeline.PipelineConfig(data_dir="", config="", image_size=config.data.image_size,
-                                num_proposals=max(config.proposals.topk, 1))
+  num_proposals = max(config.proposals.topk, 1)
   mesh = prediction.local_mesh(batch_size)
   step = prediction.model_step(loaded.task, loaded.model, detail=True, proposer=loaded.proposer,
                               mesh=mesh)
@@ -168,11 +171,11 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
   images, bad, pending = [], [], []
 
   def flush():
-    fixed = [pipeline.to_fixed_shapes(r, i, cfg) for i, (_, r) in enumerate(pending)]
-    n = len(fixed)
-    batch = {k: np.stack([f[k] for f in fixed] + [np.zeros_like(fixed[0][k])] * (batch_size - n))
-             for k in fixed[0]}
-    batch["image_hw"][n:] = 1
+    fixed = [pipeline.to_fixed_shapes(r, i, config.data.image_size, num_proposals)
+             for i, (_, r) in enumerate(pending)]
+    batch = pipeline.pad_batch({k: np.stack([f[k] for f in fixed]) for k in fixed[0]},
+                               batch_size)
+    del batch["valid"]  # The rows past len(pending) are padding; only those are read below.
     outputs = jax.device_get(step(sharding.to_global(batch, mesh)))
     for j, (path, record) in enumerate(pending):
       out = {"path": path, "image_id": str(record["image_id"]),

@@ -54,7 +54,8 @@ def _detect_directly(loaded, data, split):
   out = []
   for start in range(0, len(source), BATCH):
     recs = [source[i] for i in range(start, min(start + BATCH, len(source)))]
-    fixed = [pipeline.to_fixed_shapes(r, start + j, cfg) for j, r in enumerate(recs)]
+    fixed = [pipeline.to_fixed_shapes(r, start + j, cfg.image_size, cfg.num_proposals)
+             for j, r in enumerate(recs)]
     images = np.zeros((BATCH, cfg.image_size, cfg.image_size), np.uint16)
     hw = np.ones((BATCH, 2), np.int32)
     for j, f in enumerate(fixed):

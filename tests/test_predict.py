@@ -79,6 +79,28 @@ def test_predict_cli_on_a_folder_with_a_corrupt_file(run, tmp_path):
   assert trained and all(ours[k] == pytest.approx(p, abs=1e-5) for k, p in trained.items())
 
 
+def test_predict_parses_each_file_once_into_the_record_prepare_makes(tmp_path, monkeypatch):
+  """The header's ids and the pixels come from one read of the file, and the record is the one
+  prepare's own path (which reads it itself) makes of the same example."""
+  import pydicom
+
+  from attend_jax.data import dicom, prepare, synthetic
+
+  synthetic.generate(tmp_path / "dicom", 1, seed=3, size_range=(200, 260))  # One study.
+  path = sorted((tmp_path / "dicom").rglob("*.dcm"))[0]
+  opts = prepare.PrepareOptions(long_side=96)
+  reads = []
+  real = pydicom.dcmread
+  monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+  record = inference.preprocess_file((path, opts, None, "one", dicom.MAX_PIXELS))
+  assert [pathlib.Path(r) for r in reads] == [path]
+  want = prepare.process_example(inference.example(path, image_id="one"), opts)
+  assert len(reads) == 3  # The same example the long way: a header read, then the file.
+  assert record.keys() == want.keys()
+  for key in want:
+    np.testing.assert_array_equal(record[key], want[key], err_msg=key)
+
+
 def test_aggregation_on_a_hand_made_case():
   images = [
       {"study_id": "s1", "laterality": "L", "probability": 0.2},

@@ -47,6 +47,7 @@ class DicomImage:
   sop_uid: str
   bits_stored: int
   transfer_syntax: str
+  identity: Identity  # Patient, exam, side and view, read from the same header.
 
 
 def _text(ds, keyword: str) -> str:
@@ -301,4 +302,5 @@ def _read(path: pathlib.Path, max_pixels: int) -> DicomImage:
       sop_uid=_text(ds, "SOPInstanceUID"),
       bits_stored=bits_stored,
       transfer_syntax=str(syntax or ""),
+      identity=identity(ds, path),
   )

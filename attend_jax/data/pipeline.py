@@ -96,18 +96,21 @@ def augment(record: dict[str, Any], rng: np.random.Generator, cfg: PipelineConfi
           "contrast": np.float32(rng.uniform(1 - cfg.contrast, 1 + cfg.contrast))}
 
 
-def to_fixed_shapes(record: dict[str, Any], index: int, cfg: PipelineConfig) -> dict:
+def to_fixed_shapes(record: dict[str, Any], index: int, image_size: int, num_proposals: int,
+                    max_lesions: int = PipelineConfig.max_lesions) -> dict:
+  """One record as one batch row: the image padded to ``image_size`` square, the lesions and
+  proposals padded to fixed counts with masks."""
   image = np.asarray(record["image"])
   h, w = image.shape
-  if h > cfg.image_size or w > cfg.image_size:
+  if h > image_size or w > image_size:
     raise ValueError(
-        f"Record {index} is {h}x{w}, larger than image_size={cfg.image_size}; prepare the data"
-        f" with --long_side {cfg.image_size} or raise image_size.")
-  padded = np.zeros((cfg.image_size, cfg.image_size), np.uint16)
+        f"Record {index} is {h}x{w}, larger than image_size={image_size}; prepare the data"
+        f" with --long_side {image_size} or raise image_size.")
+  padded = np.zeros((image_size, image_size), np.uint16)
   padded[:h, :w] = image
-  lesions, lesion_mask = _pad_rows(record["lesion_boxes"], cfg.max_lesions, 4)
-  malignant, _ = _pad_rows(record["lesion_malignant"], cfg.max_lesions, 1)
-  props, prop_mask = _pad_rows(record["proposals"], cfg.num_proposals, 5)
+  lesions, lesion_mask = _pad_rows(record["lesion_boxes"], max_lesions, 4)
+  malignant, _ = _pad_rows(record["lesion_malignant"], max_lesions, 1)
+  props, prop_mask = _pad_rows(record["proposals"], num_proposals, 5)
   return {
       "image": padded,
       "image_hw": np.array([h, w], np.int32),
@@ -139,7 +142,8 @@ def make_dataset(cfg: PipelineConfig) -> grain.IterDataset:
   ds = ds.repeat(cfg.num_epochs)
   if cfg.augment:
     ds = ds.random_map(lambda item, rng: (item[0], augment(item[1], rng, cfg)), seed=cfg.seed)
-  ds = ds.map(lambda item: to_fixed_shapes(item[1], item[0], cfg))
+  ds = ds.map(lambda item: to_fixed_shapes(item[1], item[0], cfg.image_size, cfg.num_proposals,
+                                           cfg.max_lesions))
   ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
                                             prefetch_buffer_size=cfg.prefetch_batches))

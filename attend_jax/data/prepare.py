@@ -88,11 +88,12 @@ def _mask_boxes(mask_paths, malignant, original_hw, image_path, max_pixels: int
   return boxes
 
 
-def process_example(ex: Example, opts: PrepareOptions,
-                    max_pixels: int = dicom.MAX_PIXELS) -> dict:
+def process_example(ex: Example, opts: PrepareOptions, max_pixels: int = dicom.MAX_PIXELS,
+                    image: dicom.DicomImage | None = None) -> dict:
   """One record. Raises DataError (with the file and the reason) for unusable input, among it
-  an image or mask whose header claims more than ``max_pixels`` pixels."""
-  image = dicom.read_dicom(ex.path, max_pixels)
+  an image or mask whose header claims more than ``max_pixels`` pixels. ``image`` is
+  ``ex.path`` already read (predict reads each file once); otherwise it is read here."""
+  image = image or dicom.read_dicom(ex.path, max_pixels)
   pixels = image.pixels
   crop = breast.find_breast(pixels, ex.path, padding=opts.padding, rule=opts.crop)
   cropped = pixels[crop.y0:crop.y1, crop.x0:crop.x1]

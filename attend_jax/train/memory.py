@@ -45,7 +45,8 @@ def _example(config) -> dict[str, np.ndarray]:
            "lesion_boxes": np.zeros((0, 4), np.float32),
            "lesion_malignant": np.zeros((0,), np.float32),
            "proposals": np.zeros((0, 5), np.float32)}
-  return pipeline.to_fixed_shapes(empty, 0, pipeline.for_split(config, "train", train=True))
+  cfg = pipeline.for_split(config, "train", train=True)
+  return pipeline.to_fixed_shapes(empty, 0, cfg.image_size, cfg.num_proposals, cfg.max_lesions)
 
 
 def abstract_batch(config, mesh, batch_size: int, proposer=None) -> dict:

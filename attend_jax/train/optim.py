@@ -9,15 +9,8 @@ import optax
 
 
 def _path_str(path) -> str:
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
+  """A tree path as ``vision_model/blocks/3/attn/...``."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _block_index(path: str) -> int | None:

@@ -21,6 +21,7 @@ from attend_jax.data import dicom, pipeline, prepare, prepared
 from attend_jax.data import pool as pool_lib
 from attend_jax.data.sources.base import Example
 from attend_jax.errors import DataError
+from attend_jax.eval import tables
 from attend_jax.train import prediction, sharding
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -204,30 +205,6 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
   return images, bad
 
 
-def aggregate(images: Sequence[dict]) -> tuple[list[dict], list[dict]]:
-  """Per-breast (views of one study and side: mean and max) and per-exam (max over breasts of
-  the breast mean) probabilities. Images without a laterality stay out of the breast level."""
-  breasts: dict[tuple[str, str], list[float]] = {}
-  for im in images:
-    if im["laterality"] in ("L", "R"):
-      breasts.setdefault((im["study_id"], im["laterality"]), []).append(im["probability"])
-  breast_rows = [{"study_id": s, "laterality": lat, "views": len(p),
-                  "probability_mean": float(np.mean(p)), "probability_max": float(np.max(p))}
-                 for (s, lat), p in sorted(breasts.items())]
-  exams: dict[str, list[dict]] = {}
-  for row in breast_rows:
-    exams.setdefault(row["study_id"], []).append(row)
-  exam_rows = [{"study_id": s, "breasts": len(rows),
-                "probability": max(r["probability_mean"] for r in rows),
-                "side": max(rows, key=lambda r: r["probability_mean"])["laterality"]}
-               for s, rows in sorted(exams.items())]
-  return breast_rows, exam_rows
-
-
-PREDICTION_COLUMNS = ["path", "image_id", "study_id", "laterality", "view", "probability",
-                      "rois"]
-
-
 class OutputWriter:
   """predict's outputs in ``out``, written as they come: each image's row of predictions.csv
   (and its overlay) as soon as its batch is done, so a crash keeps what was predicted; the
@@ -237,29 +214,22 @@ class OutputWriter:
   def __init__(self, out: str | os.PathLike, overlays: bool = False):
     self.out = pathlib.Path(out)
     self.out.mkdir(parents=True, exist_ok=True)
-    self._file = open(self.out / "predictions.csv", "w", newline="")
-    self._csv = csv.writer(self._file)
-    self._csv.writerow(PREDICTION_COLUMNS)
-    self._file.flush()
+    self._table = tables.PredictionsCsv(self.out / "predictions.csv")
     self.overlays = overlays
 
   def image(self, prediction: dict, record: dict) -> None:
     im = prediction
-    self._csv.writerow([im["path"], im["image_id"], im["study_id"], im["laterality"], im["view"],
-                        f"{im['probability']:.6f}",
-                        json.dumps(im["rois"], separators=(",", ":"))])
-    self._file.flush()
+    self._table.write({k: im[k] for k in ("path", "image_id", "study_id", "laterality", "view",
+                                          "probability", "rois")})
     if self.overlays:
       name = im["image_id"].replace("/", "__")
       draw_overlay(im, record, self.out / "overlays" / f"{name}.png")
 
   def finish(self, images: list, bad: list, source: str) -> dict:
-    self._file.close()
-    breast_rows, exam_rows = aggregate(images)
-    for name, rows, cols in (
-        ("breasts.csv", breast_rows,
-         ["study_id", "laterality", "views", "probability_mean", "probability_max"]),
-        ("exams.csv", exam_rows, ["study_id", "breasts", "probability", "side"])):
+    self._table.close()
+    breast_rows, exam_rows = tables.breasts_and_exams(images)
+    for name, rows, cols in (("breasts.csv", breast_rows, tables.BREAST_COLUMNS),
+                             ("exams.csv", exam_rows, tables.EXAM_COLUMNS)):
       with open(self.out / name, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()

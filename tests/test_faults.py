@@ -26,6 +26,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 from attend_jax import inference
 from attend_jax.data import dicom, pool, prepare, proposals, synthetic
 from attend_jax.errors import ProposalError
+from attend_jax.eval import tables
 from attend_jax.data.sources import base as sources_base
 from attend_jax.data.sources import cbis_ddsm
 from configs import demo
@@ -509,7 +510,7 @@ def test_nbia_names_give_view_side_patient_exams_and_unique_ids(tmp_path):
   assert {e.study_id for e in examples} == {"P_00001", "P_00002"}
   images = [{"study_id": e.study_id, "laterality": e.laterality, "probability": 0.5}
             for e in examples]
-  breasts, exams = inference.aggregate(images)
+  breasts, exams = tables.breasts_and_exams(images)
   assert len(breasts) == 4 and len(exams) == 2
   # Overlay names follow the ids: one file per image, none overwritten.
   assert len({i.replace("/", "__") for i in ids}) == 8

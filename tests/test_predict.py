@@ -77,6 +77,13 @@ def test_predict_cli_on_a_folder_with_a_corrupt_file(run, tmp_path):
              for r in _rows(run / "work" / "eval" / "predictions.csv")}
   ours = {r["image_id"]: float(r["probability"]) for r in images}
   assert trained and all(ours[k] == pytest.approx(p, abs=1e-5) for k, p in trained.items())
+  # One schema: evaluate's table fills label, predict's path and rois.
+  header = lambda path: path.read_text().splitlines()[0].split(",")  # noqa: E731
+  assert header(out / "predictions.csv") == header(run / "work" / "eval" / "predictions.csv") == [
+      "image_id", "study_id", "laterality", "view", "label", "probability", "path", "rois"]
+  assert {r["label"] for r in images} == {""} and all(r["path"] for r in images)
+  evaluated = _rows(run / "work" / "eval" / "predictions.csv")
+  assert {r["label"] for r in evaluated} <= {"0", "1"} and {r["rois"] for r in evaluated} == {""}
 
 
 def test_predict_parses_each_file_once_into_the_record_prepare_makes(tmp_path, monkeypatch):
@@ -99,23 +106,6 @@ def test_predict_parses_each_file_once_into_the_record_prepare_makes(tmp_path, m
   assert record.keys() == want.keys()
   for key in want:
     np.testing.assert_array_equal(record[key], want[key], err_msg=key)
-
-
-def test_aggregation_on_a_hand_made_case():
-  images = [
-      {"study_id": "s1", "laterality": "L", "probability": 0.2},
-      {"study_id": "s1", "laterality": "L", "probability": 0.6},
-      {"study_id": "s1", "laterality": "R", "probability": 0.3},
-      {"study_id": "s2", "laterality": "R", "probability": 0.9},
-      {"study_id": "s2", "laterality": "", "probability": 0.99},  # No side: image level only.
-  ]
-  breasts, exams = inference.aggregate(images)
-  assert [(b["study_id"], b["laterality"], b["views"]) for b in breasts] == [
-      ("s1", "L", 2), ("s1", "R", 1), ("s2", "R", 1)]
-  assert breasts[0]["probability_mean"] == pytest.approx(0.4)
-  assert breasts[0]["probability_max"] == pytest.approx(0.6)
-  assert [(e["study_id"], e["side"]) for e in exams] == [("s1", "L"), ("s2", "R")]
-  assert exams[0]["probability"] == pytest.approx(0.4)
 
 
 def test_clear_errors_for_a_folder_without_a_model(tmp_path):

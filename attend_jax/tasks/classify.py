@@ -17,7 +17,7 @@ from flax import nnx
 
 from attend_jax import losses
 from attend_jax.data import device_augment
-from attend_jax.eval import metrics, report
+from attend_jax.eval import metrics, report, tables
 from attend_jax.models import attend, build, roi
 from attend_jax.tasks.base import Task
 
@@ -77,9 +77,6 @@ def loss_terms(logits, aux, rois, batch, config, step=None) -> dict[str, jax.Arr
   return out
 
 
-PREDICTIONS_HEADER = "image_id,study_id,laterality,view,label,probability\n"
-
-
 class Classify(Task):
   name = "classify"
 
@@ -127,11 +124,10 @@ class Classify(Task):
     summary = metrics.summary(pred["label"], pred["prob"], groups=pred["breast"])
     summary.update(split=split, **(extra or {}))
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    with open(out_dir / "predictions.csv", "w") as f:
-      f.write(PREDICTIONS_HEADER)
+    with tables.PredictionsCsv(out_dir / "predictions.csv") as table:
       for ids, y, p in zip(pred["ids"], pred["label"], pred["prob"]):
-        f.write(f"{ids['image_id']},{ids['study_id']},{ids['laterality']},{ids['view']},{y},"
-                f"{p:.6f}\n")
+        table.write({k: ids[k] for k in ("image_id", "study_id", "laterality", "view")}
+                    | {"label": int(y), "probability": p})
     if summary.get("auc") is not None:
       _, scores, labels = metrics.aggregate(pred["prob"], pred["label"], pred["breast"])
       report.plot_roc(pred["label"], pred["prob"], out_dir / "roc.png",

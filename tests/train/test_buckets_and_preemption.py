@@ -148,7 +148,7 @@ def test_a_bucket_run_killed_then_preempted_resumes_exactly_and_is_read_back(gcs
   assert out.returncode == 0, out.stderr[-3000:]
   gcs_emulator.fresh_listings()
   rows = (run / "predict" / "predictions.csv").read_text().splitlines()
-  assert len(rows) > 1 and rows[0].startswith("path,")
+  assert len(rows) > 1 and rows[0].startswith("image_id,")
   out = helpers.run("-m", "attend_jax.evaluate", f"--workdir={bucket}", "--split=val")
   assert out.returncode == 0, out.stderr[-3000:]
   gcs_emulator.fresh_listings()

@@ -11,6 +11,7 @@ import bench_summary
 import helpers
 
 
+@pytest.mark.slow
 def test_a_cpu_backend_is_refused_in_one_line():
   proc = subprocess.run(["tools/bench_accelerator.sh", "/tmp/never_written"], cwd=helpers.REPO,
                         env=helpers.env() | {"PYTHON": os.sys.executable}, capture_output=True,

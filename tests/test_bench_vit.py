@@ -4,6 +4,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 import bench_util
 import helpers
@@ -22,6 +23,7 @@ def test_classify_names_the_matmul_and_its_shapes():
   assert "matmul" in op_profile.summary(table), table
 
 
+@pytest.mark.slow
 def test_dry_run_writes_rows_and_both_frameworks_op_tables(tmp_path):
   # The README's flags; --dry_run makes the sizes 28 px.
   out = helpers.run("tools/bench_vit.py", "--dry_run", "--sizes=224,448", "--parts=forward,train",
@@ -39,6 +41,7 @@ def test_dry_run_writes_rows_and_both_frameworks_op_tables(tmp_path):
   assert "| aten::" in profile and "= backward dot of" in profile  # The train step's backward.
 
 
+@pytest.mark.slow
 def test_attention_a_b_without_torch_writes_a_row_per_kernel(tmp_path):
   """bench_accelerator.sh's A/B: each case once per kernel, JAX alone."""
   out = helpers.run("tools/bench_vit.py", "--dry_run", "--parts=train", "--attention=xla,cpu",

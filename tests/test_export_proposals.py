@@ -248,6 +248,7 @@ def test_a_classifier_missing_or_too_large_dataset_is_an_error(run, tmp_path):
   assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_records_hold_the_detector_boxes_as_their_proposals(run, direct):
   """--records: the prepared dataset again, its pixels untouched, its proposals the detector's
   boxes in stored pixels best first, made with the same prepare options."""

@@ -433,6 +433,7 @@ def _fake_cbis_rows(root: pathlib.Path, bom: bool) -> None:
       ("\ufeff" if bom else "").encode() + text.encode())
 
 
+@pytest.mark.slow
 def test_cbis_rows_missing_folders_masks_and_a_bom(tmp_path):
   _fake_cbis_rows(tmp_path / "raw", bom=True)  # As Excel saves it.
   listing = cbis_ddsm.list_examples(tmp_path / "raw")
@@ -452,6 +453,7 @@ def test_cbis_rows_missing_folders_masks_and_a_bom(tmp_path):
   assert manifest["flagged_rows"] == {"LabelError": 1, "MissingMaskError": 2}
 
 
+@pytest.mark.slow
 def test_a_dataset_of_unusable_images_ends_in_bad_files_and_one_line(tmp_path):
   _fake_cbis_rows(tmp_path / "raw", bom=False)
   for path in (tmp_path / "raw").rglob("1-1.dcm"):
@@ -467,6 +469,7 @@ def test_a_dataset_of_unusable_images_ends_in_bad_files_and_one_line(tmp_path):
   assert sum(r["path"].endswith("1-1.dcm") for r in rows) == 4
 
 
+@pytest.mark.slow
 def test_no_training_split_is_warned_about_at_prepare_and_at_train_time(tmp_path):
   _fake_cbis_rows(tmp_path / "raw", bom=False)
   csv_path = tmp_path / "raw" / "mass_case_description_train_set.csv"
@@ -527,6 +530,7 @@ def test_predict_writes_each_row_as_its_batch_is_done(tmp_path):
     assert [r["image_id"] for r in csv.DictReader(f)] == ["0", "1", "2"]
 
 
+@pytest.mark.slow
 def test_predict_checks_its_inputs_and_output_before_loading_a_model(tmp_path):
   no_model = tmp_path / "no_model"  # Not even a run: the inputs must be found wanting first.
   proc = helpers.run("-m", "attend_jax.predict", f"--workdir={no_model}", tmp_path / "nope.dcm",
@@ -637,6 +641,7 @@ def test_a_second_predict_on_an_out_folder_refuses_naming_the_first(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,message", [
     ("--config.train.stpes=5", 'error: --config.train.stpes: the config has no such setting;'
                                ' did you mean "steps"'),
@@ -811,6 +816,7 @@ def test_training_on_a_corrupt_shard_is_one_line(tiny_data, tmp_path):
   assert "rerun python tools/prepare_data.py --dataset synthetic" in last
 
 
+@pytest.mark.slow
 def test_the_nan_stop_is_one_line_and_says_there_was_no_checkpoint(tiny_data, tmp_path):
   proc = helpers.run(*_train_args(tiny_data, tmp_path / "run", "--config.loss.pos_weight=nan",
                                   "--config.train.steps=2"))

@@ -17,6 +17,7 @@ TINY = ["--config=configs/vindr.py:smoke", "--config.data.image_size=128",
         "--config.model.freeze_blocks=1", "--nofit", "--noeval"]
 
 
+@pytest.mark.slow
 def test_tiny_config_on_eight_devices(tmp_path):
   out = tmp_path / "scale.json"
   proc = helpers.run("tools/scale_report.py", *TINY, "--lower_for=tpu,cuda", f"--json={out}",
@@ -75,6 +76,7 @@ def test_tiny_config_on_eight_devices(tmp_path):
   assert data_only["train"]["collectives"]["all-reduce"]["bytes"] >= data_only["params_per_device"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config, extra, mesh", [
     ("configs/cbis.py:smoke", ("--compare_fsdp=0",), [{"data": 8, "fsdp": 1}]),
     ("configs/vindr_reference.py:smoke", ("--devices=1",), [{"data": 1, "fsdp": 1}]),
@@ -93,6 +95,7 @@ def test_the_readme_s_other_reports(tmp_path, config, extra, mesh):
   assert all(r["train"]["memory"]["peak"] > 0 for r in reports)
 
 
+@pytest.mark.slow
 def test_a_batch_the_devices_do_not_divide_is_one_clear_line():
   proc = helpers.run("tools/scale_report.py", *TINY, "--config.data.batch_size=4", devices=None)
   assert proc.returncode == 1

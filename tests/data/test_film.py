@@ -142,6 +142,7 @@ def test_film_fraction_zero_leaves_the_files_as_they_were(tmp_path):
       assert after == S.SyntheticImage(**{**vars(before), "breast_box": after.breast_box})
 
 
+@pytest.mark.slow
 def test_bad_film_fraction_and_the_cli_flag(tmp_path):
   with pytest.raises(S.SyntheticError, match="film_fraction"):
     S.generate(tmp_path / "a", 1, film_fraction=1.5)

@@ -376,6 +376,7 @@ def test_reference_proposals_land_on_the_lesions_in_the_reference_crop(reference
   assert far  # Some lesions that proposals in the wrong pixels would miss.
 
 
+@pytest.mark.slow
 def test_cli_writes_the_layout_and_prints_the_prepare_command_that_reads_it(tmp_path, reference):
   fixture, written = reference
   out = tmp_path / "reference"
@@ -447,6 +448,7 @@ def test_every_split_the_source_makes_holds_both_classes(tmp_path, layout):
   assert labels == {"train": {0, 1}, "val": {0, 1}, "test": {0, 1}}, labels
 
 
+@pytest.mark.slow
 def test_rsna_prepares_through_the_readme_s_command(tmp_path, rsna):
   """``tools/prepare_data.py --dataset rsna --root --out``: RSNA's splits come from the patient
   ids, the same for the records as for the source."""

@@ -198,6 +198,7 @@ print(json.dumps([[b["index"].tolist(), float(b["image"].astype("float64").sum()
 """
 
 
+@pytest.mark.slow
 def test_iterator_resumes_exactly_in_a_fresh_process(rsna_prepared):
   _, out, _ = rsna_prepared
   cfg = json.dumps({"data_dir": str(out), "config": "rsna_64", "batch_size": 2,
@@ -289,6 +290,7 @@ def test_bad_proposal_files_are_listed_and_the_rest_prepared(tmp_path):
   assert "NaN" in reasons["nan_preds.txt"] and "is empty" in reasons["empty_preds.txt"]
 
 
+@pytest.mark.slow
 def test_worker_processes_load_everything_and_resume(rsna_prepared):
   _, out, result = rsna_prepared
   n = result.counts["train"]["images"]

@@ -202,6 +202,7 @@ def test_bad_arguments_raise(tmp_path):
     S.generate(tmp_path / "b", 1, size_range=(96, 96))
 
 
+@pytest.mark.slow
 def test_cli(tmp_path):
   ok = helpers.run("tools/make_synthetic.py", "--out", tmp_path / "d", "--num_studies", "2",
                    "--seed", "2", "--min_size", "128", "--max_size", "160",

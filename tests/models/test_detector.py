@@ -519,6 +519,7 @@ def test_detect_boxes_scores_and_proposals(model, images):
   np.testing.assert_array_equal(props[..., 4], det["scores"])
 
 
+@pytest.mark.slow
 def test_tiny_detector_overfits_two_squares(model):
   """Two bright squares on black, one per image: the loss falls by an order of magnitude and
   each square gets a box with IoU > 0.5 among the top three detections."""

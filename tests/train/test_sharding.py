@@ -113,6 +113,7 @@ def _unusable_donations(messages):
   return [m for m in messages if "donated buffers were not usable" in m]
 
 
+@pytest.mark.slow
 def test_the_train_step_reuses_every_donated_buffer():
   _, _, messages = _compile_trainer_step(_tiny_bf16_config())
   assert not _unusable_donations(messages), _unusable_donations(messages)
@@ -125,6 +126,7 @@ def test_the_train_step_reuses_every_donated_buffer():
   assert _unusable_donations([str(w.message) for w in caught])
 
 
+@pytest.mark.slow
 def test_fsdp_gathers_the_vit_weights_in_bfloat16(tmp_path):
   """What the SPMD partitioner emits (XLA's HLO dump after it): every all-gather of a ViT
   weight moves 16 bits. (XLA:CPU, having no bfloat16 matmuls, later widens them to float32

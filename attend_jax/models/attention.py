@@ -184,13 +184,16 @@ def _xla(q, k, v, chunk: int, per_head: bool):
 # (PAIR_GROUP_BYTES), written out as independent ops that XLA:CPU runs on both cores at once:
 # at 257 tokens (224 px) three pairs an iteration run the loop 1.6x faster than one; at 1,025
 # tokens one pair already fills the cache.
+# At most MAX_PAIR_GROUP pairs, however short the sequence: each is a copy of the loop body in
+# the compiled program, and tiny models (the tests') would otherwise unroll every pair.
 PAIR_GROUP_BYTES = 1 << 20
+MAX_PAIR_GROUP = 4
 
 
 def pair_group(pairs: int, length: int, itemsize: int = 4) -> int:
   """Pairs per loop iteration: the largest divisor of ``pairs`` whose fp32 (N, N) scores
-  together fit PAIR_GROUP_BYTES, at least 1."""
-  fit = max(1, PAIR_GROUP_BYTES // (length * length * itemsize))
+  together fit PAIR_GROUP_BYTES, at least 1 and at most MAX_PAIR_GROUP."""
+  fit = min(MAX_PAIR_GROUP, max(1, PAIR_GROUP_BYTES // (length * length * itemsize)))
   return max(g for g in range(1, min(fit, pairs) + 1) if pairs % g == 0)
 
 
@@ -198,6 +201,8 @@ def _grouped_map(fn, arrays):
   """``lax.map`` of ``fn`` over the leading (pair) axis, pair_group(...) pairs per iteration."""
   pairs, length = arrays[0].shape[:2]
   group = pair_group(pairs, length)
+  if group == 1:
+    return jax.lax.map(lambda a: fn(*a), tuple(arrays))
   split = lambda t: t.reshape(pairs // group, group, *t.shape[1:])  # noqa: E731
 
   def body(chunk):

@@ -184,15 +184,20 @@ def _xla(q, k, v, chunk: int, per_head: bool):
 # (PAIR_GROUP_BYTES), written out as independent ops that XLA:CPU runs on both cores at once:
 # at 257 tokens (224 px) three pairs an iteration run the loop 1.6x faster than one; at 1,025
 # tokens one pair already fills the cache.
-# At most MAX_PAIR_GROUP pairs, however short the sequence: each is a copy of the loop body in
-# the compiled program, and tiny models (the tests') would otherwise unroll every pair.
+# Each pair of a group is a copy of the loop body in the compiled program: at most
+# MAX_PAIR_GROUP, and none below MIN_GROUP_LENGTH tokens, where tiny models (the tests') would
+# pay in compile time what they cannot gain in run time.
 PAIR_GROUP_BYTES = 1 << 20
 MAX_PAIR_GROUP = 4
+MIN_GROUP_LENGTH = 128
 
 
 def pair_group(pairs: int, length: int, itemsize: int = 4) -> int:
   """Pairs per loop iteration: the largest divisor of ``pairs`` whose fp32 (N, N) scores
-  together fit PAIR_GROUP_BYTES, at least 1 and at most MAX_PAIR_GROUP."""
+  together fit PAIR_GROUP_BYTES, at least 1 and at most MAX_PAIR_GROUP; 1 for sequences
+  shorter than MIN_GROUP_LENGTH."""
+  if length < MIN_GROUP_LENGTH:
+    return 1
   fit = min(MAX_PAIR_GROUP, max(1, PAIR_GROUP_BYTES // (length * length * itemsize)))
   return max(g for g in range(1, min(fit, pairs) + 1) if pairs % g == 0)
 

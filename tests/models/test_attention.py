@@ -95,8 +95,8 @@ def test_the_cpu_path_differentiates_like_xla_and_keeps_no_scores_for_the_backwa
     (30, 257, 3),   # ViT-S at 224 px, 5 RoIs: three 264 kB score blocks fit 1 MiB.
     (30, 1025, 1),  # At 448 px one 4.2 MB block is already past the budget.
     (7, 300, 1),    # Two would fit, but 7 pairs do not split into twos.
-    (6, 17, 3),     # Short sequences: at most MAX_PAIR_GROUP copies of the loop body.
-    (80, 17, 4)])
+    (80, 128, 4),   # At most MAX_PAIR_GROUP copies of the loop body...
+    (6, 17, 1)])    # ... and none for a tiny model's short sequences.
 def test_the_cpu_loop_takes_as_many_pairs_as_fit_the_cache_and_divide_the_pairs(
     pairs, length, group):
   assert attention.pair_group(pairs, length) == group

@@ -39,15 +39,26 @@ MAX_PIXELS = 100_000_000
 @dataclasses.dataclass(frozen=True)
 class DicomImage:
   pixels: np.ndarray  # (H, W) uint16, dense tissue bright, full 0..65535 scale.
-  laterality: str  # "L", "R" or "" when the file does not say.
-  view: str  # "CC", "MLO", ... or "".
   pixel_spacing: tuple[float, float] | None  # (row, column) mm.
   manufacturer: str
   photometric: str
-  sop_uid: str
   bits_stored: int
   transfer_syntax: str
-  identity: Identity  # Patient, exam, side and view, read from the same header.
+  identity: Identity  # Patient, exam, side, view and UIDs, read from the same header.
+
+  @property
+  def laterality(self) -> str:
+    """"L", "R" or "" when the file does not say."""
+    return self.identity.laterality
+
+  @property
+  def view(self) -> str:
+    """"CC", "MLO", ... or ""."""
+    return self.identity.view
+
+  @property
+  def sop_uid(self) -> str:
+    return self.identity.sop_uid
 
 
 def _text(ds, keyword: str) -> str:
@@ -294,12 +305,9 @@ def _read(path: pathlib.Path, max_pixels: int) -> DicomImage:
   pixels = _to_display(raw, ds, photometric, path)
   return DicomImage(
       pixels=pixels,
-      laterality=_laterality(ds, path),
-      view=_view(ds, path),
       pixel_spacing=_spacing(ds),
       manufacturer=_text(ds, "Manufacturer"),
       photometric=photometric,
-      sop_uid=_text(ds, "SOPInstanceUID"),
       bits_stored=bits_stored,
       transfer_syntax=str(syntax or ""),
       identity=identity(ds, path),

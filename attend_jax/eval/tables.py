@@ -65,17 +65,17 @@ def breasts_and_exams(images: Sequence[dict]) -> tuple[list[dict], list[dict]]:
   if not sided:
     return [], []
   keys = [(im["study_id"], im["laterality"]) for im in sided]
-  groups = [f"{study}\x00{side}" for study, side in keys]  # No id holds a NUL.
+  breasts = sorted(set(keys))  # Group i of metrics.aggregate is breasts[i].
+  number = {key: i for i, key in enumerate(breasts)}
+  groups = [number[key] for key in keys]
   probs = np.array([im["probability"] for im in sided], np.float64)
   no_labels = np.zeros(len(sided), np.int64)  # Tables of predictions: no truth to combine.
-  ids, means, _ = metrics.aggregate(probs, no_labels, groups, how="mean")
+  _, means, _ = metrics.aggregate(probs, no_labels, groups, how="mean")
   _, maxes, _ = metrics.aggregate(probs, no_labels, groups, how="max")
-  views = collections.Counter(groups)
-  breast_rows = sorted(
-      ({"study_id": g.split("\x00")[0], "laterality": g.split("\x00")[1], "views": views[g],
-        "probability_mean": float(m), "probability_max": float(x)}
-       for g, m, x in zip(ids.tolist(), means, maxes)),
-      key=lambda r: (r["study_id"], r["laterality"]))
+  views = collections.Counter(keys)
+  breast_rows = [{"study_id": study, "laterality": side, "views": views[study, side],
+                  "probability_mean": float(m), "probability_max": float(x)}
+                 for (study, side), m, x in zip(breasts, means, maxes)]
   by_study: dict[str, list[dict]] = {}
   for row in breast_rows:
     by_study.setdefault(row["study_id"], []).append(row)

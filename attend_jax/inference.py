@@ -21,7 +21,7 @@ from attend_jax.data import dicom, pipeline, prepare, prepared
 from attend_jax.data import pool as pool_lib
 from attend_jax.data.sources.base import Example
 from attend_jax.errors import DataError
-from attend_jax.eval import tables
+from attend_jax.eval import report, tables
 from attend_jax.train import prediction, sharding
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -245,36 +245,16 @@ class OutputWriter:
 
 
 def draw_overlay(prediction: dict, record: dict, path: pathlib.Path) -> None:
-  """The breast as stored (orientation restored), its RoIs coloured by attention, and the
-  probability in the corner."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from matplotlib import patches
-
+  """The breast as stored, orientation restored, its RoIs coloured by attention (the anchor
+  dashed), and the probability in the corner."""
   placement = geometry.Placement.of(record)
-  image = placement.display(np.asarray(record["image"], np.float32) / 65535.0)
-  h, w = image.shape
-  fig, ax = plt.subplots(figsize=(4, 4 * h / max(w, 1)), dpi=120)
-  ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-  cmap = plt.get_cmap("plasma")
-  weights = np.array([r["attention"] for r in prediction["rois"]])
+  rois = prediction["rois"]
+  weights = np.array([r["attention"] for r in rois])
   top = weights.max() if len(weights) and weights.max() > 0 else 1.0
-  for roi in prediction["rois"]:
-    bx0, by0, bx1, by1 = placement.original_to_display(roi["box_xyxy"])[0]
-    color = cmap(roi["attention"] / top)
-    ax.add_patch(patches.Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, color=color,
-                                   linewidth=1 if roi["anchor"] else 2,
-                                   linestyle="--" if roi["anchor"] else "-"))
-    ax.text(bx0, by0, f"{roi['attention']:.2f}", color=color, fontsize=6, va="bottom")
-  ax.text(0.02, 0.98, f"p(cancer) = {prediction['probability']:.3f}", transform=ax.transAxes,
-          va="top", ha="left", color="white", fontsize=8,
-          bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0})
-  ax.set_title(f"{prediction['image_id']}  {prediction['laterality']} {prediction['view']}",
-               fontsize=7)
-  ax.axis("off")
-  fig.tight_layout()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path)
-  plt.close(fig)
+  report.plot_overlay(report.Tile(
+      placement.display(np.asarray(record["image"], np.float32) / 65535.0),
+      np.array([placement.original_to_display(r["box_xyxy"])[0] for r in rois]).reshape(-1, 4),
+      weights / top, texts=[f"{w:.2f}" for w in weights],
+      dashed=np.array([bool(r["anchor"]) for r in rois]),
+      caption=f"p(cancer) = {prediction['probability']:.3f}",
+      title=f"{prediction['image_id']}  {prediction['laterality']} {prediction['view']}"), path)

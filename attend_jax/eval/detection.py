@@ -215,10 +215,9 @@ def sensitivity_at_fps(fps, sens, points: Sequence[float] = (0.5, 1.0, 2.0)) -> 
   return result
 
 
-def _average_precision(images: list[_Image], iou: float, max_dets: int) -> float | None:
+def _precision_recall(images: list[_Image], iou: float, max_dets: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
   num_lesions = _num_lesions(images)
-  if num_lesions == 0:
-    return None
   # COCOeval caps the threshold so that IoU 1 still matches boxes equal up to round-off.
   threshold = min(iou, 1 - 1e-10)
   all_scores, all_matched = [], []
@@ -245,7 +244,30 @@ def _average_precision(images: list[_Image], iou: float, max_dets: int) -> float
   fp = np.cumsum(~true_positive).astype(np.float64)
   recall = tp / num_lesions
   precision = tp / (fp + tp + np.spacing(1))
-  precision = np.maximum.accumulate(precision[::-1])[::-1]  # Best precision at >= this recall.
+  return recall, np.maximum.accumulate(precision[::-1])[::-1]  # Best at >= this recall.
+
+
+def precision_recall(detections: Sequence[tuple[np.ndarray, np.ndarray]],
+                     lesions: Sequence[np.ndarray], iou: float = 0.5, max_dets: int = 100
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """(recall, precision) after each detection, pooled over images in descending score, with
+  the matching ``average_precision`` uses; precision is made monotone (the best precision at
+  this recall or more), as AP samples it.
+
+  Raises:
+    DetectionError: if no image has a lesion, for which recall is undefined.
+  """
+  images = _check_images(detections, lesions)
+  if _num_lesions(images) == 0:
+    raise DetectionError(f"precision_recall needs lesions, but all {len(images)} images are"
+                         " normal")
+  return _precision_recall(images, _check_iou(iou), _check_count(max_dets, "max_dets"))
+
+
+def _average_precision(images: list[_Image], iou: float, max_dets: int) -> float | None:
+  if _num_lesions(images) == 0:
+    return None
+  recall, precision = _precision_recall(images, iou, max_dets)
   index = np.searchsorted(recall, _COCO_RECALL_THRESHOLDS, side="left")
   reached = index < len(precision)
   sampled = np.zeros(len(_COCO_RECALL_THRESHOLDS))

@@ -1,5 +1,6 @@
 """Evaluation figures (PNG) and tables (markdown) built on ``attend_jax.eval.metrics`` and
-``attend_jax.eval.detection``.
+``attend_jax.eval.detection``: the curves (ROC, precision-recall, calibration, FROC), and the
+pictures of images with their boxes (predict's overlay, evaluate's gallery).
 
 Figures are drawn on bare ``matplotlib.figure.Figure`` objects rather than through pyplot, so
 they never touch a display or pyplot's global list of open figures, whatever backend the
@@ -10,7 +11,9 @@ this module is (every CLI imports it, through the tasks, and most never plot).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -156,3 +159,106 @@ def confusion_markdown(labels, scores, threshold: float) -> str:
       f"| Actual positive | {c['tp']} | {c['fn']} |",
       f"| Actual negative | {c['fp']} | {c['tn']} |",
   ]) + "\n"
+
+
+def _rectangle(box, **kwargs):
+  from matplotlib.patches import Rectangle  # noqa: PLC0415  (see the module's docstring)
+
+  x0, y0, x1, y1 = (float(v) for v in box)
+  return Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, **kwargs)
+
+
+@dataclasses.dataclass
+class Tile:
+  """One image with its boxes, for an overlay or a gallery cell.
+
+  ``image`` is grey in [0, 1]; ``boxes`` (n, 4) ``x0 y0 x1 y1`` in its pixels, each coloured by
+  its ``weights`` (n,) in [0, 1] (attention or score; bright is more) and labelled with its
+  ``texts``; ``dashed`` (n,) marks boxes drawn dashed and thin (the whole-crop anchor);
+  ``truth`` (m, 4) are the lesions, dotted green; ``caption`` goes in the top-left corner.
+  """
+
+  image: np.ndarray
+  boxes: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 4)))
+  weights: np.ndarray | None = None
+  texts: Sequence[str] = ()
+  dashed: np.ndarray | None = None
+  truth: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 4)))
+  caption: str = ""
+  title: str = ""
+
+
+def _draw_tile(ax, tile: Tile, font: float) -> None:
+  from matplotlib import colormaps  # noqa: PLC0415  (see the module's docstring)
+
+  cmap = colormaps["plasma"]
+  ax.imshow(tile.image, cmap="gray", vmin=0, vmax=1)
+  boxes = np.asarray(tile.boxes, np.float64).reshape(-1, 4)
+  weights = np.ones(len(boxes)) if tile.weights is None else np.asarray(tile.weights)
+  dashed = np.zeros(len(boxes), bool) if tile.dashed is None else np.asarray(tile.dashed)
+  for i, box in enumerate(boxes):
+    color = cmap(float(np.clip(weights[i], 0, 1)))
+    ax.add_patch(_rectangle(box, color=color, linewidth=1 if dashed[i] else 1.8,
+                            linestyle="--" if dashed[i] else "-"))
+    if i < len(tile.texts):
+      ax.text(box[0], box[1], tile.texts[i], color=color, fontsize=font - 2, va="bottom")
+  for box in np.asarray(tile.truth, np.float64).reshape(-1, 4):
+    ax.add_patch(_rectangle(box, color="lime", linewidth=1, linestyle=":"))
+  if tile.caption:
+    ax.text(0.02, 0.98, tile.caption, transform=ax.transAxes, va="top", ha="left",
+            color="white", fontsize=font, bbox={"facecolor": "black", "alpha": 0.6,
+                                                "linewidth": 0})
+  if tile.title:
+    ax.set_title(tile.title, fontsize=font - 1)
+  ax.axis("off")
+
+
+def plot_overlay(tile: Tile, path: str | os.PathLike, width: float = 4.0) -> Path:
+  """One image with its boxes (predict's ``--overlays``), ``width`` inches wide."""
+  h, w = np.shape(tile.image)[:2]
+  fig = _figure((width, width * h / max(w, 1)))
+  _draw_tile(fig.subplots(), tile, font=8)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_gallery(rows: Mapping[str, Sequence[Tile]], path: str | os.PathLike,
+                 columns: int = 4) -> Path:
+  """A grid with one row of up to ``columns`` tiles per entry of ``rows``, titled by its key;
+  a row with fewer tiles leaves its cells blank."""
+  columns = max(columns, 1)
+  fig = _figure((2.4 * columns, 2.7 * max(len(rows), 1)))
+  axes = fig.subplots(max(len(rows), 1), columns, squeeze=False)
+  for row_axes, (name, tiles) in zip(axes, rows.items()):
+    row_axes[0].set_title(name, loc="left", fontsize=9)
+    for ax in row_axes:
+      ax.axis("off")
+    for ax, tile in zip(row_axes, tiles):
+      _draw_tile(ax, tile, font=7)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_detection_pr(recall, precision, path: str | os.PathLike, ap: float | None = None,
+                      title: str | None = None) -> Path:
+  """Lesion-detection precision against recall as the score threshold falls, e.g. from
+  ``detection.precision_recall``; ``ap`` goes in the legend."""
+  fig = _figure((5.5, 5))
+  ax = fig.subplots()
+  label = "Detections" if ap is None else f"AP {ap:.3f}"
+  ax.plot(np.r_[0.0, recall], np.r_[precision[:1] if len(precision) else [1.0], precision],
+          drawstyle="steps-pre", label=label)
+  ax.grid(color="0.9", linewidth=0.8)
+  ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Lesion recall", ylabel="Precision",
+         title=title or "Detection precision-recall")
+  ax.legend(loc="upper right", fontsize=8)
+  return _save(fig, path)
+
+
+def metrics_markdown(rows: Sequence[tuple[str, Sequence[float | None]]],
+                     columns: Sequence[str]) -> str:
+  """A markdown table: one row per (name, values), numbers to three places, None as n/a."""
+  lines = ["| metric | " + " | ".join(columns) + " |",
+           "|---|" + "---:|" * len(columns)]
+  lines += [f"| {name} | " + " | ".join(_rate(v) for v in values) + " |" for name, values in rows]
+  return "\n".join(lines) + "\n"

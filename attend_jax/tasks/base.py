@@ -8,10 +8,13 @@ The trainer, the prediction loop and the evaluators only talk to this interface;
 from __future__ import annotations
 
 import abc
+import json
 import pathlib
 
 import jax
 from flax import nnx
+
+from attend_jax.data import records
 
 
 class Task(abc.ABC):
@@ -63,7 +66,34 @@ class Task(abc.ABC):
     """The metrics of a predicted split (``attend_jax.train.prediction.predict_split``'s output)."""
 
   @abc.abstractmethod
-  def write(self, pred: dict, out_dir: pathlib.Path, split: str, extra: dict | None = None
-            ) -> dict:
-    """``metrics.json`` (the metrics, ``split`` and ``extra``), the per-example table and the
-    task's plots into ``out_dir``; returns what metrics.json holds."""
+  def write(self, pred: dict, out_dir: pathlib.Path, split: str, extra: dict | None = None,
+            gallery: int = 4) -> dict:
+    """The task's evaluation of a predicted split, into ``out_dir``: ``metrics.json`` (the
+    metrics, ``split`` and ``extra``), the per-example table, the plots, a gallery of
+    ``gallery`` images per row (0: none) and ``report.md``, which links them all. Train-time
+    evaluation and ``attend_jax.evaluate`` both write through it. Returns what metrics.json
+    holds."""
+
+  @abc.abstractmethod
+  def headline(self, summary: dict) -> str:
+    """One readable line of ``summary``'s main numbers, for logs."""
+
+  def records(self, split: str):
+    """The prepared records of ``split`` (the images a gallery shows), by index."""
+    return records.data_source(self.config.data.dir, self.config.data.name, split)
+
+  def report_header(self, split: str, summary: dict, extra: dict | None) -> list[str]:
+    """The first lines of report.md: the split, the model and the data."""
+    lines = [f"# Evaluation: {split} split", ""]
+    if (extra or {}).get("model"):
+      lines += [f"Model: `{extra['model']}`", ""]
+    return lines + [f"Data: `{self.config.data.dir}` ({self.config.data.name}).", ""]
+
+
+def write_json(path: pathlib.Path, summary: dict) -> None:
+  path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def fmt(value, digits: int = 3) -> str:
+  """A metric for a log line or a table: n/a for None."""
+  return "n/a" if value is None else f"{value:.{digits}f}"

@@ -8,18 +8,18 @@ hard-negative contrastive term over the global batch.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from attend_jax import losses
+from attend_jax import box_ops, losses
 from attend_jax.data import device_augment
 from attend_jax.eval import metrics, report, tables
 from attend_jax.models import attend, build, roi
-from attend_jax.tasks.base import Task
+from attend_jax.tasks.base import Task, fmt, write_json
 
 
 def probabilities(logits: jax.Array, num_classes: int) -> jax.Array:
@@ -117,19 +117,80 @@ class Classify(Task):
     return metrics.summary(pred["label"], pred["prob"], groups=pred["breast"],
                            num_bootstrap=num_bootstrap)
 
-  def write(self, pred, out_dir, split, extra=None):
-    """metrics.json (with a bootstrap CI of the AUC, and ``extra``), predictions.csv, roc.png."""
+  def write(self, pred, out_dir, split, extra=None, gallery=4):
+    """metrics.json (with a bootstrap CI of the AUC, the confusion table at the best-F1
+    threshold, and ``extra``), predictions.csv, roc.png, pr.png, calibration.png, gallery.png
+    (the highest-scoring true and false positives and the lowest-scoring false negatives, their
+    RoIs coloured by attention) and report.md."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = metrics.summary(pred["label"], pred["prob"], groups=pred["breast"])
+    labels, probs = pred["label"], pred["prob"]
+    summary = metrics.summary(labels, probs, groups=pred["breast"])
+    both = summary.get("auc") is not None
+    if both:
+      summary["confusion_at_best_f1"] = metrics.confusion_at(labels, probs,
+                                                             summary["best_f1_threshold"])
     summary.update(split=split, **(extra or {}))
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / "metrics.json", summary)
     with tables.PredictionsCsv(out_dir / "predictions.csv") as table:
-      for ids, y, p in zip(pred["ids"], pred["label"], pred["prob"]):
+      for ids, y, p in zip(pred["ids"], labels, probs):
         table.write({k: ids[k] for k in ("image_id", "study_id", "laterality", "view")}
                     | {"label": int(y), "probability": p})
-    if summary.get("auc") is not None:
-      _, scores, labels = metrics.aggregate(pred["prob"], pred["label"], pred["breast"])
-      report.plot_roc(pred["label"], pred["prob"], out_dir / "roc.png",
-                      title=f"{split}: image and breast level", breast=(labels, scores))
+    lines = self.report_header(split, summary, extra) + [
+        f"{len(labels)} images, {int(labels.sum())} cancers.", "",
+        report.metrics_markdown(
+            [(key, (summary.get(key), summary.get("breast", {}).get(key)))
+             for key in ("auc", "auc_ci_low", "auc_ci_high", "best_f1", "sens_at_fpr_0.1",
+                         "sens_at_fpr_0.3", "sens_at_fpr_0.5")], ("image", "breast"))]
+    if both:
+      _, scores, breast_labels = metrics.aggregate(probs, labels, pred["breast"])
+      report.plot_roc(labels, probs, out_dir / "roc.png",
+                      title=f"{split}: image and breast level", breast=(breast_labels, scores))
+      report.plot_pr(labels, probs, out_dir / "pr.png", title=f"{split}: precision-recall")
+      report.plot_calibration(labels, probs, out_dir / "calibration.png", title=split)
+      lines += ["## Confusion at the best-F1 threshold", "",
+                report.confusion_markdown(labels, probs, summary["best_f1_threshold"]),
+                "## Curves", "", "![ROC](roc.png) ![PR](pr.png)", "",
+                "## Calibration", "", "![calibration](calibration.png)", ""]
+      if gallery and "rois" in pred:
+        report.plot_gallery(self.gallery(pred, split, gallery), out_dir / "gallery.png",
+                            gallery)
+        lines += ["## Gallery", "", "RoIs coloured by attention (bright = more); lesion boxes"
+                  " dotted green.", "", "![gallery](gallery.png)", ""]
+    else:
+      lines += ["Only one class in this split: no curves, no gallery.", ""]
+    lines += ["Per-image scores: [predictions.csv](predictions.csv);"
+              " all numbers: [metrics.json](metrics.json)."]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     return summary
+
+  def gallery(self, pred: dict, split: str, k: int) -> dict[str, list[report.Tile]]:
+    """The highest-scoring true positives and false positives and the lowest-scoring false
+    negatives, ``k`` of each, with their RoIs (by attention) and lesions, in stored pixels."""
+    labels, probs = pred["label"], pred["prob"]
+    order = np.argsort(-probs, kind="stable")
+    pos, neg = order[labels[order] == 1], order[labels[order] == 0]
+    picks = {"true positives (highest scores)": pos[:k],
+             "false positives (highest-scoring negatives)": neg[:k],
+             "false negatives (lowest-scoring cancers)": pos[::-1][:k]}
+    source = self.records(split)
+    rows = {}
+    for name, indices in picks.items():
+      rows[name] = []
+      for i in indices:
+        record = source[int(pred["index"][i])]
+        weights = pred["attention"][i]
+        rows[name].append(report.Tile(
+            np.asarray(record["image"], np.float32) / 65535.0,
+            box_ops.to_xyxy(np.asarray(pred["rois"][i], np.float64)),
+            weights / max(float(weights.max()), 1e-9),
+            truth=np.asarray(record["lesion_boxes"]).reshape(-1, 4),
+            caption=f"p={probs[i]:.2f}"))
+    return rows
+
+  def headline(self, summary):
+    breast = summary.get("breast", {})
+    return (f"AUC {fmt(summary.get('auc'))} (breast {fmt(breast.get('auc'))}),"
+            f" best F1 {fmt(summary.get('best_f1'))}, sensitivity at FPR 0.1"
+            f" {fmt(summary.get('sens_at_fpr_0.1'))}; {summary['num_examples']} images,"
+            f" {summary['num_positive']} cancers")

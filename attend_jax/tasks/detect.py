@@ -3,23 +3,29 @@ judged by lesion recall, FROC and AP, and used by the classifier as its proposer
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from attend_jax import box_ops
 from attend_jax.data import device_augment
 from attend_jax.eval import detection, report
 from attend_jax.models import build, detector
-from attend_jax.tasks.base import Task
+from attend_jax.tasks.base import Task, fmt, write_json
 
+_GALLERY_BOXES = 3  # Boxes drawn per gallery image, best first.
 DETECTIONS_HEADER = "image_id,study_id,laterality,view,label,num_lesions,rank,x0,y0,x1,y1,score\n"
 
 
 def _detections(pred: dict) -> tuple[list, list]:
-  dets = [(b[v], s[v]) for b, s, v in zip(pred["boxes"], pred["scores"], pred["valid"])]
+  """Per image: the kept (boxes, scores), best first, and the lesion boxes."""
+  dets = []
+  for b, s, v in zip(pred["boxes"], pred["scores"], pred["valid"]):
+    order = np.argsort(-s[v], kind="stable")
+    dets.append((b[v][order], s[v][order]))
   lesions = [b[m] for b, m in zip(pred["lesion_boxes"], pred["lesion_mask"])]
   return dets, lesions
 
@@ -56,27 +62,83 @@ class Detect(Task):
   def summarize(self, pred):
     return detection.summary(*_detections(pred))
 
-  def write(self, pred, out_dir, split, extra=None):
-    """metrics.json, froc.png and detections.csv (every kept box, stored breast-crop pixels)."""
+  def write(self, pred, out_dir, split, extra=None, gallery=4):
+    """metrics.json (recall@k, FROC sensitivities, mAP@0.5), detections.csv (every kept box,
+    stored breast-crop pixels), froc.png, pr.png (the precision-recall curve behind mAP@0.5),
+    gallery.png (found lesions, missed lesions and false marks on normal images, boxes
+    coloured by score) and report.md."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = self.summarize(pred)
+    dets, lesions = _detections(pred)
+    summary = detection.summary(dets, lesions)
     summary.update(split=split, **(extra or {}))
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / "metrics.json", summary)
     with open(out_dir / "detections.csv", "w") as f:
       f.write(DETECTIONS_HEADER)
       for i, ids in enumerate(pred["ids"]):
         head = (f"{ids['image_id']},{ids['study_id']},{ids['laterality']},{ids['view']},"
                 f"{pred['label'][i]},{int(pred['lesion_mask'][i].sum())}")
-        boxes, scores = pred["boxes"][i][pred["valid"][i]], pred["scores"][i][pred["valid"][i]]
-        for rank, (box, score) in enumerate(zip(boxes, scores)):
+        for rank, (box, score) in enumerate(zip(*dets[i])):
           f.write(f"{head},{rank}," + ",".join(f"{v:.1f}" for v in box) + f",{score:.5f}\n")
+    recall_keys = [k for k in summary if k.startswith("recall@")]
+    lines = self.report_header(split, summary, extra) + [
+        f"{summary['num_images']} images, {summary['num_lesions']} lesions,"
+        f" {summary['num_detections']} detections kept.", "",
+        report.metrics_markdown([(k, (summary[k],)) for k in (
+            *recall_keys, *(k for k in summary if k.startswith("froc_sens@")), "map50")],
+            ("value",))]
     if summary.get("froc"):
       report.plot_froc(summary["froc"]["fps_per_image"], summary["froc"]["sensitivity"],
                        out_dir / "froc.png",
                        title=f"{split}: {summary['num_lesions']} lesions in"
                              f" {summary['num_images']} images (IoU >= 0.3)")
+      recall, precision = detection.precision_recall(dets, lesions, iou=0.5)
+      report.plot_detection_pr(recall, precision, out_dir / "pr.png", ap=summary["map50"],
+                               title=f"{split}: detections at IoU >= 0.5")
+      lines += ["## Curves", "", "![FROC](froc.png) ![precision-recall](pr.png)", ""]
+    else:
+      lines += ["No lesion in this split: no FROC, no precision-recall.", ""]
+    if gallery:
+      report.plot_gallery(self.gallery(pred, split, gallery), out_dir / "gallery.png", gallery)
+      lines += ["## Gallery", "", f"The top {_GALLERY_BOXES} boxes of each image, coloured by"
+                " score (bright = higher); lesions dotted green.", "",
+                "![gallery](gallery.png)", ""]
+    lines += ["Every kept box: [detections.csv](detections.csv);"
+              " all numbers: [metrics.json](metrics.json)."]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     return summary
+
+  def gallery(self, pred: dict, split: str, k: int) -> dict[str, list[report.Tile]]:
+    """``k`` images each: lesions the top boxes find and those they miss (by top score), and
+    the normal images with the highest-scoring false marks; stored pixels."""
+    dets, lesions = _detections(pred)
+    top = np.array([float(s[0]) if len(s) else -np.inf for _, s in dets])
+    found = np.array([
+        len(les) > 0 and bool((box_ops.pairwise_iou(b[:_GALLERY_BOXES], les) >= 0.3).any())
+        for (b, _), les in zip(dets, lesions)])
+    has_lesion = np.array([len(les) > 0 for les in lesions])
+    order = np.argsort(-top, kind="stable")
+    picks = {f"lesions found by a top-{_GALLERY_BOXES} box": order[found[order]][:k],
+             "lesions missed": order[(has_lesion & ~found)[order]][:k],
+             "false marks on normal images": order[~has_lesion[order]][:k]}
+    source = self.records(split)
+    rows = {}
+    for name, indices in picks.items():
+      rows[name] = []
+      for i in indices:
+        record = source[int(pred["index"][i])]
+        boxes, scores = dets[i][0][:_GALLERY_BOXES], dets[i][1][:_GALLERY_BOXES]
+        rows[name].append(report.Tile(
+            np.asarray(record["image"], np.float32) / 65535.0, boxes, scores,
+            texts=[f"{s:.2f}" for s in scores], truth=lesions[i],
+            caption=f"top {top[i]:.2f}" if np.isfinite(top[i]) else "no box"))
+    return rows
+
+  def headline(self, summary):
+    return (f"mAP@0.5 {fmt(summary.get('map50'))}, recall@3 (IoU 0.3)"
+            f" {fmt(summary.get('recall@3_iou0.3'))}, FROC sensitivity at 1 FP/image"
+            f" {fmt(summary.get('froc_sens@1fp'))}; {summary['num_images']} images,"
+            f" {summary['num_lesions']} lesions")
 
 
 def proposer(model: detector.Detector, k: int, mesh=None):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -376,9 +375,8 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
   if jax.process_index() == 0:
     with paths.staged(workdir / "eval") as out:
       summary = task.write(pred, out, split)
-    log("%s: %s", split, json.dumps({k: v for k, v in summary.items()
-                                    if not isinstance(v, dict)}))
-    log("Wrote %s", workdir / "eval")
+    log("%s: %s", split, task.headline(summary))
+    log("Wrote %s (report.md, metrics.json)", workdir / "eval")
   ckpts.close()
   writer.close()
   return summary

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import pathlib
+import re
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -89,12 +90,21 @@ def rows(path: pathlib.Path) -> list[dict]:
 
 
 def evaluate(workdir: pathlib.Path, out: pathlib.Path) -> dict:
-  """``python -m attend_jax.evaluate`` on the test split: its metrics, after checking its files."""
-  ok("-m", "attend_jax.evaluate", f"--workdir={workdir}", "--split=test", f"--out={out}")
+  """``python -m attend_jax.evaluate`` on the test split: its metrics, after checking that the
+  files its report links exist and that its table has a row per image (a classifier) or per
+  kept box (a detector)."""
+  printed = ok("-m", "attend_jax.evaluate", f"--workdir={workdir}", "--split=test",
+               f"--out={out}")
   metrics = json.loads((out / "metrics.json").read_text())
-  for name in ("predictions.csv", "roc.png", "report.md"):
-    assert (out / name).exists(), name
-  assert len(rows(out / "predictions.csv")) == metrics["num_examples"]
+  report = (out / "report.md").read_text()
+  for link in re.findall(r"\]\(([^)]+)\)", report):
+    assert (out / link).is_file(), link
+  if "map50" in metrics:
+    assert "mAP@0.5" in printed and "(detections.csv)" in report
+    assert len(rows(out / "detections.csv")) == metrics["num_detections"]
+  else:
+    assert "AUC" in printed and "(predictions.csv)" in report
+    assert len(rows(out / "predictions.csv")) == metrics["num_examples"]
   return metrics
 
 

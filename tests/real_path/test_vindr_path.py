@@ -52,6 +52,8 @@ def test_the_two_stage_recipe_detector_first(vindr, backbone, tmp_path):
   metrics, _ = flow.train("configs/detector_vindr.py:tiny", detector, vindr / "data", backbone)
   assert metrics["num_lesions"] > 0 and metrics["recall@10_iou0.3"] is not None
   flow.check_backbone(detector, backbone, frozen=3)
+  evaluated = flow.evaluate(detector, tmp_path / "evaluate_detector")
+  assert evaluated["num_lesions"] > 0 and evaluated["froc"] is not None
   work = tmp_path / "vindr_det"
   metrics, out = flow.train("configs/vindr.py:tiny,detector", work, vindr / "data", backbone,
                             f"--config.proposals.detector={detector}")

@@ -165,23 +165,39 @@ def _anchors(text: str) -> set[str]:
   return out
 
 
-def test_anchors_are_made_as_github_makes_them():
-  assert _anchors("# Results: what (synthetic, CPU scale)\n## Try a dataset's path\n```\n# x\n```") \
-      == {"results-what-synthetic-cpu-scale", "try-a-datasets-path"}
-
-
-def test_every_relative_link_of_the_readme_and_docs_leads_to_a_file_and_heading_that_exist():
+def _broken_links(pages, root) -> list[str]:
+  """Each relative link of ``pages`` to a file, or a heading of a page, that does not exist."""
   broken = []
-  for page in rc.pages():
-    text = page.read_text()
-    for target in _LINK.findall(_prose(text)):
+  for page in pages:
+    for target in _LINK.findall(_prose(page.read_text())):
       if re.match(r"[a-z]+:", target):
         continue  # https:, mailto:
       path, _, anchor = target.partition("#")
       linked = (page.parent / path).resolve() if path else page
-      where = f"{page.relative_to(rc.REPO)}: {target}"
+      where = f"{page.relative_to(root)}: {target}"
       if not linked.exists():
         broken.append(f"{where}: no such file")
       elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked.read_text()):
         broken.append(f"{where}: no such heading")
+  return broken
+
+
+def test_anchors_are_made_as_github_makes_them():
+  text = "# Results: what (synthetic, CPU scale)\n## Try a dataset's path\n```\n# x\n```\n"
+  assert _anchors(text) == {"results-what-synthetic-cpu-scale", "try-a-datasets-path"}
+
+
+def test_the_link_check_finds_a_missing_file_and_a_missing_heading(tmp_path):
+  (tmp_path / "docs").mkdir()
+  readme, page = tmp_path / "README.md", tmp_path / "docs" / "data.md"
+  readme.write_text("[ok](docs/data.md#prepare) [gone](docs/gone.md) [site](https://x.org/a)\n"
+                    "```\n[in a block](docs/nowhere.md)\n```\n")
+  page.write_text("# Data\n\n## Prepare\n\n[back](../README.md#nothing) [here](#data)\n")
+  assert _broken_links([readme, page], tmp_path) == [
+      "README.md: docs/gone.md: no such file",
+      "docs/data.md: ../README.md#nothing: no such heading"]
+
+
+def test_every_relative_link_of_the_readme_and_docs_leads_to_a_file_and_heading_that_exist():
+  broken = _broken_links(rc.pages(), rc.REPO)
   assert not broken, "\n".join(broken)

@@ -8,7 +8,7 @@ r"""CBIS-DDSM: malignant vs benign/normal from the TCIA release, boxes from the 
 An image is positive when any of its abnormalities is MALIGNANT. CBIS-DDSM's own train/test
 split is kept; validation is split off the training patients. The RoIs are the breast and its
 2 x 2 tiles; ``:detector`` takes the breast and the top 4 boxes of the detector trained with
-configs/detector_cbis.py instead (the two-stage recipe, see the README):
+configs/detector_cbis.py instead (the two-stage recipe, see docs/detector.md):
 
   python -m attend_jax.main --config=configs/detector_cbis.py --workdir=workdirs/detector_cbis
   python -m attend_jax.main --config=configs/cbis.py:detector --workdir=workdirs/cbis_det

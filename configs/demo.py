@@ -115,7 +115,7 @@ VARIANTS = {
     "grid RoIs": {"proposals.source": "grid"},
     "breast only": {"proposals.source": "breast_only", "proposals.topk": 1},
     "attn pooling": {"model.pool": "attn"},
-    # Why the contrastive term hurts here (README, results): a tenth of the weight, the weight
+    # Why the contrastive term hurts here (docs/results.md): a tenth of the weight, the weight
     # ramped up over half the run, and image embeddings only (no RoIs in the contrast).
     "+ contrastive (w 0.1)": {"loss.contrastive_weight": 0.1, "loss.beta": 1.0},
     "+ contrastive (warm-up)": {"loss.contrastive_weight": 0.5, "loss.contrastive_warmup": 500},

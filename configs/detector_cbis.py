@@ -5,7 +5,7 @@ r"""The RoI detector on CBIS-DDSM: lesion boxes from the ROI masks (masses and c
   python tools/convert_dinov2.py --variant vitb14 --out weights/dinov2_vitb14
   python -m attend_jax.main --config=configs/detector_cbis.py --workdir=workdirs/detector_cbis
 
-Then the classifier on its boxes (the two-stage recipe; see the README):
+Then the classifier on its boxes (the two-stage recipe; see docs/detector.md):
 
   python -m attend_jax.main --config=configs/cbis.py:detector --workdir=workdirs/cbis_det
 

@@ -6,7 +6,7 @@ finding_annotations.csv.
   python tools/convert_dinov2.py --variant vitb14 --out weights/dinov2_vitb14
   python -m attend_jax.main --config=configs/detector_vindr.py --workdir=workdirs/detector_vindr
 
-Then the classifier on its boxes (the two-stage recipe; see the README):
+Then the classifier on its boxes (the two-stage recipe; see docs/detector.md):
 
   python -m attend_jax.main --config=configs/vindr.py:detector --workdir=workdirs/vindr_det
 

@@ -8,7 +8,7 @@ r"""VinDr-Mammo with what we add: contrastive term, bf16, cosine schedule, large
 Cancer = breast BI-RADS 4 or 5, as the paper; the official test split, validation split off
 the training studies. The RoIs are the breast and its 2 x 2 tiles; ``:detector`` takes the
 breast and the top 4 boxes of the detector trained with configs/detector_vindr.py instead (the
-two-stage recipe, see the README):
+two-stage recipe, see docs/detector.md):
 
   python -m attend_jax.main --config=configs/detector_vindr.py --workdir=workdirs/detector_vindr
   python -m attend_jax.main --config=configs/vindr.py:detector --workdir=workdirs/vindr_det

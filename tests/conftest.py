@@ -37,8 +37,8 @@ import pytest  # noqa: E402
 import gcs as gcs_emulator  # noqa: E402
 import readme_commands  # noqa: E402
 
-# Every command the tests run, for the check that each README command is run by some test
-# (readme_commands.py); the workers inherit it, as they do the XLA cache.
+# Every command the tests run, for the check that each command of the README and docs/ is run
+# by some test (readme_commands.py); the workers inherit it, as they do the XLA cache.
 if readme_commands.LOG_ENV not in os.environ:
   os.environ[readme_commands.LOG_ENV] = tempfile.mkdtemp(prefix="attend_jax-commands-")
   os.environ["ATTEND_JAX_OWN_COMMAND_LOG"] = "1"
@@ -69,7 +69,8 @@ def pytest_unconfigure(config):
 
 
 def _whole_suite(config) -> bool:
-  """Whether this session runs every test: only then must it have run every README command."""
+  """Whether this session runs every test: only then must it have run every documented
+  command."""
   opt = config.option
   if opt.keyword or opt.markexpr or getattr(opt, "deselect", None) or getattr(opt, "lf", False):
     return False
@@ -85,9 +86,9 @@ def pytest_sessionfinish(session, exitstatus):
         os.environ[readme_commands.LOG_ENV]))
     if missing:
       reporter = config.pluginmanager.get_plugin("terminalreporter")
-      reporter.write_sep("=", "README commands that no test runs", red=True)
+      reporter.write_sep("=", "Commands of the README and docs/ that no test runs", red=True)
       for command in missing:
-        reporter.write_line(f"not run by any test: {command.text}")
+        reporter.write_line(f"{command.source}: not run by any test: {command.text}")
       session.exitstatus = exitstatus = pytest.ExitCode.TESTS_FAILED
   config._attend_jax_passed = exitstatus == 0
 

@@ -1,11 +1,12 @@
-"""The README's commands, and whether the suite runs each of them.
+"""The commands of the README and the docs/ pages, and whether the suite runs each of them.
 
-Every ``python -m attend_jax.<module>`` and ``python tools/<name>.py`` in the README's fenced
-blocks is a command users copy. ``helpers.run`` and ``helpers.start`` log each command a test runs
-(``ATTEND_JAX_COMMAND_LOG``), and after a run of the whole suite ``conftest.py`` fails the session,
-naming each README command that no test ran.
+Every ``python -m attend_jax.<module>`` and ``python tools/<name>.py`` in the fenced blocks of
+README.md and docs/*.md is a command users copy. ``helpers.run`` and ``helpers.start`` log each
+command a test runs (``ATTEND_JAX_COMMAND_LOG``), and after a run of the whole suite
+``conftest.py`` fails the session, naming each documented command that no test ran and the page
+it came from.
 
-A test runs a README command when it runs the same entry point with every flag the README gives:
+A test runs a documented command when it runs the same entry point with every flag the page gives:
 values may differ (paths, sizes), except those that choose what runs (``CHOICE_FLAGS``), and a
 config file must be the same file with the same arguments once the size arguments (``SIZE_ARGS``:
 the ``:tiny``, ``:smoke`` and ``:ci`` variants) are set aside. Tests may add flags (tiny overrides).
@@ -20,7 +21,9 @@ import pathlib
 import re
 import shlex
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+DOCS = REPO / "docs"
 LOG_ENV = "ATTEND_JAX_COMMAND_LOG"
 SIZE_ARGS = frozenset({"tiny", "smoke", "ci"})
 # Flags whose value picks what the command does, not where or how big; for a list (--parts),
@@ -36,12 +39,14 @@ _TOOL = re.compile(r"(?:^|/)tools/(\w+\.py)$")
 @dataclasses.dataclass(frozen=True)
 class Command:
   """One command line: its entry point (``attend_jax.main``, ``tools/prepare_data.py``), its
-  flags (name -> value, True for a bare boolean flag) and positional arguments."""
+  flags (name -> value, True for a bare boolean flag), positional arguments, and the page it is
+  documented on (``README.md``, ``docs/data.md``; empty for a command a test ran)."""
 
   entry: str
   flags: tuple[tuple[str, object], ...]
   positional: tuple[str, ...]
   text: str
+  source: str = ""
 
   @property
   def flag_dict(self) -> dict[str, object]:
@@ -116,32 +121,43 @@ def _python_commands(line: str) -> list[list[str]]:
   return found
 
 
-def readme_commands(text: str | None = None) -> list[Command]:
-  """Every attend_jax or tools/ command in the README's fenced blocks, in order."""
-  text = README.read_text() if text is None else text
+def pages() -> list[pathlib.Path]:
+  """The pages whose commands users copy: the README and every docs/ page."""
+  return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def page_commands(text: str, source: str = "README.md") -> list[Command]:
+  """Every attend_jax or tools/ command in the fenced blocks of one page's ``text``, in order,
+  each attributed to ``source``."""
   out = []
   for block in re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M):
     for line in block.replace("\\\n", " ").splitlines():
       for argv in _python_commands(line):
         command = parse(argv, " ".join(argv))
         if command is not None:
-          out.append(command)
+          out.append(dataclasses.replace(command, source=source))
   return out
 
 
-def runs(test: Command, readme: Command) -> bool:
-  """Whether ``test`` (a command a test ran) runs ``readme`` (see the module's docstring)."""
-  if test.entry != readme.entry or readme.config() != test.config():
+def documented_commands() -> list[Command]:
+  """The commands of every page (``pages()``), page by page."""
+  return [command for page in pages()
+          for command in page_commands(page.read_text(), page.relative_to(REPO).as_posix())]
+
+
+def runs(test: Command, documented: Command) -> bool:
+  """Whether ``test`` (a command a test ran) runs ``documented`` (see the module's docstring)."""
+  if test.entry != documented.entry or documented.config() != test.config():
     return False
-  want, got = readme.flag_dict, test.flag_dict
-  choices = CHOICE_FLAGS.get(readme.entry, set())
+  want, got = documented.flag_dict, test.flag_dict
+  choices = CHOICE_FLAGS.get(documented.entry, set())
   for name, value in want.items():
     if name == "config":
       continue
     if name not in got or (name in choices and not set(str(value).split(","))
                            <= set(str(got[name]).split(","))):
       return False
-  return bool(test.positional) or not readme.positional
+  return bool(test.positional) or not documented.positional
 
 
 def record(argv: list[str]) -> None:
@@ -163,7 +179,7 @@ def recorded(folder: str | os.PathLike) -> list[Command]:
   return out
 
 
-def not_run(ran: list[Command], readme: list[Command] | None = None) -> list[Command]:
-  """The README commands that none of ``ran`` runs."""
-  readme = readme_commands() if readme is None else readme
-  return [r for r in readme if not any(runs(t, r) for t in ran)]
+def not_run(ran: list[Command], documented: list[Command] | None = None) -> list[Command]:
+  """The documented commands (by default, every page's) that none of ``ran`` runs."""
+  documented = documented_commands() if documented is None else documented
+  return [d for d in documented if not any(runs(t, d) for t in ran)]

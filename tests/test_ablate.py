@@ -34,7 +34,7 @@ def test_paired_difference_on_hand_made_scores():
 
 @pytest.mark.slow
 def test_a_tiny_ablation_writes_its_table_and_skips_finished_runs(tmp_path):
-  # As the README runs it, --detector_config included: the detector is trained once, into the
+  # As docs/results.md runs it, --detector_config included: the detector is trained once, into the
   # config's proposals.detector (here redirected to tmp_path), before the variants. Grid RoIs
   # then keep the variants to four short runs; the train split holds both classes, the smoke
   # run's test split may not.

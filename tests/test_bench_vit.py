@@ -25,7 +25,7 @@ def test_classify_names_the_matmul_and_its_shapes():
 
 @pytest.mark.slow
 def test_dry_run_writes_rows_and_both_frameworks_op_tables(tmp_path):
-  # The README's flags; --dry_run makes the sizes 28 px.
+  # docs/scale.md's flags; --dry_run makes the sizes 28 px.
   out = helpers.run("tools/bench_vit.py", "--dry_run", "--sizes=224,448", "--parts=forward,train",
                     f"--json={tmp_path / 'vit.json'}", f"--profile={tmp_path / 'profile.md'}")
   assert out.returncode == 0, out.stderr[-3000:]

@@ -78,7 +78,7 @@ def test_predict_on_new_dicoms_needs_no_proposal_files(demo, tmp_path):
 
 
 # Thresholds from measured runs of configs/demo.py:ci at these steps, with margin (see the
-# README's demo section). Measured at 150 and 250 steps: detector recall@5 at IoU 0.3 on the
+# demo in docs/demo.md). Measured at 150 and 250 steps: detector recall@5 at IoU 0.3 on the
 # test split 0.76 (62 lesions; 0.82 at 300 steps); classifier best validation AUC 0.88, test
 # AUC 0.92 (100 images, 42 cancers; 0.88 and 0.94 at 500 steps).
 DETECTOR_STEPS, CLASSIFIER_STEPS = 150, 250

@@ -125,7 +125,7 @@ def test_every_record_has_one_parsable_file_best_first(run, direct):
 
 @pytest.mark.slow
 def test_the_dataset_named_explicitly_gives_the_same_files(run, tmp_path):
-  """The README's form, --dataset (and --data_dir) given, one split: the default run's files."""
+  """docs/detector.md's form, --dataset (and --data_dir), one split: the default run's files."""
   out = tmp_path / "val_only"
   proc = _cli("tools/export_proposals.py", f"--detector={run['work']}", f"--dataset={DATASET}",
               f"--data_dir={run['data']}", "--splits=val", f"--out={out}",

@@ -84,7 +84,7 @@ def test_tiny_config_on_eight_devices(tmp_path):
      [{"data": 2, "fsdp": 4}]),
 ])
 def test_the_readme_s_other_reports(tmp_path, config, extra, mesh):
-  """The README's other scale_report commands, small: another config, one device, the config's
+  """docs/scale.md's other scale_report commands, small: another config, one device, the config's
   own fsdp mesh alone."""
   out = tmp_path / "scale.json"
   proc = helpers.run("tools/scale_report.py", f"--config={config}", *TINY[1:], *extra,

@@ -230,7 +230,7 @@ def test_cli_converts_and_reports_bad_files(tmp_path):
   _assert_same_outputs(hf_model, model, registers=False)
 
   # A register model of a smaller size than its variant's, as the configs' :tiny variants use
-  # (the README's --variant vitb14 --registers, from a local file instead of the hub).
+  # (docs/backbone.md's --variant vitb14 --registers, from a local file instead of the hub).
   hf_model = hf_dinov2(width=64, depth=2, heads=2, registers=True, image_size=56)
   torch.save(meta_state_from_hf(hf_model), tmp_path / "reg4.pth")
   out = _cli("--variant", "vitb14", "--registers", "--width", "64", "--depth", "2",

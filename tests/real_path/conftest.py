@@ -16,7 +16,7 @@ import torch_refs
 @pytest.fixture(scope="session")
 def backbone(tmp_path_factory) -> flow.Backbone:
   """A DINOv2 of the :tiny size with random weights, saved under Meta's hub names as
-  ``dinov2_vitb14_pretrain.pth`` is, then converted by the CLI the README gives."""
+  ``dinov2_vitb14_pretrain.pth`` is, then converted by the CLI docs/backbone.md gives."""
   folder = tmp_path_factory.mktemp("backbone")
   size = common.TINY_VIT
   model = torch_refs.hf_dinov2(width=size["width"], depth=size["depth"], heads=size["num_heads"],

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cbis(tmp_path_factory) -> pathlib.Path:
-  """``tools/make_synthetic.py --layout cbis_ddsm`` prepared by the README's command, at the
+  """``tools/make_synthetic.py --layout cbis_ddsm`` prepared by docs/data.md's command, at the
   :tiny size (--long_side 256)."""
   root = tmp_path_factory.mktemp("cbis")
   flow.ok("tools/make_synthetic.py", "--layout=cbis_ddsm", f"--out={root / 'CBIS-DDSM'}",

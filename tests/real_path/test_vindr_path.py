@@ -13,10 +13,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def vindr(tmp_path_factory) -> pathlib.Path:
-  """``tools/make_synthetic.py --layout vindr`` prepared by the README's command, at the :tiny
+  """``tools/make_synthetic.py --layout vindr`` prepared by docs/data.md's command, at the :tiny
   size (--long_side 256)."""
   root = tmp_path_factory.mktemp("vindr")
-  # With the README's --backbone: the stand-in weights, and the convert command that reads them
+  # With docs/data.md's --backbone: the stand-in weights, and the convert command that reads them
   # (tests/data/test_synthetic.py converts such a file; the tier trains on the Meta-format one).
   weights = root / "random_dinov2_tiny.safetensors"
   made = flow.ok("tools/make_synthetic.py", "--layout=vindr", f"--out={root / 'vindr-mammo'}",

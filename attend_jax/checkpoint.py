@@ -10,8 +10,8 @@ state as their target, so every array comes back with the sharding the run uses 
 
 A checkpoint that cannot be read (a truncated file, a crash mid-write on a filesystem without
 atomic renames) never ends a run: resume takes the newest one that restores, and moves the
-broken ones aside to ``WORKDIR/corrupt_checkpoints/`` (nothing is deleted); inference falls back
-from ``best/`` to ``checkpoints/`` to ``weights/``. Each skip is said, with its reason.
+broken ones aside to ``WORKDIR/corrupt_checkpoints/`` (nothing is deleted); inference (``export.restore``) falls
+back from ``best/`` to ``checkpoints/`` to ``weights/``. Each skip is said, with its reason.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from absl import logging
 from etils import epath
 
 from attend_jax import paths
-from attend_jax.errors import DiskFullError
+from attend_jax.errors import DiskFullError, short_reason
 from attend_jax.progress import warn
 
 LATEST, BEST, CORRUPT = "checkpoints", "best", "corrupt_checkpoints"
@@ -48,13 +48,6 @@ def abstract(tree, shardings):
 
 def _abstract(tree):
   return abstract(tree, jax.tree.map(lambda a: a.sharding, tree))
-
-
-def _reason(e: BaseException) -> str:
-  """The exception's first line, short (TensorStore appends pages of details)."""
-  text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-  text = text.split(" See full TensorStore details")[0][:200]
-  return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _disk_full(e: BaseException) -> bool:
@@ -159,7 +152,7 @@ class Checkpoints:
       try:
         self._manager(sub).wait_until_finished()
       except Exception as e:  # noqa: BLE001  (logged; the first failure is the one raised)
-        logging.warning("The save of %s/%d failed as well: %s", sub, step, _reason(e))
+        logging.warning("The save of %s/%d failed as well: %s", sub, step, short_reason(e))
         self._remove_temporary(sub, step)
 
   def _remove_temporary(self, sub: str, step: int) -> None:
@@ -197,10 +190,10 @@ class Checkpoints:
       try:
         return step, manager.restore(step, args=args_for_target())
       except Exception as e:  # noqa: BLE001  (any unreadable checkpoint is set aside and said)
-        failures.append(f"step {step}: {_reason(e)}")
+        failures.append(f"step {step}: {short_reason(e)}")
         dest = self._set_aside(manager, sub, step)
         warn("checkpoint %s/%d could not be read (%s); moved to %s, trying the one before.",
-             sub, step, _reason(e), dest)
+             sub, step, short_reason(e), dest)
     if failures:
       raise CheckpointRestoreError(
           f"No checkpoint in {self.workdir / sub} could be read ({'; '.join(failures)}); they"
@@ -238,42 +231,3 @@ class Checkpoints:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
-
-
-def restore_weights(directory: str | os.PathLike, target: dict):
-  """(step, {"params", "stats"}) from the newest checkpoint in ``directory`` that reads, or None
-  (no checkpoint, or none readable: each failure is said).
-
-  For inference: whatever else the checkpoint holds (optimizer state, counters) is not read, and
-  nothing is moved (the folder may be another process's, or read-only).
-  """
-  directory = paths.path(directory)
-  if not directory.is_dir():
-    return None
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False,
-                                                                                  read_only=True))
-  abstract = _abstract(target)
-  try:
-    for step in sorted(manager.all_steps(), reverse=True):
-      try:
-        out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-            partial_restore=True)))
-      except Exception as e:  # noqa: BLE001  (the caller falls back to another checkpoint)
-        warn("%s/%d could not be read (%s); trying the next checkpoint.", directory, step,
-             _reason(e))
-        continue
-      return step, {k: out["state"][k] for k in target}
-  finally:
-    manager.close()
-  return None
-
-
-def save_weights(directory: str | os.PathLike, state: dict, step: int = 0) -> None:
-  """A standalone weights checkpoint (parameters and BatchNorm statistics), e.g. a converted
-  reference model, in the layout ``restore_weights`` reads."""
-  manager = ocp.CheckpointManager(paths.path(directory),
-                                  options=ocp.CheckpointManagerOptions(create=True))
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-  manager.wait_until_finished()
-  manager.close()

@@ -97,3 +97,10 @@ def _size(n: int) -> str:
       return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
     n /= 1000
   return f"{n} B"
+
+
+def short_reason(e: BaseException) -> str:
+  """The exception's first line, short (TensorStore appends pages of details)."""
+  text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+  text = text.split(" See full TensorStore details")[0][:200]
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__

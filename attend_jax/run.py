@@ -25,12 +25,11 @@ import jax
 import ml_collections
 from flax import nnx
 
-from attend_jax import checkpoint, paths, tasks
+from attend_jax import checkpoint, export, paths, tasks
 from attend_jax.progress import log
 from attend_jax.tasks import detect
 
-CONFIG = "config.json"
-WEIGHTS = "weights"  # A standalone export: DIR/config.json + DIR/weights (params, stats).
+CONFIG, WEIGHTS = export.CONFIG, export.WEIGHTS  # A run's config, and a standalone export's.
 DETECTOR_COPY = "detector"  # A classifier run's own copy of the detector it trained with.
 
 
@@ -68,13 +67,11 @@ def read_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def save_export(directory: str | os.PathLike, model: nnx.Module, config) -> None:
-  """``model``'s parameters and BatchNorm statistics with ``config``, as a folder ``load``
-  opens (a converted checkpoint, a classifier's detector copy)."""
-  directory = paths.path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
+  """``model``'s parameters and BatchNorm statistics with ``config``, as a weights folder
+  (``attend_jax.export``) that ``load`` opens (a converted checkpoint, a classifier's detector
+  copy)."""
   _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-  checkpoint.save_weights(directory / WEIGHTS, {"params": params, "stats": stats})
-  write_config(directory, config)
+  export.write(directory, {"params": params, "stats": stats}, config.to_json_best_effort(indent=2))
 
 
 def load(directory: str | os.PathLike, mesh=None) -> Loaded:
@@ -84,6 +81,10 @@ def load(directory: str | os.PathLike, mesh=None) -> Loaded:
   ``DIR/config.json``."""
   directory = paths.path(directory)
   config = read_config(directory)
+  if "backbone" in config and "model" not in config:
+    raise ModelNotFoundError(f"{directory}: a converted backbone (tools/convert_dinov2.py), not"
+                             " a trained model; train from it with --config.model.pretrained="
+                             f"{directory}.")
   config.model.pretrained = ""  # The checkpoint holds the backbone too.
   build = tasks.get(config).build_model
   # Shapes only: the weights come from the checkpoint. An eager build would initialise every
@@ -94,7 +95,7 @@ def load(directory: str | os.PathLike, mesh=None) -> Loaded:
   # The rest (dropout's RNG state) as a fresh build has it, from one small compiled program.
   rest = jax.jit(lambda: nnx.split(build(), nnx.Param, nnx.BatchStat, ...)[3])()
   for sub in (checkpoint.BEST, checkpoint.LATEST, WEIGHTS):
-    restored = checkpoint.restore_weights(directory / sub, target)
+    restored = export.restore(directory / sub, target)
     if restored is not None:
       step, state = restored
       model = nnx.merge(graph, state["params"], state["stats"], rest)

@@ -65,8 +65,8 @@ CASES = {
     "a full disk during training": [
         "test_faults_training.py::test_a_full_disk_at_a_save_names_that_save_and_leaves_no_temp_folder",
         "test_faults.py::test_a_full_disk_in_training_is_one_line"],
-    "a corrupt vit_config.json": [
-        "models/test_build.py::test_a_corrupt_vit_config_json_is_one_reason"],
+    "a corrupt config.json of converted weights": [
+        "models/test_build.py::test_a_corrupt_config_json_is_one_reason"],
     "the SemLock traceback of a pool stopped early": [
         "test_faults.py::test_a_pool_stopped_while_its_workers_start_prints_nothing"],
     "duplicate metric rows after a resume": [

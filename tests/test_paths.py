@@ -11,7 +11,7 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from attend_jax import checkpoint, errors, paths, run
+from attend_jax import checkpoint, errors, export, paths, run
 from attend_jax.train.writer import MetricWriter
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -56,8 +56,8 @@ def test_config_and_weights_export_round_trip_through_a_bucket(gcs, elsewhere):
   _no_local_copy(elsewhere)
   assert run.read_config(directory).model.roi_size == 28
   state = {"params": {"w": jnp.ones((2, 2))}, "stats": {}}
-  checkpoint.save_weights(epath.Path(directory) / run.WEIGHTS, state, step=3)
-  step, back = checkpoint.restore_weights(epath.Path(directory) / run.WEIGHTS, state)
+  export.write(directory, state, config.to_json_best_effort(), step=3)
+  step, back = export.restore(epath.Path(directory) / run.WEIGHTS, state)
   assert step == 3
   np.testing.assert_array_equal(back["params"]["w"], np.ones((2, 2)))
   _no_local_copy(elsewhere)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from attend_jax import errors, tasks
+from attend_jax import errors, export, tasks
 from attend_jax.models import build, pretrained, vit
 from attend_jax.train import sharding
 from configs import cbis
@@ -81,14 +81,63 @@ def test_a_missing_folder_gives_the_command_that_writes_it(tmp_path):
     build.pretrained_vit(_config(tmp_path / "nothing"))
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"config": {"width": "wide"}}', "[]"])
-def test_a_corrupt_vit_config_json_is_one_reason(weights, tmp_path, content):
+@pytest.mark.parametrize("content", ["{not json", '{"backbone": {"width": "wide"}}', "[]"])
+def test_a_corrupt_config_json_is_one_reason(weights, tmp_path, content):
   folder, _ = weights
   broken = tmp_path / "broken"
   broken.mkdir()
-  (broken / pretrained.CONFIG_FILE).write_text(content)
+  (broken / export.CONFIG).write_text(content)
   with pytest.raises(errors.CheckpointError, match="unreadable .*convert the weights again"):
     pretrained.read_config(broken)
+
+
+def test_the_converter_s_folder_is_the_weights_folder_every_export_is(weights):
+  """config.json + weights/, read by the same export.restore as a run's export."""
+  folder, saved = weights
+  assert sorted(p.name for p in folder.iterdir()) == [export.CONFIG, export.WEIGHTS]
+  step, state = export.restore(folder / export.WEIGHTS, {"params": saved})
+  assert step == 0
+  for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(state["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _save_old_format(model, folder):
+  """What tools/convert_dinov2.py wrote before the one weights-folder format."""
+  import json
+
+  import orbax.checkpoint as ocp
+
+  folder.mkdir(parents=True)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(folder / "state", nnx.state(model, nnx.Param))
+  (folder / "vit_config.json").write_text(json.dumps(
+      {"config": pretrained.config_to_json(model.cfg), "converted_from": {"format": "meta"}}))
+
+
+def test_an_old_format_folder_still_loads_and_says_so_in_one_line(weights, tmp_path, capsys):
+  folder, saved = weights
+  old = tmp_path / "old"
+  _save_old_format(pretrained.load(folder), old)
+  assert pretrained.read_config(old) == pretrained.read_config(folder)
+  model = pretrained.load(old)
+  for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(nnx.state(model, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  said = [line for line in capsys.readouterr().err.splitlines() if "old" in line]
+  assert len(said) == 1 and "vit_config.json + state/" in said[0]
+
+
+def test_a_run_s_export_is_not_taken_for_a_backbone_nor_a_backbone_for_a_model(weights,
+                                                                               tmp_path):
+  from attend_jax import run
+  from configs import demo
+
+  config = demo.get_config("smoke,detector")
+  run.save_export(tmp_path / "detector", tasks.get(config).build_model(), config)
+  with pytest.raises(errors.CheckpointError, match="a run's export.*tools/convert_dinov2.py"):
+    pretrained.read_config(tmp_path / "detector")
+  folder, _ = weights
+  with pytest.raises(run.ModelNotFoundError, match="a converted backbone .*model.pretrained="):
+    run.load(folder)
 
 
 def _probe_sharding_while_tracing():

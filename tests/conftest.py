@@ -102,6 +102,61 @@ def gcs():
   gcs_emulator.stop(process)
 
 
+def _made_once(tmp_path_factory, name: str, make) -> pathlib.Path:
+  """A folder that ``make(folder)`` fills once per session, shared by every xdist worker: the
+  first worker to ask makes it under the session's temp root, the others wait for it (a file
+  lock) and reuse it. Fixtures built on it are read-only for their users."""
+  from filelock import FileLock
+
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # The session's root, above each worker's own.
+  folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+  with FileLock(str(root / f"shared-{name}.lock")):
+    if not done.exists():
+      shutil.rmtree(folder, ignore_errors=True)  # A worker that failed half-way.
+      folder.mkdir()
+      make(folder)
+      done.touch()
+  return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+  """``helpers.tiny_prepared``: six synthetic studies as DICOMs (``dicom/``), prepared at 96 px."""
+  return _made_once(tmp_path_factory, "tiny-data", helpers.tiny_prepared)
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(tmp_path_factory):
+  """``helpers.tiny_config``'s classifier (grid RoIs) trained 4 steps on a tiny prepared set
+  with some JPEG 2000 DICOMs: ``ROOT/work`` (the run), ``ROOT/data``, ``ROOT/dicom``."""
+
+  def make(root):
+    from attend_jax.train import trainer
+
+    helpers.tiny_prepared(root, root / "data", jpeg2000_fraction=0.25)
+    c = helpers.tiny_config(root / "data")
+    c.train.steps, c.train.eval_every, c.train.checkpoint_every = 4, 2, 2
+    trainer.train_and_evaluate(c, str(root / "work"))
+
+  return _made_once(tmp_path_factory, "trained-classifier", make)
+
+
+@pytest.fixture(scope="session")
+def trained_detector(tmp_path_factory):
+  """The smoke RoI detector (configs/detector_synthetic.py:smoke: 4 synthetic studies, 6
+  steps) trained by the command users run: ``ROOT/work`` (the run) and ``ROOT/data``. Its users
+may add datasets beside its own (export_proposals --records), never change it."""
+
+  def make(root):
+    proc = helpers.run("-m", "attend_jax.main", "--config=configs/detector_synthetic.py:smoke",
+                       f"--workdir={root / 'work'}", f"--config.data.dir={root / 'data'}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+  return _made_once(tmp_path_factory, "trained-detector", make)
+
+
 # The longest files first (measured with --durations on 2 workers): xdist hands out whole files
 # (--dist=loadfile) in collection order, so a long file collected last would run alone at the
 # end while the other workers idle.

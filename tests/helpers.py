@@ -79,3 +79,46 @@ def tiny_prepared(root: pathlib.Path, out: pathlib.Path | None = None, seed: int
   prepare.prepare("synthetic", root / "dicom", out, prepare.PrepareOptions(long_side=96),
                   workers=1, **prepare_kwargs)
   return out
+
+
+TINY_VIT = {"width": 32, "depth": 1, "num_heads": 2, "pretrained_grid": 2}
+
+
+def tiny_config(data_dir: str | pathlib.Path = "", proposals: str = "grid", **sections):
+  """The demo's smoke classifier shrunk for the suite: a one-block width-32 ViT, 28-px RoIs,
+  ``proposals`` RoIs, on ``tiny_prepared``'s ``synthetic_96`` in ``data_dir``.
+  ``sections`` set more, as ``train__steps=6`` for ``c.train.steps = 6``."""
+  from configs import demo
+
+  c = demo.get_config("smoke")
+  c.data.dir, c.data.name, c.data.image_size = str(data_dir), "synthetic_96", 96
+  c.data.synthetic.num_studies = 0
+  c.proposals.source = proposals
+  c.model.vit_overrides.update(TINY_VIT)
+  c.model.roi_size = 28
+  for key, value in sections.items():
+    section, name = key.split("__")
+    c[section][name] = value
+  return c
+
+
+def assert_same_trees(a, b) -> None:
+  """Two pytrees (parameters, states) with the same leaves, equal bit for bit."""
+  import jax
+  import numpy as np
+
+  a, b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(a) == len(b) > 0
+  for x, y in zip(a, b):
+    assert np.asarray(x).dtype == np.asarray(y).dtype
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def latest_params(workdir: pathlib.Path):
+  """(step, parameters) of a training workdir's newest resume checkpoint."""
+  import orbax.checkpoint as ocp
+
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  state = ocp.StandardCheckpointer().restore(
+      (workdir / "checkpoints" / str(steps[-1]) / "state").absolute())
+  return steps[-1], state["params"]

@@ -28,13 +28,10 @@ def _cli(*args):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(trained_detector, tmp_path_factory):
   """The smoke detector (4 synthetic studies, 6 steps) and its exported proposals."""
-  root = tmp_path_factory.mktemp("export")
-  work, data, out = root / "det", root / "data", root / "proposals"
-  proc = _cli("-m", "attend_jax.main", "--config=configs/detector_synthetic.py:smoke",
-              f"--workdir={work}", f"--config.data.dir={data}")
-  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  work, data = trained_detector / "work", trained_detector / "data"
+  out = tmp_path_factory.mktemp("export") / "proposals"
   # --data_dir and --dataset are left to their defaults: the detector's own config.data.
   proc = _cli("tools/export_proposals.py", f"--detector={work}", f"--out={out}",
               f"--batch_size={BATCH}", "--records")

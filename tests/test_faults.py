@@ -577,9 +577,7 @@ def untrained_export(tmp_path_factory):
   """A classifier with fresh weights as a converted checkpoint: enough for predict to load."""
   from attend_jax import run, tasks
 
-  c = demo.get_config("smoke")
-  c.proposals.source, c.data.image_size, c.model.roi_size = "grid", 96, 28
-  c.model.vit_overrides.update({"width": 32, "depth": 1, "num_heads": 2, "pretrained_grid": 2})
+  c = helpers.tiny_config()
   folder = tmp_path_factory.mktemp("untrained")
   run.save_export(folder, tasks.get(c).build_model(), c)
   return folder
@@ -663,11 +661,6 @@ def test_a_bad_config_is_one_line_before_anything_is_written(tmp_path, override,
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-  return helpers.tiny_prepared(tmp_path_factory.mktemp("fault_data"))
-
-
 def _train_args(data, workdir, *extra):
   return ("-m", "attend_jax.main", "--config=configs/demo.py:smoke", f"--workdir={workdir}",
           f"--config.data.dir={data}", "--config.data.name=synthetic_96",
@@ -678,26 +671,11 @@ def _train_args(data, workdir, *extra):
           "--config.train.eval_every=3", "--config.train.log_every=1", *extra)
 
 
-def _params(workdir):
-  import orbax.checkpoint as ocp
-
-  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-  state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(steps[-1]) / "state")
-  return steps[-1], state["params"]
-
-
-def _same_params(a, b):
-  import jax
-
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
-
-
 @pytest.mark.slow
 def test_a_truncated_checkpoint_falls_back_and_loses_nothing(tiny_data, tmp_path):
   broken = tmp_path / "broken"
   assert helpers.run(*_train_args(tiny_data, broken, "--config.train.steps=6")).returncode == 0
-  _, straight = _params(broken)  # Step 6 as trained, before it is broken.
+  _, straight = helpers.latest_params(broken)  # Step 6 as trained, before it is broken.
   # Truncate every array file of the newest checkpoint, and of the best one.
   assert list((broken / "best").iterdir())
   for sub in ("checkpoints/6", "best"):
@@ -715,9 +693,9 @@ def test_a_truncated_checkpoint_falls_back_and_loses_nothing(tiny_data, tmp_path
   assert "warning: checkpoint checkpoints/6 could not be read" in proc.stderr
   assert "Resumed from step 3" in proc.stdout and "Traceback" not in proc.stderr
   assert (broken / "corrupt_checkpoints" / "checkpoints-6").is_dir()  # Kept, not deleted.
-  step, resumed = _params(broken)
+  step, resumed = helpers.latest_params(broken)
   assert step == 6
-  _same_params(straight, resumed)
+  helpers.assert_same_trees(straight, resumed)
 
 
 def _start_paused(data, workdir, steps=6, pause_at=4):

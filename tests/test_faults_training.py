@@ -27,7 +27,7 @@ import pytest
 from attend_jax import paths
 from attend_jax.train import memory
 from attend_jax.train.writer import MetricWriter
-from test_faults import _tmpfs, _tmpfs_or_skip, _train_args, tiny_data  # noqa: F401  (a fixture)
+from test_faults import _tmpfs, _tmpfs_or_skip, _train_args
 import gcs as gcs_emulator
 import helpers
 

@@ -9,26 +9,14 @@ import pytest
 
 from attend_jax import inference
 from attend_jax import run as run_lib
-from attend_jax.train import trainer
-from configs import demo
 
 import helpers
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(trained_classifier):
   """A tiny model trained for a few steps on synthetic DICOMs with grid RoIs."""
-  root = tmp_path_factory.mktemp("predict")
-  helpers.tiny_prepared(root, root / "data", jpeg2000_fraction=0.25)
-  c = demo.get_config("smoke")
-  c.data.dir, c.data.name, c.data.image_size = str(root / "data"), "synthetic_96", 96
-  c.data.synthetic.num_studies = 0
-  c.proposals.source = "grid"
-  c.model.vit_overrides.update({"width": 32, "depth": 1, "num_heads": 2, "pretrained_grid": 2})
-  c.model.roi_size = 28
-  c.train.steps, c.train.eval_every, c.train.checkpoint_every = 4, 2, 2
-  trainer.train_and_evaluate(c, str(root / "work"))
-  return root
+  return trained_classifier
 
 
 def _rows(path):
@@ -111,30 +99,3 @@ def test_predict_parses_each_file_once_into_the_record_prepare_makes(tmp_path, m
 def test_clear_errors_for_a_folder_without_a_model(tmp_path):
   with pytest.raises(run_lib.ModelNotFoundError, match="config.json"):
     run_lib.load(tmp_path)
-
-
-@pytest.mark.slow
-def test_evaluate_writes_every_artefact(run, tmp_path):
-  out = tmp_path / "eval"
-  proc = helpers.run("-m", "attend_jax.evaluate", f"--workdir={run / 'work'}", "--split=train",
-                     f"--out={out}", "--gallery=2")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  metrics = json.loads((out / "metrics.json").read_text())
-  for key in ("auc", "auc_ci_low", "auc_ci_high", "best_f1", "sens_at_fpr_0.1",
-              "sens_at_fpr_0.3", "sens_at_fpr_0.5", "num_examples", "num_positive", "breast",
-              "confusion_at_best_f1"):
-    assert key in metrics
-  c = metrics["confusion_at_best_f1"]
-  assert c["tp"] + c["fn"] == metrics["num_positive"]
-  from attend_jax.data import records
-  total = len(records.data_source(run / "data", "synthetic_96", "train"))
-  assert c["tp"] + c["fn"] + c["fp"] + c["tn"] == metrics["num_examples"] == total
-  for name in ("roc.png", "pr.png", "calibration.png", "gallery.png"):
-    assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    assert f"({name})" in (out / "report.md").read_text()
-  assert len(_rows(out / "predictions.csv")) == total
-
-  proc = helpers.run("-m", "attend_jax.evaluate", f"--workdir={run / 'work'}", "--split=nope",
-                     f"--out={tmp_path / 'x'}")
-  assert proc.returncode == 1 and "no 'nope' split" in proc.stderr
-  assert "Traceback" not in proc.stderr

@@ -159,13 +159,8 @@ def _tiny_run(root: pathlib.Path, keep_orientation: bool) -> pathlib.Path:
   prepare.prepare("synthetic", root / "dicom", data,
                   prepare.PrepareOptions(long_side=96, normalize_orientation=not keep_orientation),
                   workers=1)
-  c = demo.get_config("smoke")
-  c.data.dir, c.data.name, c.data.image_size = str(data), "synthetic_96", 96
-  c.data.synthetic.num_studies = 0
+  c = helpers.tiny_config(data)
   c.data.prepare.normalize_orientation = not keep_orientation
-  c.proposals.source = "grid"
-  c.model.vit_overrides.update({"width": 32, "depth": 1, "num_heads": 2, "pretrained_grid": 2})
-  c.model.roi_size = 28
   c.train.steps, c.train.eval_every, c.train.checkpoint_every = 2, 2, 2
   trainer.train_and_evaluate(c, str(data / "work"))
   return data / "work"

@@ -12,14 +12,12 @@ import pytest
 from attend_jax.tasks import classify, detect
 from configs import demo
 
-import helpers
-
 SPLIT = "train"
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return helpers.tiny_prepared(tmp_path_factory.mktemp("evaluators"))
+def data_dir(tiny_data):
+  return tiny_data
 
 
 def _config(data_dir, detector: bool = False):

@@ -5,8 +5,6 @@ import json
 import signal
 import time
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from etils import epath
@@ -43,25 +41,26 @@ main.run_cli()
 # grid RoIs (predict then needs no proposal files).
 _CONFIG = """
 import sys
-sys.path[:0] = [{tests!r}, {tests_train!r}]
-from test_trainer import _config
+sys.path[:0] = [{tests!r}]
+import helpers
 def get_config():
-  c = _config({data!r}, train__log_every=1)
-  c.proposals.source = "grid"
+  c = helpers.tiny_config({data!r}, train__log_every=1, train__steps=6, train__eval_every=3,
+                          train__checkpoint_every=3)
+  c.data.batch_size = c.data.eval_batch_size = 8
+  c.optim.schedule, c.optim.warmup_steps = "constant", 0
   c.train.preemption_grace_s = 600.0  # A busy CI machine; the grace period has its own test.
   return c
 """
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return helpers.tiny_prepared(tmp_path_factory.mktemp("bucket_data"))
+def data_dir(tiny_data):
+  return tiny_data
 
 
 def _config_file(data_dir, tmp_path):
   path = tmp_path / "tiny_config.py"
   path.write_text(_CONFIG.format(tests=str(helpers.REPO / "tests"),
-                                 tests_train=str(helpers.REPO / "tests" / "train"),
                                  data=str(data_dir)))
   return path
 
@@ -131,8 +130,7 @@ def test_a_bucket_run_killed_then_preempted_resumes_exactly_and_is_read_back(gcs
   out = helpers.finish(proc)
   assert proc.returncode == 0, out[-3000:]
   assert "Resumed from step 5" in out
-  for a, b in zip(jax.tree.leaves(_params(straight, 6)), jax.tree.leaves(_params(bucket, 6))):
-    np.testing.assert_array_equal(a, b)
+  helpers.assert_same_trees(_params(straight, 6), _params(bucket, 6))
   gcs_emulator.fresh_listings()
   run = epath.Path(bucket)
   assert json.loads((run / "eval" / "metrics.json").read_text())["num_examples"] > 0

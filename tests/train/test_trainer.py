@@ -6,11 +6,9 @@ import types
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from attend_jax.train import optim, trainer
-from configs import demo
 
 import gcs as gcs_emulator
 import helpers
@@ -25,29 +23,15 @@ def data_dir(tmp_path_factory):
 
 
 def _config(data_dir, **train):
-  c = demo.get_config("smoke")
-  c.proposals.source = "files"
-  c.data.dir = str(data_dir)
-  c.data.name = "synthetic_96"
-  c.data.image_size = 96
-  c.data.synthetic.num_studies = 0
+  c = helpers.tiny_config(data_dir, proposals="files", **train)
   c.data.batch_size = c.data.eval_batch_size = 8
-  c.model.vit_overrides.update({"width": 32, "depth": 1, "num_heads": 2, "pretrained_grid": 2})
-  c.model.roi_size = 28
   c.optim.schedule = "constant"
   c.optim.warmup_steps = 0
   c.train.steps, c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 6, 2, 3, 3
-  for key, value in train.items():
+  for key, value in train.items():  # Again: the defaults above may not override them.
     section, name = key.split("__")
     c[section][name] = value
   return c
-
-
-def _latest_params(workdir):
-  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-  state = ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(steps[-1]) / "state")
-                                             .absolute())
-  return steps[-1], state["params"]
 
 
 def test_train_writes_every_artefact(data_dir, tmp_path):
@@ -71,20 +55,19 @@ def test_resume_after_a_stop_is_exact(data_dir, tmp_path):
   trainer.train_and_evaluate(_config(data_dir), str(straight))
   resumed = tmp_path / "resumed"
   trainer.train_and_evaluate(_config(data_dir, train__steps=3), str(resumed))
-  assert _latest_params(resumed)[0] == 3
+  assert helpers.latest_params(resumed)[0] == 3
   trainer.train_and_evaluate(_config(data_dir), str(resumed))  # Same workdir: continues.
-  step_a, a = _latest_params(straight)
-  step_b, b = _latest_params(resumed)
+  step_a, a = helpers.latest_params(straight)
+  step_b, b = helpers.latest_params(resumed)
   assert step_a == step_b == 6
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
+  helpers.assert_same_trees(a, b)
 
 
 def test_nan_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
   trainer.train_and_evaluate(_config(data_dir, train__steps=3), str(tmp_path))
   with pytest.raises(trainer.TrainingDivergedError, match="step 4"):
     trainer.train_and_evaluate(_config(data_dir, loss__pos_weight=float("nan")), str(tmp_path))
-  assert _latest_params(tmp_path)[0] == 3
+  assert helpers.latest_params(tmp_path)[0] == 3
 
 
 def test_nan_found_at_a_later_save_names_its_step_and_is_never_saved(data_dir, tmp_path):
@@ -95,7 +78,7 @@ def test_nan_found_at_a_later_save_names_its_step_and_is_never_saved(data_dir, t
     trainer.train_and_evaluate(_config(data_dir, loss__pos_weight=float("nan"),
                                        train__log_every=100, train__eval_every=100),
                                str(tmp_path))
-  assert _latest_params(tmp_path)[0] == 3
+  assert helpers.latest_params(tmp_path)[0] == 3
 
 
 @pytest.fixture
@@ -120,7 +103,7 @@ def test_steps_between_log_eval_and_save_steps_read_nothing_back(data_dir, tmp_p
                                                                  transfer_guard_on_cpu):
   """Six steps, the host syncing only at steps 3 and 6: the other four run under the guard."""
   summary = trainer.train_and_evaluate(_config(data_dir, train__log_every=3), str(tmp_path))
-  assert summary["num_examples"] > 0 and _latest_params(tmp_path)[0] == 6
+  assert summary["num_examples"] > 0 and helpers.latest_params(tmp_path)[0] == 6
 
 
 def test_a_read_back_between_log_steps_stops_the_run(data_dir, tmp_path, monkeypatch,
@@ -143,7 +126,6 @@ _WORKER = """
 import os, signal, sys, time
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
-from configs import demo
 from attend_jax.train import preemption, trainer
 sys.path[:0] = [os.path.join(os.getcwd(), "tests"), os.path.join(os.getcwd(), "tests", "train")]
 from test_trainer import _config
@@ -298,11 +280,10 @@ def test_sigkill_then_the_same_command_resumes_exactly(data_dir, tmp_path):
   assert proc.returncode == -signal.SIGKILL
   assert not (killed / "eval").exists()
   _finish(_start(data_dir, killed))  # The very same command.
-  step_a, a = _latest_params(straight)
-  step_b, b = _latest_params(killed)
+  step_a, a = helpers.latest_params(straight)
+  step_b, b = helpers.latest_params(killed)
   assert step_a == step_b == 6
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
+  helpers.assert_same_trees(a, b)
 
 
 WARMUP = 20
@@ -335,8 +316,8 @@ def test_eight_devices_train_like_one(data_dir, tmp_path):
   assert b[0]["loss"] == pytest.approx(a[0]["loss"], rel=1e-5)
   assert b[0]["grad_norm"] == pytest.approx(a[0]["grad_norm"], rel=1e-4)
   np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-4)
-  _, pa = _latest_params(tmp_path / "one")
-  _, pb = _latest_params(tmp_path / "eight")
+  _, pa = helpers.latest_params(tmp_path / "one")
+  _, pb = helpers.latest_params(tmp_path / "eight")
   lr = sum(r["lr"] for r in a)  # What the three steps could move a parameter by, at most.
   diffs = np.concatenate([np.abs(np.asarray(x) - np.asarray(y)).ravel()
                           for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb))])
@@ -360,7 +341,7 @@ def test_bfloat16_compute_with_gradient_accumulation_trains(data_dir, tmp_path):
   for row in (l for l in lines if l["split"] == "train"):
     assert row["lr"] == pytest.approx(float(schedule(row["step"])), rel=1e-6), row
   assert summary["num_examples"] > 0
-  step, params = _latest_params(tmp_path)
+  step, params = helpers.latest_params(tmp_path)
   assert step == 4 and all(x.dtype == np.float32 for x in jax.tree.leaves(params))  # f32 master.
 
 
@@ -398,8 +379,7 @@ def test_the_detector_task_trains_evaluates_and_resumes_exactly_on_eight_devices
   resumed = tmp_path / "resumed"
   trainer.train_and_evaluate(_detector_config(data_dir, train__steps=3), str(resumed))
   trainer.train_and_evaluate(_detector_config(data_dir), str(resumed))
-  step_a, a = _latest_params(straight)
-  step_b, b = _latest_params(resumed)
+  step_a, a = helpers.latest_params(straight)
+  step_b, b = helpers.latest_params(resumed)
   assert step_a == step_b == 6
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
+  helpers.assert_same_trees(a, b)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from attend_jax.data import synthetic as S
+from attend_jax.data.synthetic import dataset as S
 from attend_jax.data.sources import synthetic as synthetic_source
 
 Y, X = np.mgrid[-80:81, -80:81].astype(np.float32)

@@ -9,19 +9,21 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from attend_jax.data.synthetic import dataset as S
+from attend_jax.data import synthetic as S
+from attend_jax.data.synthetic import lesions
 from attend_jax.data.sources import synthetic as synthetic_source
 
 Y, X = np.mgrid[-80:81, -80:81].astype(np.float32)
 
 
 def _render(kind: str, difference: float, seed: int) -> np.ndarray:
-  finding = S._draw_fine(np.random.default_rng(seed), kind, difference)
+  finding = lesions.draw_fine(np.random.default_rng(seed), kind, difference)
   rng = np.random.default_rng(seed + 1000)
-  if kind in S._CALCIFICATIONS:
-    patch, _ = S._fine_calcifications(rng, X, Y, 18.0, finding.contrast, 0.8, finding.malignancy)
+  if kind in S.CALCIFICATIONS:
+    patch, _ = lesions._fine_calcifications(rng, X, Y, 18.0, finding.contrast, 0.8,
+                                            finding.malignancy)
   else:
-    patch, _ = S._fine_mass(rng, X, Y, 15.0, finding.contrast, finding.malignancy)
+    patch, _ = lesions._fine_mass(rng, X, Y, 15.0, finding.contrast, finding.malignancy)
   return patch
 
 
@@ -29,7 +31,7 @@ def _render(kind: str, difference: float, seed: int) -> np.ndarray:
                                               (S.CALCIFICATION_CLUSTER, S.BENIGN_CALCIFICATIONS)])
 def test_at_difference_zero_a_cancer_is_drawn_exactly_as_its_look_alike(malignant, benign):
   for seed in range(10):
-    a, b = (S._draw_fine(np.random.default_rng(seed), k, 0.0) for k in (malignant, benign))
+    a, b = (lesions.draw_fine(np.random.default_rng(seed), k, 0.0) for k in (malignant, benign))
     assert dataclasses.replace(a, kind=benign) == b  # Same size, contrast, depth, malignancy 0.
     np.testing.assert_array_equal(_render(malignant, 0.0, seed), _render(benign, 0.0, seed))
 

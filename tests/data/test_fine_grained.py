@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from attend_jax.data import synthetic as S
 from attend_jax.data.synthetic import lesions
-from attend_jax.data.sources import synthetic as synthetic_source
+from attend_jax.data.sources import synthetic_csv
 
 Y, X = np.mgrid[-80:81, -80:81].astype(np.float32)
 
@@ -84,7 +84,7 @@ def test_fine_grained_datasets_put_look_alikes_beside_cancers(tmp_path):
   assert any(k for label, k in kinds if label == 0)  # Benign findings on label-0 images.
   assert all(set(k) <= set(S.BENIGN_KINDS) for label, k in kinds if label == 0)
   # The source says which of an image's boxes are cancers, for the contrastive term.
-  listing = synthetic_source.list_examples(tmp_path / "d")
+  listing = synthetic_csv.list_examples(tmp_path / "d")
   with open(tmp_path / "d" / "labels.csv", newline="") as f:
     rows = {row["image_id"]: json.loads(row["lesions"]) for row in csv.DictReader(f)}
   for ex in listing.examples:

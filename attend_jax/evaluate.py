@@ -20,7 +20,7 @@ import pathlib
 from absl import app, flags
 
 from attend_jax import cli, paths, run, tasks
-from attend_jax.data import pipeline, prepared
+from attend_jax.data import availability, pipeline
 from attend_jax.progress import Progress
 from attend_jax.train import prediction
 
@@ -46,9 +46,10 @@ def evaluate(workdir: str, split: str, out: pathlib.Path, gallery: int = 4) -> d
   a bucket's); returns its metrics."""
   loaded = run.load(workdir, prediction.local_mesh(run.read_config(workdir).data.eval_batch_size))
   config = loaded.config
-  prepared.require(config.data.dir, config.data.name, (split,), flag="the run's config.data.dir",
-                   instead="move the prepared folder back there",
-                   split_advice="pass --split among those")
+  availability.require(config.data.dir, config.data.name, (split,),
+                       flag="the run's config.data.dir",
+                       instead="move the prepared folder back there",
+                       split_advice="pass --split among those")
   pred = predict_split(loaded, split)
   return loaded.task.write(pred, out, split, {"model": loaded.source}, gallery=gallery)
 

@@ -176,7 +176,7 @@ def test_no_module_takes_a_user_path_with_pathlib():
 def test_prepare_writes_to_a_bucket_and_a_run_cannot_read_records_there(gcs, elsewhere):
   """prepare --out=gs://... prepares locally and uploads; ArrayRecord cannot read a bucket (it
   hangs there), so a run refuses it in one line that says to copy the folder to local disk."""
-  from attend_jax.data import prepare, prepared, records, synthetic
+  from attend_jax.data import availability, prepare, records, synthetic
 
   synthetic.generate(elsewhere / "dicom", 2, seed=0, size_range=(200, 240),
                      jpeg2000_fraction=0.0)
@@ -184,13 +184,13 @@ def test_prepare_writes_to_a_bucket_and_a_run_cannot_read_records_there(gcs, els
   result = prepare.prepare("synthetic", elsewhere / "dicom", out,
                            prepare.PrepareOptions(long_side=64), workers=1)
   _no_local_copy(elsewhere)
-  assert prepared.is_prepared(out, "synthetic_64")
+  assert availability.is_prepared(out, "synthetic_64")
   assert prepare.read_options(out, "synthetic_64").long_side == 64
   again = prepare.prepare("synthetic", elsewhere / "dicom", out,
                           prepare.PrepareOptions(long_side=64), workers=1)
   assert again.counts == result.counts and again.seconds == 0.0  # Found on the bucket.
   with pytest.raises(errors.RemoteRecordsError, match="copy the prepared folder to local disk"):
-    prepared.require(out, "synthetic_64", ("train",), flag="config.data.dir", instead="",
+    availability.require(out, "synthetic_64", ("train",), flag="config.data.dir", instead="",
                      split_advice="")
   with pytest.raises(errors.RemoteRecordsError):
     records.data_source(out, "synthetic_64", "train")

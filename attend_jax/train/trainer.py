@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from attend_jax import checkpoint, config_check, paths, run, tasks
-from attend_jax.data import pipeline, prefetch, prepared, records
+from attend_jax.data import availability, pipeline, prefetch, records
 from attend_jax.models import build
 from attend_jax.progress import log
 from attend_jax.train import memory, optim, preemption, prediction, sharding
@@ -232,9 +232,10 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
                      " devices.")
 
   # --- input ---------------------------------------------------------------------------------
-  prepared.ensure_synthetic(config)
-  prepared.require_for_run(config, ("train", config.data.eval_split))
-  prepared.record_options(config)  # config.json says how the records were made; predict follows.
+  availability.ensure_synthetic(config)
+  availability.require_for_run(config, ("train", config.data.eval_split))
+  # config.json says how the records were made; predict follows.
+  availability.record_options(config)
   build.adopt_pretrained(config)  # And how the pretrained backbone resizes its positions.
   run.write_config(workdir, config)
 

@@ -35,8 +35,8 @@ def predict_split(loaded: run.Loaded, split: str) -> dict:
   attention, or a detector's boxes and scores."""
   cfg = pipeline.for_split(loaded.config, split, train=False)
   mesh = prediction.local_mesh(cfg.batch_size)
-  step = prediction.model_step(loaded.task, loaded.model, detail=True, proposer=loaded.proposer,
-                              mesh=mesh)
+  step = prediction.model_step(loaded.task, loaded.model, detail=True,
+                              proposal_step=loaded.proposal_step, mesh=mesh)
   return prediction.predict_split(step, cfg, mesh, host_keys=loaded.task.host_keys,
                                  progress=Progress(f"evaluating {split}", "img"))
 

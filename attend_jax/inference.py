@@ -166,8 +166,8 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
         " --proposals DIR with <image>_preds.txt files (cx cy w h score per line).")
   num_proposals = max(config.proposals.topk, 1)
   mesh = prediction.local_mesh(batch_size)
-  step = prediction.model_step(loaded.task, loaded.model, detail=True, proposer=loaded.proposer,
-                              mesh=mesh)
+  step = prediction.model_step(loaded.task, loaded.model, detail=True,
+                              proposal_step=loaded.proposal_step, mesh=mesh)
   anchor = config.proposals.anchor or config.proposals.source not in ("files", "detector")
   images, bad, pending = [], [], []
 

@@ -221,7 +221,7 @@ def test_a_pretrained_backbone_and_a_detector_are_read_from_a_bucket(gcs, elsewh
   config.proposals.detector = gcs.path("detector_run")
   run.save_export(config.proposals.detector, detector, detector_config)
   workdir = gcs.path("classifier_run")
-  assert run.proposer(config, workdir) is not None
+  assert run.load_proposal_step(config, workdir) is not None
   copy = run.load(epath.Path(workdir) / run.DETECTOR_COPY)
   assert tasks.name(copy.config) == "detect"
   _no_local_copy(elsewhere)

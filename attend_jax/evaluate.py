@@ -20,7 +20,7 @@ import pathlib
 from absl import app, flags
 
 from attend_jax import cli, paths, run, tasks
-from attend_jax.data import pipeline, prepared
+from attend_jax.data import availability, pipeline
 from attend_jax.progress import Progress
 from attend_jax.train import prediction
 
@@ -35,8 +35,8 @@ def predict_split(loaded: run.Loaded, split: str) -> dict:
   attention, or a detector's boxes and scores."""
   cfg = pipeline.for_split(loaded.config, split, train=False)
   mesh = prediction.local_mesh(cfg.batch_size)
-  step = prediction.model_step(loaded.task, loaded.model, detail=True, proposer=loaded.proposer,
-                              mesh=mesh)
+  step = prediction.model_step(loaded.task, loaded.model, detail=True,
+                              proposal_step=loaded.proposal_step, mesh=mesh)
   return prediction.predict_split(step, cfg, mesh, host_keys=loaded.task.host_keys,
                                  progress=Progress(f"evaluating {split}", "img"))
 
@@ -46,9 +46,10 @@ def evaluate(workdir: str, split: str, out: pathlib.Path, gallery: int = 4) -> d
   a bucket's); returns its metrics."""
   loaded = run.load(workdir, prediction.local_mesh(run.read_config(workdir).data.eval_batch_size))
   config = loaded.config
-  prepared.require(config.data.dir, config.data.name, (split,), flag="the run's config.data.dir",
-                   instead="move the prepared folder back there",
-                   split_advice="pass --split among those")
+  availability.require(config.data.dir, config.data.name, (split,),
+                       flag="the run's config.data.dir",
+                       instead="move the prepared folder back there",
+                       split_advice="pass --split among those")
   pred = predict_split(loaded, split)
   return loaded.task.write(pred, out, split, {"model": loaded.source}, gallery=gallery)
 

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from attend_jax import box_ops, geometry, run, tasks
-from attend_jax.data import dicom, pipeline, prepare, prepared
+from attend_jax.data import availability, dicom, pipeline, prepare
 from attend_jax.data import pool as pool_lib
 from attend_jax.data.sources.base import Example
 from attend_jax.errors import DataError
@@ -118,7 +118,7 @@ def preprocess(paths: Sequence[pathlib.Path], config, proposal_dir: str | None =
   whose decoder fails in any way (an error, a crash, a hang past ``time_limit`` seconds), or
   whose header claims more than ``max_pixels`` pixels, gets its reason and the others carry
   on."""
-  opts = prepared.options(config)  # As the run's records were prepared.
+  opts = availability.options(config)  # As the run's records were prepared.
   jobs = [(p, opts, proposal_dir, i, max_pixels) for p, i in zip(paths, image_ids(paths))]
   results = pool_lib.guarded_map(preprocess_file, jobs, preload=[prepare.__name__],
                                  workers=pool_lib.worker_count(workers, len(jobs)),
@@ -166,8 +166,8 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
         " --proposals DIR with <image>_preds.txt files (cx cy w h score per line).")
   num_proposals = max(config.proposals.topk, 1)
   mesh = prediction.local_mesh(batch_size)
-  step = prediction.model_step(loaded.task, loaded.model, detail=True, proposer=loaded.proposer,
-                              mesh=mesh)
+  step = prediction.model_step(loaded.task, loaded.model, detail=True,
+                              proposal_step=loaded.proposal_step, mesh=mesh)
   anchor = config.proposals.anchor or config.proposals.source not in ("files", "detector")
   images, bad, pending = [], [], []
 

@@ -7,7 +7,7 @@ its own copy of that detector. A weights export (a converted checkpoint, the det
 the same minus the training state: ``config.json`` and ``weights/``.
 
 The trainer writes through this module; predict, evaluate, export_proposals, the notebooks and
-the classifier's proposer read through ``load``.
+the classifier's detector proposals (``load_proposal_step``) read through ``load``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Loaded:
   model: nnx.Module  # In eval mode.
   source: str  # Which checkpoint, for the outputs.
   # proposals.source="detector": batch -> batch with the run's own detector's proposals.
-  proposer: Callable[[dict], dict] | None = None
+  proposal_step: Callable[[dict], dict] | None = None
 
   @property
   def task(self) -> tasks.Task:
@@ -101,12 +101,13 @@ def load(directory: str | os.PathLike, mesh=None) -> Loaded:
       model = nnx.merge(graph, state["params"], state["stats"], rest)
       model.eval()
       return Loaded(config, model, f"{directory / sub} step {step}",
-                    proposer(config, directory, mesh))
+                    load_proposal_step(config, directory, mesh))
   raise ModelNotFoundError(f"{directory}: no checkpoint in {checkpoint.BEST}/,"
                            f" {checkpoint.LATEST}/ or {WEIGHTS}/ yet.")
 
 
-def proposer(config, workdir: str | os.PathLike, mesh=None) -> Callable[[dict], dict] | None:
+def load_proposal_step(config, workdir: str | os.PathLike,
+                       mesh=None) -> Callable[[dict], dict] | None:
   """With ``proposals.source = "detector"``, the jitted ``batch -> batch`` that replaces a
   batch's proposals by the detector's top boxes, on device; otherwise None.
 
@@ -132,7 +133,7 @@ def proposer(config, workdir: str | os.PathLike, mesh=None) -> Callable[[dict], 
     if jax.process_index() == 0:
       save_export(own, loaded.model, loaded.config)
   log("Proposals: the detector of %s", loaded.source)
-  return detect.proposer(loaded.model, max(config.proposals.topk, 1), mesh)
+  return detect.proposal_step(loaded.model, max(config.proposals.topk, 1), mesh)
 
 
 LOCK = ".lock"

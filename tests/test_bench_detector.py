@@ -32,7 +32,7 @@ def test_bench_detector_gpu_preset_dry_run(tmp_path):
   for name in ("backbone", "detect"):
     assert figure(rf"^  {name} +{NUMBER} ms") > 0
   assert figure(rf"^  detect .* {NUMBER} images/s") > 0
-  for name in (r"step \(files\)", "proposer", r"proposer\+step"):
+  for name in (r"step \(files\)", "proposals", r"proposals\+step"):
     assert figure(rf"^  {name} +{NUMBER} ms/step") > 0
   assert figure(rf"^ratios: detector step / files step {NUMBER}x") > 0
   assert figure(rf"^ratios: .* detect {NUMBER} images/s") > 0

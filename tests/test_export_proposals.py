@@ -15,7 +15,7 @@ from attend_jax import geometry, inference
 from attend_jax import run as run_lib
 from attend_jax.data import pipeline, prepare, proposals, records
 from attend_jax.data.sources import DatasetNotFoundError
-from attend_jax.data.sources import synthetic as synthetic_source
+from attend_jax.data.sources import synthetic_csv
 
 import helpers
 
@@ -156,7 +156,7 @@ def test_files_map_back_to_the_detectors_own_boxes(run, direct):
 def test_prepare_data_and_predict_find_and_read_the_files(run, direct):
   """The consumers: the reference-CSV source's and predict's file naming, and
   prepare.process_example on the DICOMs the records came from."""
-  listing = synthetic_source.list_examples(run["data"] / "dicom")
+  listing = synthetic_csv.list_examples(run["data"] / "dicom")
   examples = {ex.image_id: ex for ex in listing.examples}
   opts = prepare.PrepareOptions(long_side=256, max_proposals=1000)
   checked = 0

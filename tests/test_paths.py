@@ -112,22 +112,22 @@ LOCAL_BY_NATURE = {
     "data/sources/base.py:read_csv": "raw datasets are read from local disk",
     "data/sources/reference_csv.py:list_examples": "raw datasets are read from local disk",
     "data/sources/cbis_ddsm.py:folder_index": "raw datasets are read from local disk",
-    "data/synthetic.py:generate": "synthetic DICOMs, then prepared",
-    "data/synthetic.py:plan": "synthetic DICOMs, then prepared",
+    "data/synthetic/dataset.py:generate": "synthetic DICOMs, then prepared",
+    "data/synthetic/dataset.py:plan": "synthetic DICOMs, then prepared",
     "data/layouts.py:write": "a synthetic raw dataset: raw datasets are read from local disk",
     "data/layouts.py:prepare_command": "the prepare command of that local folder",
-    "convert/dinov2.py:write_random": "a local weights file, for the converter to read",
-    "data/synthetic.py:read_labels": "synthetic DICOMs, then prepared",
+    "convert/dinov2/mapping.py:write_random": "a local weights file, for the converter to read",
+    "data/synthetic/labels.py:read_labels": "synthetic DICOMs, then prepared",
     "data/records.py:Mammograms._split_generators": "prepare's local per-image cache",
     "data/prepare.py:prepare": "prepare's local per-image cache (paths.staged for --out)",
     "inference.py:find_dicoms": "DICOM inputs",
     "inference.py:image_ids": "DICOM inputs",
     "inference.py:example": "proposal files beside local DICOMs",
     "inference.py:OutputWriter.__init__": "called with a paths.staged folder",
-    "convert/dinov2.py:read_state_dict": "a downloaded or local torch / safetensors file",
-    "convert/dinov2.py:cache_dir": "the local download cache",
-    "convert/dinov2.py:fetch": "the local download cache",
-    "convert/dinov2.py:resolve_source": "a local torch / safetensors file",
+    "convert/dinov2/state_dict.py:read_state_dict": "a downloaded or local torch / safetensors file",
+    "convert/dinov2/download.py:cache_dir": "the local download cache",
+    "convert/dinov2/download.py:fetch": "the local download cache",
+    "convert/dinov2/download.py:resolve_source": "a local torch / safetensors file",
     "tasks/classify.py:Classify.write": "called with a paths.staged folder",
     "tasks/detect.py:Detect.write": "called with a paths.staged folder",
     "eval/report.py:_save": "called with a paths.staged folder",
@@ -176,7 +176,7 @@ def test_no_module_takes_a_user_path_with_pathlib():
 def test_prepare_writes_to_a_bucket_and_a_run_cannot_read_records_there(gcs, elsewhere):
   """prepare --out=gs://... prepares locally and uploads; ArrayRecord cannot read a bucket (it
   hangs there), so a run refuses it in one line that says to copy the folder to local disk."""
-  from attend_jax.data import prepare, prepared, records, synthetic
+  from attend_jax.data import availability, prepare, records, synthetic
 
   synthetic.generate(elsewhere / "dicom", 2, seed=0, size_range=(200, 240),
                      jpeg2000_fraction=0.0)
@@ -184,13 +184,13 @@ def test_prepare_writes_to_a_bucket_and_a_run_cannot_read_records_there(gcs, els
   result = prepare.prepare("synthetic", elsewhere / "dicom", out,
                            prepare.PrepareOptions(long_side=64), workers=1)
   _no_local_copy(elsewhere)
-  assert prepared.is_prepared(out, "synthetic_64")
+  assert availability.is_prepared(out, "synthetic_64")
   assert prepare.read_options(out, "synthetic_64").long_side == 64
   again = prepare.prepare("synthetic", elsewhere / "dicom", out,
                           prepare.PrepareOptions(long_side=64), workers=1)
   assert again.counts == result.counts and again.seconds == 0.0  # Found on the bucket.
   with pytest.raises(errors.RemoteRecordsError, match="copy the prepared folder to local disk"):
-    prepared.require(out, "synthetic_64", ("train",), flag="config.data.dir", instead="",
+    availability.require(out, "synthetic_64", ("train",), flag="config.data.dir", instead="",
                      split_advice="")
   with pytest.raises(errors.RemoteRecordsError):
     records.data_source(out, "synthetic_64", "train")
@@ -221,7 +221,7 @@ def test_a_pretrained_backbone_and_a_detector_are_read_from_a_bucket(gcs, elsewh
   config.proposals.detector = gcs.path("detector_run")
   run.save_export(config.proposals.detector, detector, detector_config)
   workdir = gcs.path("classifier_run")
-  assert run.proposer(config, workdir) is not None
+  assert run.load_proposal_step(config, workdir) is not None
   copy = run.load(epath.Path(workdir) / run.DETECTOR_COPY)
   assert tasks.name(copy.config) == "detect"
   _no_local_copy(elsewhere)

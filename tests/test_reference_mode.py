@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from attend_jax import box_ops, inference, run
-from attend_jax.data import breast, dicom, prepare, prepared, proposals, synthetic
+from attend_jax.data import availability, breast, dicom, prepare, proposals, synthetic
 from attend_jax.models import roi
 from attend_jax.train import trainer
 from configs import demo
@@ -184,5 +184,5 @@ def test_predict_follows_the_orientation_the_run_was_prepared_with(tmp_path):
   c = demo.get_config("smoke")
   c.data.dir, c.data.name, c.data.image_size = str(tmp_path / "kept"), "synthetic_96", 96
   c.data.synthetic.num_studies = 0
-  with pytest.raises(prepared.PrepareMismatchError, match="normalize_orientation=False"):
+  with pytest.raises(availability.PrepareMismatchError, match="normalize_orientation=False"):
     trainer.train_and_evaluate(c, str(tmp_path / "mismatch"))

@@ -43,7 +43,7 @@ import numpy as np
 
 from attend_jax.data import pipeline, prepare, synthetic
 from attend_jax.data import records as records_lib
-from attend_jax.data.sources import synthetic as synthetic_source
+from attend_jax.data.sources import synthetic_csv
 
 _NUM_STUDIES = flags.DEFINE_integer("num_studies", 4, "Four-image studies per codec.")
 _SIZE = flags.DEFINE_integer("size", 2400, "Mammogram height in pixels (width is ~0.8x).")
@@ -121,7 +121,7 @@ def main(argv):
       shutil.rmtree(data, ignore_errors=True)
       synthetic.generate(data, _NUM_STUDIES.value, seed=1, size_range=(_SIZE.value, _SIZE.value),
                          jpeg2000_fraction=j2k)
-    examples = synthetic_source.list_examples(data, 0.0, 0.0).examples
+    examples = synthetic_csv.list_examples(data, 0.0, 0.0).examples
     raw = _raw_decode_seconds([ex.path for ex in examples]) / len(examples)
     out = root / f"{codec}_prepared"
     shutil.rmtree(out, ignore_errors=True)

@@ -21,12 +21,12 @@ pipeline's format (uint16 S x S images, proposals ``cx cy w h score``):
    fuse across a boundary in one and not in the other: read them as estimates.
 2. **Added cost per classifier training step.** The trainer's own ``make_train_step`` on a
    batch that already holds proposals (the ``proposals.source = "files"`` path) against the
-   proposer of ``run.proposer`` (``proposals.source = "detector"``: the detector's
-   top-k boxes, on device) followed by the same step. The classifier is the two-stage
-   recipe's (``configs/common.py``: finetune + two_stage, so with the contrastive term). The
-   proposer is the real code path: a random-weight detector is saved as a run's own detector
-   copy (``WORKDIR/detector``: config.json + weights) in a temporary folder and loaded from
-   there by ``make_proposer``.
+   proposal step of ``run.load_proposal_step`` (``proposals.source = "detector"``: the
+   detector's top-k boxes, on device) followed by the same step. The classifier is the
+   two-stage recipe's (``configs/common.py``: finetune + two_stage, so with the contrastive
+   term). The proposal step is the real code path: a random-weight detector is saved as a run's
+   own detector copy (``WORKDIR/detector``: config.json + weights) in a temporary folder and
+   loaded from there by ``run.load_proposal_step``.
 
 Repetitions alternate over all timed programs (``bench_util.interleaved``), so background
 load hits all alike; each figure is the median of --reps after --warmup untimed calls.
@@ -101,7 +101,7 @@ def make_configs(s: dict):
   ``common.two_stage``: loss and optimiser as trained) at the benchmark's shapes."""
   c = common.base()
   common.finetune(c, "vindr", s["batch"])
-  common.two_stage(c, "")  # run.proposer finds the detector in the workdir instead.
+  common.two_stage(c, "")  # run.load_proposal_step finds the detector in the workdir instead.
   c.model.pretrained = ""  # Random weights: only the speed matters.
   c.model.variant = s["variant"]
   if s["tiny_vit"]:
@@ -180,7 +180,7 @@ def detector_programs(model, batch: dict) -> dict:
 
 
 def step_programs(config, workdir: pathlib.Path, batch: dict) -> dict:
-  """Blocking callables: the train step on a files batch, and the proposer then the step."""
+  """Blocking callables: the train step on a files batch, and the proposal step then the step."""
   task = tasks.get(config)
   model = task.build_model(0)
   model.train()
@@ -188,21 +188,21 @@ def step_programs(config, workdir: pathlib.Path, batch: dict) -> dict:
   tx = optim.make(config, params, model.cfg.vit.depth)
   step_fn = trainer.make_train_step(task, train_def, tx, jax.random.key(1))
   state = {"params": params, "stats": stats, "opt": jax.jit(tx.init)(params)}
-  # Committed like the batch and the proposer's outputs: jit compiles anew for each mix of
+  # Committed like the batch and the proposal step's outputs: jit compiles anew for each mix of
   # committed and uncommitted arguments.
   state, rngs = jax.device_put((state, rngs), batch["image"].sharding)
-  proposer = run.proposer(config, workdir)
+  proposal_step = run.load_proposal_step(config, workdir)
 
   def step(batch):
     state["params"], state["stats"], state["opt"], terms = step_fn(
         state["params"], state["stats"], state["opt"], rngs, jnp.int32(0), batch)
     jax.block_until_ready(terms["loss"])
 
-  def proposer_only():
-    jax.block_until_ready(proposer(batch))
+  def proposals_only():
+    jax.block_until_ready(proposal_step(batch))
 
-  return {"proposer": proposer_only, "step (files)": lambda: step(batch),
-          "proposer+step": lambda: step(proposer(batch))}
+  return {"proposals": proposals_only, "step (files)": lambda: step(batch),
+          "proposals+step": lambda: step(proposal_step(batch))}
 
 
 def main(argv):
@@ -248,9 +248,9 @@ def main(argv):
     line += f" (MFU {100 * flops / sec['backbone'] / 1e12 / FLAGS.peak_tflops:.1f} %)"
   print(line)
   print("classifier train step (make_train_step), proposals from files vs from the detector:")
-  for name in ("step (files)", "proposer", "proposer+step"):
+  for name in ("step (files)", "proposals", "proposals+step"):
     print(f"  {name:15s} {sec[name] * 1e3:9.2f} ms/step  {b / sec[name]:9.2f} images/s")
-  added = sec["proposer+step"] - sec["step (files)"]
+  added = sec["proposals+step"] - sec["step (files)"]
   if FLAGS.json:
     pathlib.Path(FLAGS.json).write_text(json.dumps(
         {"bench": "detector", "preset": FLAGS.preset, "dry_run": FLAGS.dry_run,
@@ -260,8 +260,8 @@ def main(argv):
          "backbone_tflops": flops / sec["backbone"] / 1e12,
          "backbone_mfu": flops / sec["backbone"] / 1e12 / FLAGS.peak_tflops if gpu else None,
          "step_files_images_per_s": b / sec["step (files)"],
-         "step_detector_images_per_s": b / sec["proposer+step"]}, indent=2) + "\n")
-  print(f"ratios: detector step / files step {sec['proposer+step'] / sec['step (files)']:.3f}x,"
+         "step_detector_images_per_s": b / sec["proposals+step"]}, indent=2) + "\n")
+  print(f"ratios: detector step / files step {sec['proposals+step'] / sec['step (files)']:.3f}x,"
         f" added {added * 1e3:.2f} ms/step ({100 * added / sec['step (files)']:.1f} %);"
         f" detect {b / sec['detect']:.2f} images/s;"
         f" backbone {100 * sec['backbone'] / sec['detect']:.1f} % of detect"

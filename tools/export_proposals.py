@@ -48,7 +48,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags
 
 from attend_jax import box_ops, cli, geometry, run, tasks
-from attend_jax.data import pipeline, prepare, prepared, records
+from attend_jax.data import availability, pipeline, prepare, records
 from attend_jax.progress import Progress
 from attend_jax.train import prediction
 from configs import common
@@ -133,7 +133,7 @@ def require_detector(loaded: run.Loaded) -> None:
 def resolve_dataset(config, dataset: str, data_dir: str, splits: Sequence[str] | None
                     ) -> list[str]:
   """The splits to export; DatasetNotFoundError if the dataset or a split is not prepared."""
-  have = prepared.require(
+  have = availability.require(
       data_dir, dataset, splits or (), flag="--data_dir, default: the detector's config.data.dir",
       instead="pass --data_dir (and --dataset, e.g. vindr_2048) where you prepared it",
       split_advice="pass --splits among those", long_side=config.data.image_size)

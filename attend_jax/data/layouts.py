@@ -96,7 +96,6 @@ _BREAST_SCORE = 0.98  # Above simulate_detector's scores: the whole breast comes
 _TAIL_SCORES = (0.04, 0.0004)  # Below them: the near-copies that fill a file.
 _CBIS_UID_ROOT = "1.3.6.1.4.1.9590.100.1.2."  # The root of CBIS-DDSM's UIDs.
 _NO_VIEW_TAGS = ("ImageLaterality", "ViewPosition", "PatientOrientation", "ViewCodeSequence")
-_CALCIFICATIONS = (synthetic.CALCIFICATION_CLUSTER, synthetic.BENIGN_CALCIFICATIONS)
 _RSNA_MACHINES = {1: (21, 29, 48, 49, 93, 210, 216), 2: (170, 190, 197)}
 _SEED_TAG = 0x1A70  # This module's random streams, apart from the generator's.
 
@@ -400,9 +399,9 @@ def _cbis_jobs(jobs: list[synthetic.ImageJob], seed: int) -> list[_Job]:
   kept = []
   for job in jobs:
     if job.findings:
-      calc = job.findings[0].kind in _CALCIFICATIONS
+      calc = job.findings[0].kind in synthetic.CALCIFICATIONS
       kept.append(dataclasses.replace(
-          job, findings=[f for f in job.findings if (f.kind in _CALCIFICATIONS) == calc]))
+          job, findings=[f for f in job.findings if (f.kind in synthetic.CALCIFICATIONS) == calc]))
   _check(bool(kept), "CBIS-DDSM holds only breasts with an abnormality, and no breast has one:"
          " raise malignant_fraction or benign_fraction")
   studies = sorted({job.study for job in kept})
@@ -423,7 +422,7 @@ def _cbis_jobs(jobs: list[synthetic.ImageJob], seed: int) -> list[_Job]:
   out = []
   for job in kept:
     meta, patient, official = job.meta, patients[job.study], split[job.study]
-    calc = job.findings[0].kind in _CALCIFICATIONS
+    calc = job.findings[0].kind in synthetic.CALCIFICATIONS
     name = (f"{'Calc' if calc else 'Mass'}-{'Test' if official == 'test' else 'Training'}"
             f"_{patient}_{_side(meta.laterality)}_{meta.view}")
     date = _nbia_date(job.study_date)
@@ -502,7 +501,7 @@ def _vindr_jobs(jobs: list[synthetic.ImageJob], seed: int) -> list[_Job]:
            "breast_density": f"DENSITY {'ABCD'[_density_class(job.density)]}",
            "split": official}
     findings = tuple(
-        {"finding_categories": ("['Suspicious Calcification']" if f.kind in _CALCIFICATIONS
+        {"finding_categories": ("['Suspicious Calcification']" if f.kind in synthetic.CALCIFICATIONS
                                 else "['Mass']"),
          "finding_birads": f"BI-RADS {birads if _is_malignant(f) or not meta.label else 3}"}
         for f in job.findings)

@@ -35,7 +35,7 @@ import numpy as np
 from absl import flags
 
 from attend_jax import box_ops
-from attend_jax.data import prepared, records
+from attend_jax.data import availability, records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +129,7 @@ def to_fixed_shapes(record: dict[str, Any], index: int, image_size: int, num_pro
 def _source(cfg: PipelineConfig) -> records.Records:
   """The split's records; a corrupt shard's error gives the command that prepares them again."""
   return records.data_source(cfg.data_dir, cfg.config, cfg.split, rerun=functools.partial(
-      prepared.prepare_command, cfg.data_dir, cfg.config))
+      availability.prepare_command, cfg.data_dir, cfg.config))
 
 
 def make_dataset(cfg: PipelineConfig) -> grain.IterDataset:

@@ -148,7 +148,7 @@ def data_source(data_dir, config: str, split: str,
   """A random-access source of decoded records (dicts of numpy arrays and bytes), from local
   disk: ArrayRecord's reader opens only local files (on a gs:// folder it hangs at the first
   record), so a bucket is refused with one line. ``rerun`` gives the command that prepares the
-  records again, for the error a corrupt shard raises (``prepared.prepare_command``; a caller
+  records again, for the error a corrupt shard raises (``availability.prepare_command``; a caller
   above this module passes it, picklable, e.g. a ``functools.partial``)."""
   require_local(data_dir)
   return Records(builder(data_dir, config).as_data_source(split=split), data_dir, config,

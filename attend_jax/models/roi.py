@@ -134,8 +134,8 @@ def sine_embedding(positions: jax.Array, dims: int = 64, temperature: float = 10
   return jnp.concatenate([y, x, w, h], axis=-1)
 
 
-# "detector" boxes are put into the batch's proposals on device (the run's proposer,
-# attend_jax.run.proposer) and are then taken like "files".
+# "detector" boxes are put into the batch's proposals on device (the run's proposal step,
+# attend_jax.run.load_proposal_step) and are then taken like "files".
 PROPOSAL_SOURCES = ("files", "detector", "grid", "breast_only")
 
 

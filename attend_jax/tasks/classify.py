@@ -31,7 +31,8 @@ def forward(model: attend.AttendModel, batch: dict, config, train: bool):
   """``(logits, aux, rois, roi_index)``: ``rois`` (B, K, 4) ``cx cy w h`` in stored pixels, and
   the proposal each came from (-1 for the anchor and tiles)."""
   images = device_augment.images(batch, train)
-  # Detector proposals were put into the batch by the run's proposer: from here they are files.
+  # Detector proposals were put into the batch by the run's proposal step: from here they are
+  # files.
   source = "files" if config.proposals.source == "detector" else config.proposals.source
   rois, index = roi.make_rois(batch["image_hw"], batch["proposals"], batch["proposal_mask"],
                               source, config.proposals.topk, config.proposals.grid,

@@ -1,5 +1,6 @@
 """The RoI detector as a task: lesion boxes on the breast crop, trained on the records' lesions,
-judged by lesion recall, FROC and AP, and used by the classifier as its proposer."""
+judged by lesion recall, FROC and AP, and used by the classifier for its proposals
+(``proposal_step``)."""
 
 from __future__ import annotations
 
@@ -141,7 +142,7 @@ class Detect(Task):
             f" {summary['num_lesions']} lesions")
 
 
-def proposer(model: detector.Detector, k: int, mesh=None):
+def proposal_step(model: detector.Detector, k: int, mesh=None):
   """A jitted ``batch -> batch`` whose proposals are ``model``'s top ``k`` detections, on device;
   the detector's parameters are replicated over ``mesh``."""
   if model.cfg.max_detections < k:

@@ -49,18 +49,18 @@ def _example(config) -> dict[str, np.ndarray]:
   return pipeline.to_fixed_shapes(empty, 0, cfg.image_size, cfg.num_proposals, cfg.max_lesions)
 
 
-def abstract_batch(config, mesh, batch_size: int, proposer=None) -> dict:
+def abstract_batch(config, mesh, batch_size: int, proposal_step=None) -> dict:
   """A global training batch of ``batch_size`` as the step receives it: shapes, dtypes (as
-  ``sharding.to_global`` makes them) and the batch sharding; after ``proposer`` if there is
+  ``sharding.to_global`` makes them) and the batch sharding; after ``proposal_step`` if there is
   one."""
   spec = NamedSharding(mesh, sharding.BATCH_SPEC)
   batch = {k: jax.ShapeDtypeStruct((batch_size, *np.shape(v)),
                                    jax.dtypes.canonicalize_dtype(np.asarray(v).dtype),
                                    sharding=spec)
            for k, v in _example(config).items()}
-  if proposer is not None:
+  if proposal_step is not None:
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec)
-             for k, v in jax.eval_shape(proposer, batch).items()}
+             for k, v in jax.eval_shape(proposal_step, batch).items()}
   return batch
 
 

@@ -19,29 +19,29 @@ from attend_jax.train import sharding
 
 
 def predict_step(task: Task, graph, detail: bool = False,
-                 proposer: Callable[[dict], dict] | None = None):
+                 proposal_step: Callable[[dict], dict] | None = None):
   """A jitted ``(states, batch) -> task.eval_outputs`` for models of ``graph``: ``graph`` and the
-  tuple ``states`` are what ``nnx.split`` returns. ``proposer`` (a run's detector) replaces the
-  batch's proposals first."""
+  tuple ``states`` are what ``nnx.split`` returns. ``proposal_step`` (a run's detector,
+  ``run.load_proposal_step``) replaces the batch's proposals first."""
 
   @jax.jit
   def step(states, batch):
     return task.eval_outputs(nnx.merge(graph, *states), batch, detail)
 
-  if proposer is None:
+  if proposal_step is None:
     return step
-  return lambda state, batch: step(state, proposer(batch))
+  return lambda state, batch: step(state, proposal_step(batch))
 
 
 def model_step(task: Task, model: nnx.Module, detail: bool = False,
-               proposer: Callable[[dict], dict] | None = None,
+               proposal_step: Callable[[dict], dict] | None = None,
                mesh=None) -> Callable[[dict], dict]:
   """``predict_step`` bound to one model's current state: ``batch -> outputs``; with ``mesh``,
   that state is replicated over its devices, for batches split over them."""
   graph, *states = nnx.split(model)
   if mesh is not None:
     states = jax.device_put(states, NamedSharding(mesh, PartitionSpec()))
-  step = predict_step(task, graph, detail, proposer)
+  step = predict_step(task, graph, detail, proposal_step)
   return lambda batch: step(tuple(states), batch)
 
 

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from attend_jax import checkpoint, config_check, paths, run, tasks
-from attend_jax.data import pipeline, prefetch, prepared, records
+from attend_jax.data import availability, pipeline, prefetch, records
 from attend_jax.models import build
 from attend_jax.progress import log
 from attend_jax.train import memory, optim, preemption, prediction, sharding
@@ -232,9 +232,10 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
                      " devices.")
 
   # --- input ---------------------------------------------------------------------------------
-  prepared.ensure_synthetic(config)
-  prepared.require_for_run(config, ("train", config.data.eval_split))
-  prepared.record_options(config)  # config.json says how the records were made; predict follows.
+  availability.ensure_synthetic(config)
+  availability.require_for_run(config, ("train", config.data.eval_split))
+  # config.json says how the records were made; predict follows.
+  availability.record_options(config)
   build.adopt_pretrained(config)  # And how the pretrained backbone resizes its positions.
   run.write_config(workdir, config)
 
@@ -246,14 +247,14 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
   batch_sharding = NamedSharding(mesh, sharding.BATCH_SPEC)
   train_step = train_step_for(config, state, mesh)
   # A run's batch transform: with proposals.source="detector", its detector's boxes.
-  proposer = run.proposer(config, workdir, mesh)
-  eval_step = prediction.predict_step(task, state.eval_def, proposer=proposer)
+  proposal_step = run.load_proposal_step(config, workdir, mesh)
+  eval_step = prediction.predict_step(task, state.eval_def, proposal_step=proposal_step)
 
   # --- memory pre-flight ---------------------------------------------------------------------
   # The step compiled ahead of time from the batch's shapes, before the pipeline reads a batch,
   # so that one that cannot fit is a line here (memory.py); training then runs this executable.
   def compile_at(batch_size: int):
-    batch = memory.abstract_batch(config, mesh, batch_size, proposer)
+    batch = memory.abstract_batch(config, mesh, batch_size, proposal_step)
     return train_step.lower(params, stats, opt_state, rngs, 0, batch).compile()
 
   compiled_step = compile_at(config.data.batch_size)
@@ -304,9 +305,9 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
     while step < total and not counters["stopped_early"]:
       with jax.transfer_guard_device_to_host("disallow"):
         batch, next_state = next(inputs)
-        if proposer is not None:
+        if proposal_step is not None:
           # Laid out as the compiled step takes it, whatever layout the detector's step chose.
-          batch = jax.device_put(proposer(batch), batch_sharding)
+          batch = jax.device_put(proposal_step(batch), batch_sharding)
         params, stats, opt_state, terms = compiled_step(params, stats, opt_state, rngs, step,
                                                         batch)
         step += 1

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from attend_jax import errors
 from attend_jax.convert import dinov2 as conv
+from attend_jax.convert.dinov2 import download
 from attend_jax.models import pretrained, vit
 from torch_refs import hf_dinov2, meta_state_from_hf, run_hf, timm_state_from_meta
 import helpers
@@ -187,7 +188,7 @@ def test_default_source_downloads_meta_file_into_cache(tmp_path, monkeypatch):
   served.parent.mkdir(parents=True)
   torch.save(meta_state_from_hf(_hf()), served)
   monkeypatch.setenv("ATTEND_JAX_CACHE", str(tmp_path / "cache"))
-  monkeypatch.setattr(conv, "META_URL",
+  monkeypatch.setattr(download, "META_URL",
                       (tmp_path / "server").as_uri() + "/dinov2_{v}/dinov2_{v}{reg}_pretrain.pth")
   seen = []
   source = conv.resolve_source(None, "vits14", False, progress=lambda d, t: seen.append(d))
@@ -204,7 +205,7 @@ def test_offline_download_says_which_url_and_where(tmp_path, monkeypatch):
   def offline(*args, **kwargs):
     raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-  monkeypatch.setattr(conv.urllib.request, "urlopen", offline)
+  monkeypatch.setattr(download.urllib.request, "urlopen", offline)
   with pytest.raises(errors.WeightsDownloadError) as e:
     conv.resolve_source(None, "vitb14", True)
   message = str(e.value)

@@ -10,18 +10,20 @@ import pytest
 from scipy import ndimage
 
 from attend_jax.data import synthetic as S
-from attend_jax.data.sources import synthetic as synthetic_source
+from attend_jax.data.synthetic import lesions
+from attend_jax.data.sources import synthetic_csv
 
 Y, X = np.mgrid[-80:81, -80:81].astype(np.float32)
 
 
 def _render(kind: str, difference: float, seed: int) -> np.ndarray:
-  finding = S._draw_fine(np.random.default_rng(seed), kind, difference)
+  finding = lesions.draw_fine(np.random.default_rng(seed), kind, difference)
   rng = np.random.default_rng(seed + 1000)
-  if kind in S._CALCIFICATIONS:
-    patch, _ = S._fine_calcifications(rng, X, Y, 18.0, finding.contrast, 0.8, finding.malignancy)
+  if kind in S.CALCIFICATIONS:
+    patch, _ = lesions._fine_calcifications(rng, X, Y, 18.0, finding.contrast, 0.8,
+                                            finding.malignancy)
   else:
-    patch, _ = S._fine_mass(rng, X, Y, 15.0, finding.contrast, finding.malignancy)
+    patch, _ = lesions._fine_mass(rng, X, Y, 15.0, finding.contrast, finding.malignancy)
   return patch
 
 
@@ -29,7 +31,7 @@ def _render(kind: str, difference: float, seed: int) -> np.ndarray:
                                               (S.CALCIFICATION_CLUSTER, S.BENIGN_CALCIFICATIONS)])
 def test_at_difference_zero_a_cancer_is_drawn_exactly_as_its_look_alike(malignant, benign):
   for seed in range(10):
-    a, b = (S._draw_fine(np.random.default_rng(seed), k, 0.0) for k in (malignant, benign))
+    a, b = (lesions.draw_fine(np.random.default_rng(seed), k, 0.0) for k in (malignant, benign))
     assert dataclasses.replace(a, kind=benign) == b  # Same size, contrast, depth, malignancy 0.
     np.testing.assert_array_equal(_render(malignant, 0.0, seed), _render(benign, 0.0, seed))
 
@@ -82,7 +84,7 @@ def test_fine_grained_datasets_put_look_alikes_beside_cancers(tmp_path):
   assert any(k for label, k in kinds if label == 0)  # Benign findings on label-0 images.
   assert all(set(k) <= set(S.BENIGN_KINDS) for label, k in kinds if label == 0)
   # The source says which of an image's boxes are cancers, for the contrastive term.
-  listing = synthetic_source.list_examples(tmp_path / "d")
+  listing = synthetic_csv.list_examples(tmp_path / "d")
   with open(tmp_path / "d" / "labels.csv", newline="") as f:
     rows = {row["image_id"]: json.loads(row["lesions"]) for row in csv.DictReader(f)}
   for ex in listing.examples:

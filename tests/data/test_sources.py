@@ -8,7 +8,7 @@ import pytest
 
 from attend_jax.data import sources
 from attend_jax.errors import LabelError
-from attend_jax.data.sources import cbis_ddsm, reference_csv, rsna, synthetic, vindr
+from attend_jax.data.sources import cbis_ddsm, reference_csv, rsna, synthetic_csv, vindr
 import helpers
 
 SHARED = helpers.SHARED
@@ -141,18 +141,18 @@ def test_synthetic_labels_csv(tmp_path):
          "image_id,study_id,patient_id,laterality,view,label,path,lesions\n"
          f"a,s1,p1,L,CC,1,images/s1/a.dcm,\"{lesions.replace(chr(34), chr(34) * 2)}\"\n"
          "b,s1,p1,L,MLO,0,images/s1/b.dcm,[]\n")
-  listing = synthetic.list_examples(tmp_path)
+  listing = synthetic_csv.list_examples(tmp_path)
   assert [ex.lesion_boxes for ex in listing.examples] == [((1, 2, 30, 40),), ()]
   assert [ex.proposal_boxes for ex in listing.examples] == [(), ()]  # No image size given.
   assert listing.examples[0].split == listing.examples[1].split
 
 
 def test_simulated_detector_finds_every_lesion_and_hides_the_label_in_count_and_size():
-  from attend_jax.data import synthetic as generator
+  from attend_jax.data import synthetic
 
   lesion = (300, 400, 360, 470)
-  with_lesion = generator.simulate_detector([lesion], 800, 1000, "R", count=6, key="a")
-  without = generator.simulate_detector([], 800, 1000, "L", count=6, key="b")
+  with_lesion = synthetic.simulate_detector([lesion], 800, 1000, "R", count=6, key="a")
+  without = synthetic.simulate_detector([], 800, 1000, "L", count=6, key="b")
   assert with_lesion.shape == without.shape == (6, 5)
   assert np.all(np.diff(with_lesion[:, 4]) <= 0)  # Sorted by score.
   # The lesion's box is there: it overlaps the lesion by more than half.
@@ -164,4 +164,4 @@ def test_simulated_detector_finds_every_lesion_and_hides_the_label_in_count_and_
   assert np.all(without[:, [0, 2]] >= 0) and np.all(without[:, [0, 2]] <= 800)
   assert np.all((without[:, 0] + without[:, 2]) / 2 > 800 * 0.4)
   np.testing.assert_array_equal(
-      generator.simulate_detector([], 800, 1000, "L", count=6, key="b"), without)  # Seeded.
+      synthetic.simulate_detector([], 800, 1000, "L", count=6, key="b"), without)  # Seeded.

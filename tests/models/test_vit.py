@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from attend_jax.convert import dinov2 as conv
+from attend_jax.convert.dinov2 import mapping
 from attend_jax.models import vit
 from torch_refs import hf_dinov2, hf_state_numpy, run_hf, use_meta_v1_interpolation
 
@@ -91,7 +92,7 @@ def test_every_variant_has_the_shapes_of_meta_checkpoints(variant, registers):
   cfg = vit.config_for(variant, registers)
   params = nnx.to_flat_state(nnx.state(vit.abstract(cfg), nnx.Param))
   ours = sum(int(np.prod(v.shape)) for _, v in params)
-  expected = conv._expected_shapes(cfg)
+  expected = mapping._expected_shapes(cfg)
   assert ours == sum(int(np.prod(s)) for s in expected.values())
   # Published sizes of the hub models without mask_token: exact for S and B, and in millions
   # as timm's model cards round them for L and g.

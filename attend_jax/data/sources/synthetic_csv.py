@@ -1,4 +1,5 @@
-"""Synthetic mammograms written by ``tools/make_synthetic.py``; split by study."""
+"""The ``synthetic`` dataset: labels.csv and DICOMs written by ``tools/make_synthetic.py``; split
+by study."""
 
 from __future__ import annotations
 

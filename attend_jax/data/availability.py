@@ -1,5 +1,6 @@
-"""Prepared datasets as runs find them: the demo's on-demand synthetic data, and one message for
-a dataset that is not there yet (the prepare command and the raw layout, never a traceback)."""
+"""Whether a run's prepared dataset is there: one message for a dataset that is not yet (the
+prepare command and the raw layout, never a traceback), the prepare options a run records and
+follows, and the demo's on-demand synthetic data."""
 
 from __future__ import annotations
 

@@ -44,8 +44,6 @@ are the package's interface.
 
 from __future__ import annotations
 
-import csv
-
 from attend_jax.data.synthetic.anatomy import Phantom, mask_box, phantom
 from attend_jax.data.synthetic.base import MANUFACTURER, MIN_SIZE, SyntheticError
 from attend_jax.data.synthetic.dataset import (ImageJob, Rendered, dicom_dataset, generate,

@@ -139,7 +139,8 @@ def test_reference_csv_source_stores_the_nms_survivors_in_score_order_scaled(tmp
   (tmp_path / "img" / "s1").mkdir(parents=True)
   write_mg(img, tmp_path / "img" / "s1", "img1.dicom", bits=12)
   (tmp_path / "csv").mkdir()
-  (tmp_path / "csv" / "test.csv").write_text("im_path,laterality,cancer,view\ns1/img1.dicom,L,1,CC\n")
+  (tmp_path / "csv" / "test.csv").write_text(
+      "im_path,laterality,cancer,view\ns1/img1.dicom,L,1,CC\n")
   out = tmp_path / "out"
   opts = prepare.PrepareOptions(long_side=512, normalize_orientation=False, max_proposals=8)
   result = prepare.prepare("csv", tmp_path / "img", out, opts, workers=1, csv_dir=tmp_path / "csv",

@@ -79,3 +79,23 @@ def tiny_prepared(root: pathlib.Path, out: pathlib.Path | None = None, seed: int
   prepare.prepare("synthetic", root / "dicom", out, prepare.PrepareOptions(long_side=96),
                   workers=1, **prepare_kwargs)
   return out
+
+
+def _printed(x: str | float) -> tuple[float, float]:
+  """A figure and half a unit of its last printed digit (0 for an exact number)."""
+  if not isinstance(x, str):
+    return float(x), 0.0
+  text = x.replace(",", "")
+  digits = len(text.split(".")[1]) if "." in text else 0
+  return float(text), 0.5 * 10.0**-digits
+
+
+def printed_quotient(quotient: str, numerator: str | float, denominator: str | float,
+                     scale: float = 1.0) -> bool:
+  """Whether a printed ``quotient`` can be ``scale x numerator / denominator`` of the printed
+  (or exact) figures beside it, given how many digits each was rounded to: a benchmark's
+  ratios and rates agree with its times. Denominators are positive."""
+  (q, dq), (n, dn), (d, dd) = map(_printed, (quotient, numerator, denominator))
+  low = scale * min((n - dn) / (d + dd), (n - dn) / max(d - dd, 1e-300))
+  high = scale * max((n + dn) / (d + dd), (n + dn) / max(d - dd, 1e-300))
+  return low - dq <= q <= high + dq

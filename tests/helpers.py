@@ -122,3 +122,23 @@ def latest_params(workdir: pathlib.Path):
   state = ocp.StandardCheckpointer().restore(
       (workdir / "checkpoints" / str(steps[-1]) / "state").absolute())
   return steps[-1], state["params"]
+
+
+def _printed(x: str | float) -> tuple[float, float]:
+  """A figure and half a unit of its last printed digit (0 for an exact number)."""
+  if not isinstance(x, str):
+    return float(x), 0.0
+  text = x.replace(",", "")
+  digits = len(text.split(".")[1]) if "." in text else 0
+  return float(text), 0.5 * 10.0**-digits
+
+
+def printed_quotient(quotient: str, numerator: str | float, denominator: str | float,
+                     scale: float = 1.0) -> bool:
+  """Whether a printed ``quotient`` can be ``scale x numerator / denominator`` of the printed
+  (or exact) figures beside it, given how many digits each was rounded to: a benchmark's
+  ratios and rates agree with its times. Denominators are positive."""
+  (q, dq), (n, dn), (d, dd) = map(_printed, (quotient, numerator, denominator))
+  low = scale * min((n - dn) / (d + dd), (n - dn) / max(d - dd, 1e-300))
+  high = scale * max((n + dn) / (d + dd), (n + dn) / max(d - dd, 1e-300))
+  return low - dq <= q <= high + dq

@@ -3,6 +3,7 @@ parts (a part skipped for want of CUDA is said, not failed); bench_loop.py's dry
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -60,5 +61,12 @@ def test_the_loop_benchmark_trains_on_its_synthetic_records(tmp_path):
                      f"--workdir={tmp_path / 'loop'}", f"--json={out}")
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   row = json.loads(out.read_text())["rows"][0]
-  assert row["steps"] == 4 and row["images_per_s"] > 0 and 0 < row["mfu"] < 1
+  assert (row["steps"], row["per_device_batch"]) == (4, 1) and 0 < row["mfu"] < 1
+  # Its line: the recorded rate and MFU, between the first and the last logged step (every
+  # 2nd of the dry run's 4), on the one device and batch asked for.
+  line = re.search(r"^loop: ([0-9.]+) images/s over steps 2\.\.4 \(1 devices x 1 images\), MFU"
+                   r" ([0-9.]+) % of 989 TFLOP/s", proc.stdout, re.MULTILINE)
+  assert line, proc.stdout[-2000:]
+  assert abs(float(line.group(1)) - row["images_per_s"]) <= 0.05
+  assert abs(float(line.group(2)) - 100 * row["mfu"]) <= 0.05
   assert (tmp_path / "loop" / "run" / "checkpoints" / "4").is_dir()

@@ -12,4 +12,7 @@ def test_dry_run_prints_a_row_per_part_and_kernel():
   rows = [line.split() for line in out.stdout.splitlines() if line.strip().startswith("17 ")]
   assert [(r[1], r[2]) for r in rows] == [("forward", "cpu"), ("forward", "xla"),
                                           ("train", "cpu"), ("train", "xla")], out.stdout
-  assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
+  # Torch is timed once per part; each ratio is the row's torch ms over its jax ms.
+  assert rows[0][4] == rows[1][4] and rows[2][4] == rows[3][4], out.stdout
+  for _, _, _, jax_ms, torch_ms, ratio in rows:
+    assert helpers.printed_quotient(ratio, torch_ms, jax_ms), (ratio, torch_ms, jax_ms)

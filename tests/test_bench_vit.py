@@ -34,8 +34,25 @@ def test_dry_run_writes_rows_and_both_frameworks_op_tables(tmp_path):
   # Run again with the glibc tunables that keep freed memory for reuse, and says so.
   assert figures["glibc_tunables"] == bench_util.MALLOC_REUSE
   assert f"glibc malloc: {bench_util.MALLOC_REUSE}" in out.stdout
-  assert {r["part"] for r in rows} == {"forward", "train"}
-  assert all(r["torch_ms"] > 0 and r["jax_ms"] > 0 for r in rows)
+  # The parts asked for, at the dry run's one size (28 px) and batch (1).
+  assert [(r["part"], r["size"], r["batch"]) for r in rows] == [("forward", 28, 1),
+                                                                 ("train", 28, 1)]
+  printed = [line.split() for line in out.stdout.splitlines() if line.startswith("vits14 ")]
+  assert [(p[1], p[4]) for p in printed] == [("28", "forward"), ("28", "train")], out.stdout
+  # ViT-S/14 at 28 px, by hand: 2 x 2 patches and the CLS, 5 tokens of width 384, MLP 1536,
+  # 12 blocks; 2 x the multiply-adds of qkv, proj, the MLP, the scores and the weighted values,
+  # plus the patch embedding. A train step is 3 forwards.
+  d, t = 384, 5
+  forward = 12 * (2 * t * d * (3 * d + d + 2 * 4 * d) + 2 * 2 * t * t * d) + 2 * 4 * 14 * 14 * 3 * d
+  for row, cells in zip(rows, printed):
+    flops = forward * (3 if row["part"] == "train" else 1)
+    for name in ("torch", "jax"):  # Each rate is the same count over that framework's time.
+      assert row[f"{name}_tflops"] * row[f"{name}_ms"] * 1e9 == pytest.approx(flops), name
+    assert row["torch_over_jax"] == pytest.approx(row["torch_ms"] / row["jax_ms"])
+    torch_ms, jax_ms, ratio = cells[5:8]
+    assert abs(float(torch_ms) - row["torch_ms"]) <= 0.05, (cells, row)
+    assert abs(float(jax_ms) - row["jax_ms"]) <= 0.05, (cells, row)
+    assert helpers.printed_quotient(ratio, torch_ms, jax_ms), cells
   profile = (tmp_path / "profile.md").read_text()
   assert profile.count("### vits14 28 px") == 2
   assert "| aten::" in profile and "= backward dot of" in profile  # The train step's backward.
@@ -49,5 +66,11 @@ def test_attention_a_b_without_torch_writes_a_row_per_kernel(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   rows = json.loads((tmp_path / "ab.json").read_text())["rows"]
   assert [(r["attention"], r["kernel"]) for r in rows] == [("xla", "xla"), ("cpu", "cpu")]
-  assert all(r["jax_ms"] > 0 and "torch_ms" not in r for r in rows)
+  assert all("torch_ms" not in r for r in rows)
+  # Printed as recorded, the torch columns empty.
+  printed = [line.split() for line in out.stdout.splitlines() if line.startswith("vits14 ")]
+  assert [(p[3], p[4], p[5], p[7]) for p in printed] == [("xla", "train", "-", "-"),
+                                                         ("cpu", "train", "-", "-")], out.stdout
+  for row, cells in zip(rows, printed):
+    assert abs(float(cells[6]) - row["jax_ms"]) <= 0.05, (cells, row)
   assert all(r["peak_bytes"] is None for r in rows)  # The CPU keeps no memory statistics.

@@ -6,6 +6,7 @@ enough to test that each stage works)."""
 import csv
 import json
 
+import numpy as np
 import pytest
 
 import helpers
@@ -17,8 +18,18 @@ def test_demo_runs_and_writes_attention_plot(tmp_path):
   out = helpers.run("tools/demo_vit.py", "--size", "56", "--rois", "2", "--out", tmp_path)
   assert out.returncode == 0, out.stderr
   assert "cls (2, 384), patch_tokens (2, 16, 384)" in out.stdout
-  png = tmp_path / "attention.png"
-  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  from matplotlib import colormaps, image
+
+  pixels = image.imread(tmp_path / "attention.png")[..., :3]
+  assert pixels.shape[:2] == (460, 440)  # Two columns of 2.2 x 4.6 inches at 100 dpi.
+  # Top row: the grey RoIs. Bottom row: each RoI's attention map in magma, its largest weight
+  # in magma's brightest colour.
+  top, bottom = pixels[:230], pixels[230:]
+  grey = lambda p: (p.max(-1) - p.min(-1)) < 0.02
+  assert grey(top).all()
+  brightest = np.asarray(colormaps["magma"](1.0)[:3])
+  for column in (bottom[:, :220], bottom[:, 220:]):
+    assert (np.abs(column - brightest).max(-1) < 0.02).any()
 
 
 @pytest.fixture(scope="module")

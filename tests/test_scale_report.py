@@ -1,5 +1,6 @@
 """tools/scale_report.py on a tiny config and 8 simulated devices: its FLOPs are the analytic
-count's, its memory figures are positive and fsdp shrinks the parameters a device holds."""
+count's, its parameter bytes the tiny model's parameters counted by hand, its memory figures
+are positive and fsdp shrinks the parameters a device holds."""
 
 import json
 import sys
@@ -39,13 +40,11 @@ def test_tiny_config_on_eight_devices(tmp_path):
   for chip, kernel in (("h100", "xla"), ("v5e", "splash")):
     roof = report["roofline"][chip]
     assert roof["attention_kernel"] == kernel and 0 < roof["mfu"] < 1
-    assert roof["step_s"] == pytest.approx(sum(roof["seconds"].values()))
   reports = report["reports"]
   data_only, fsdp = reports
   assert data_only["mesh"] == {"data": 8, "fsdp": 1} and fsdp["mesh"] == {"data": 1, "fsdp": 8}
   for r in reports:
     analytic = r["analytic"]["train"]
-    assert analytic["total"] == sum(v for k, v in analytic.items() if k != "total")
     # Every matmul of the compiled step is in the analytic count, and nothing else: the few
     # left out (the losses' similarity matrices) are far below 1 %.
     assert r["train"]["dot_flops_per_device"] * 8 == pytest.approx(analytic["total"], rel=0.01)
@@ -70,6 +69,18 @@ def test_tiny_config_on_eight_devices(tmp_path):
         "saved_bytes"]
     assert remat["none"]["flop_overhead"] == 0 < remat["dots"]["flop_overhead"] < remat[
         "full"]["flop_overhead"] < 0.5
+  # The tiny model's parameters, counted from its architecture: a 32-wide 2-block ViT (MLP 4 x
+  # wider, 4 x 4 position grid, patches of 14 x 14 x 3), then 3 aggregator blocks on tokens of
+  # 32 + 256 (the four boxes' sine embedding) = 288, the head and the contrastive projection.
+  w, e = 32, 32 + 256
+  vit_block = ((w * 3 * w + 3 * w) + (w * w + w) + (w * 4 * w + 4 * w) + (4 * w * w + w)
+               + 2 * w + 4 * w)  # qkv, proj, MLP, two LayerScales and two LayerNorms.
+  vit = (14 * 14 * 3 * w + w) + (1 + 4 * 4) * w + w + 2 * w + 2 * vit_block  # + pos, CLS, norm.
+  aggregator_block = 4 * (e * e + e) + (e * e + e) + 4 * e  # q, k, v, out, MLP, 2 LayerNorms.
+  head = ((256 * 256 + 256) + 2 * e + (e * 256 + 256) + (256 + 1)  # Boxes, BatchNorm, fc1, fc2.
+          + (e * e + e) + (e * 128 + 128))  # The projection to 128.
+  # Data parallelism keeps them all on every device, in float32.
+  assert data_only["params_per_device"] == 4 * (vit + 3 * aggregator_block + head)
   assert fsdp["params_per_device"] < data_only["params_per_device"]
   assert fsdp["opt_state_per_device"] < data_only["opt_state_per_device"]
   # Data parallelism all-reduces the gradients: at least the parameters' bytes a step.

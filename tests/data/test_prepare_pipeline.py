@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 
 from attend_jax import geometry
-from attend_jax.data import pipeline, prepare, proposals, records
+from attend_jax.data import pipeline, prepare, records
 from dicom_fixtures import phantom, write_mg
 import helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-SHARED = helpers.SHARED
 OPTS = prepare.PrepareOptions(long_side=64)
 
 
@@ -123,30 +122,36 @@ def test_cbis_mask_boxes_land_on_the_lesion(tmp_path):
   np.testing.assert_allclose(back, [[110, 100, 130, 120]], atol=1.5)
 
 
-@helpers.needs_shared
-def test_reference_csv_source_with_real_proposals(tmp_path):
-  path = sorted((SHARED / "proposals").glob("*/*_preds.txt"))[0]
-  study, image_id = path.parent.name, path.name[: -len("_preds.txt")]
-  raw = proposals.read_proposals(path)
-  h = int(np.ceil((raw[:, 1] + raw[:, 3] / 2).max())) + 40
-  w = int(np.ceil((raw[:, 0] + raw[:, 2] / 2).max())) + 40
+def test_reference_csv_source_stores_the_nms_survivors_in_score_order_scaled(tmp_path):
+  # cx cy w h score, not in score order. B overlaps A by IoU 190 * 200 / (2 * 200**2 - 190 * 200)
+  # = 0.90 and E overlaps C by 45 * 50 / (2 * 50**2 - 45 * 50) = 0.82: both are dropped.
+  (tmp_path / "props" / "s1").mkdir(parents=True)
+  (tmp_path / "props" / "s1" / "img1_preds.txt").write_text(
+      "300 400 200 200 0.9\n"    # A
+      "310 400 200 200 0.8\n"    # B
+      "100 100 50 50 0.7\n"      # C
+      "500 900 100 100 0.95\n"   # D
+      "105 100 50 50 0.6\n"      # E
+      "300 700 100 60 0.5\n")    # F
+  h, w = 1024, 600
   img = np.zeros((h, w))
   img[15:h - 15, 15:w - 15] = 3000  # A breast filling the image: crop == whole image.
-  (tmp_path / "img" / study).mkdir(parents=True)
-  write_mg(img, tmp_path / "img" / study, f"{image_id}.dicom", bits=12)
+  (tmp_path / "img" / "s1").mkdir(parents=True)
+  write_mg(img, tmp_path / "img" / "s1", "img1.dicom", bits=12)
   (tmp_path / "csv").mkdir()
-  (tmp_path / "csv" / "test.csv").write_text(f"im_path,laterality,cancer,view\n{study}/{image_id}.dicom,L,1,CC\n")
+  (tmp_path / "csv" / "test.csv").write_text(
+      "im_path,laterality,cancer,view\ns1/img1.dicom,L,1,CC\n")
   out = tmp_path / "out"
   opts = prepare.PrepareOptions(long_side=512, normalize_orientation=False, max_proposals=8)
   result = prepare.prepare("csv", tmp_path / "img", out, opts, workers=1, csv_dir=tmp_path / "csv",
-                           proposal_dir=SHARED / "proposals")
+                           proposal_dir=tmp_path / "props")
   assert result.bad == []
   rec = records.data_source(out, "csv_512", "test")[0]
-  kept, _ = proposals.select_proposals(raw, 8)
-  scale = float(rec["scale"])
-  expected = kept.copy()
-  expected[:, :4] *= scale
-  np.testing.assert_allclose(rec["proposals"], expected, rtol=1e-5, atol=1e-3)
+  assert float(rec["scale"]) == 0.5  # The long side, 1024 px, stored at 512.
+  # D, A, C, F at half their size and position; 8 were allowed, 4 survive.
+  survivors = [[250, 450, 50, 50, 0.95], [150, 200, 100, 100, 0.9], [50, 50, 25, 25, 0.7],
+               [150, 350, 50, 30, 0.5]]
+  np.testing.assert_allclose(rec["proposals"], survivors, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,14 +1,12 @@
 """Proposal handling on the real Grounding-DINO files, against the reference's semantics."""
 
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from attend_jax import box_ops
 from attend_jax.data import proposals as P
-from attend_jax.models import roi
 import helpers
 
 SHARED = helpers.SHARED
@@ -45,9 +43,18 @@ def _reference_nms(boxes, k, thr=0.5):
 
 
 @helpers.needs_shared
-def test_the_real_fixture_is_there():
-  assert len(FILES) == 128, f"expected the 128 shared proposal files under {SHARED}"
-  assert all(len(P.read_proposals(f)) == 900 for f in FILES[:4])
+def test_every_real_file_reads_as_its_900_score_sorted_boxes_of_a_test_image():
+  """What the tests below stand on: the shared folder holds the proposals of 128 images of the
+  reference's test split, and read_proposals gives each file's 900 rows as they are written."""
+  test_images = {row.split(",")[0].removesuffix(".dicom")
+                 for row in (SHARED / "test.csv").read_text().splitlines()[1:]}
+  named = {f"{f.parent.name}/{f.name.removesuffix('_preds.txt')}" for f in FILES}
+  assert len(named) == 128 and named <= test_images, sorted(named - test_images)[:3]
+  for path in FILES:
+    boxes = P.read_proposals(path)
+    assert boxes.shape == (900, 5), path
+    np.testing.assert_array_equal(boxes, np.loadtxt(path, dtype=np.float32), err_msg=str(path))
+    assert (np.diff(boxes[:, 4]) <= 0).all(), path  # So file order is the reference's order.
 
 
 @helpers.needs_shared
@@ -117,11 +124,6 @@ def test_square_crop_boxes_truncate_toward_zero_like_python_int():
     assert crop.tolist() == [int(cx - side / 2 - 20), int(cy - side / 2 - 20), int(side + 40),
                              int(side + 40)]
   assert crops[0, 0] == -29  # int(-29.75) is -29; floor would give -30.
-
-
-def test_normalized_positions():
-  pos = roi.box_positions(jnp.array([[50.0, 20.0, 10.0, 30.0, 0.9]]), jnp.array([200, 100]))
-  np.testing.assert_allclose(pos, [[0.5, 0.1, 0.3, 0.15]])
 
 
 def test_proposal_path_follows_the_reference_naming(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from attend_jax import box_ops
-from attend_jax.eval import detection, report
+from attend_jax.eval import detection
 
 
 def _image(boxes, scores):
@@ -305,7 +305,7 @@ def test_average_precision_matches_pycocotools(seed, iou, max_dets, integer):
   assert ours == pytest.approx(_coco_ap(detections, lesions, iou, max_dets), rel=0, abs=1e-9)
 
 
-# --- Summary and plot --------------------------------------------------------------------------
+# --- Summary -----------------------------------------------------------------------------------
 
 def test_summary_is_json_ready():
   detections, lesions = _froc_case()
@@ -341,17 +341,6 @@ def test_summary_without_lesions_gives_none():
   counts = {"num_images", "num_lesions", "num_detections"}
   assert {key for key, value in summary.items() if value is not None} == counts
   assert {"froc", "map50", "froc_sens@1fp", "recall@10_iou0.5"} <= set(summary)
-
-
-def test_plot_froc_writes_a_png(tmp_path):
-  fps, sens, _ = detection.froc(*_random_images(0))
-  path = report.plot_froc(fps, sens, tmp_path / "new" / "froc.png", title="Test")
-  assert path == tmp_path / "new" / "froc.png"
-  data = path.read_bytes()
-  assert len(data) > 1000 and data.startswith(b"\x89PNG\r\n\x1a\n")
-  # A curve that stops short of the points and a single-point curve plot too.
-  _ = report.plot_froc([0, 0.1], [0, 0.5], str(tmp_path / "short.png"))
-  assert report.plot_froc([0], [0], tmp_path / "empty.png").stat().st_size > 1000
 
 
 # --- Bad inputs --------------------------------------------------------------------------------

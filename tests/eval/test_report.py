@@ -1,11 +1,10 @@
-"""Evaluation report: each plot writes a PNG; the confusion table reads right."""
+"""Evaluation report: each plot draws its curves and bars in their colours (read back from the
+PNG's pixels); the confusion table reads right."""
 
 import numpy as np
 import pytest
 
 from attend_jax.eval import report
-
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
@@ -16,28 +15,63 @@ def predictions():
   return labels, logits
 
 
-def _assert_png(path):
-  data = path.read_bytes()
-  assert len(data) > 1000 and data.startswith(_PNG_MAGIC)
+# Matplotlib's default colours: the first curve's, the second's, and the positives' bars.
+_C0, _C1, _C3 = (0.122, 0.467, 0.706), (1.0, 0.498, 0.055), (0.839, 0.153, 0.157)
 
 
-def test_plot_roc_with_breast_curve(tmp_path, predictions):
+def _part(pixels, rows, cols):
+  """The pixels in the given fractions of the image's height and width."""
+  h, w = pixels.shape[:2]
+  return pixels[round(rows[0] * h):round(rows[1] * h), round(cols[0] * w):round(cols[1] * w)]
+
+
+@pytest.mark.parametrize("with_breast", [True, False])
+def test_plot_roc_draws_the_image_curve_and_the_breast_curve_only_when_given(
+    tmp_path, predictions, with_breast):
   labels, logits = predictions
   breast = (labels[::2] | labels[1::2], (logits[::2] + logits[1::2]) / 2)
   path = report.plot_roc(labels, logits, tmp_path / "new" / "roc.png", title="Test",
-                         breast=breast, num_bootstrap=50)
+                         breast=breast if with_breast else None, num_bootstrap=50)
   assert path == tmp_path / "new" / "roc.png"
-  _assert_png(path)
+  pixels = _colours(path)
+  assert pixels.shape[:2] == (600, 660)  # 5.5 x 5 inches at 120 dpi.
+  # Both curves (AUC about 0.9) rise from 0.1 to 0.5 sensitivity before 0.1 FPR, the first
+  # marked point: that stretch of the plot holds curves only (the legend is at the lower right).
+  steep_start = _part(pixels, (0.52, 0.8), (0.13, 0.19))
+  assert _has(steep_start, _C0)
+  assert _has(steep_start, _C1) is with_breast
 
 
-def test_plot_pr(tmp_path, predictions):
-  _assert_png(report.plot_pr(*predictions, tmp_path / "pr.png"))
+def test_plot_pr_draws_the_curve(tmp_path, predictions):
+  pixels = _colours(report.plot_pr(*predictions, tmp_path / "pr.png"))
+  # The curve crosses the plot; the legend, which also shows its colour, is at the upper right.
+  assert _has(_part(pixels, (0, 1), (0, 0.5)), _C0)
 
 
-def test_plot_calibration(tmp_path, predictions):
+@pytest.mark.parametrize("with_positives", [True, False])
+def test_plot_calibration_draws_each_class_s_bars_in_its_colour(tmp_path, predictions,
+                                                                with_positives):
   labels, logits = predictions
+  labels = labels if with_positives else np.zeros_like(labels)
   path = report.plot_calibration(labels, 1 / (1 + np.exp(-logits)), str(tmp_path / "a" / "c.png"))
-  _assert_png(path)
+  pixels = _colours(path)
+  # The histogram is the lower panel; its legend sits at its top centre. Negatives pile up
+  # at low probabilities, the positives (logits 1.5 higher) at high ones.
+  assert _has(_part(pixels, (0.7, 1), (0, 0.33)), _C0)
+  assert _has(_part(pixels, (0.7, 1), (0.67, 1)), _C3) is with_positives
+
+
+def test_plot_froc_holds_the_last_sensitivity_to_the_right_edge(tmp_path):
+  # Marks at 0.5, 1 and 2 FP per image: 0.6, 0.6, 0.9; the axis runs to 1.25 x 2 = 2.5.
+  path = report.plot_froc([0, 0.5, 2], [0, 0.6, 0.9], tmp_path / "new" / "froc.png")
+  assert path == tmp_path / "new" / "froc.png"
+  pixels = _colours(path)
+  assert pixels.shape[:2] == (600, 660)
+  # Sensitivity 0.9 from 2.25 to 2.45 FP per image: only the held staircase is drawn there.
+  assert _has(_part(pixels, (0.15, 0.27), (0.82, 0.885)), _C0)
+  # A curve that stops short of the points and a single-point curve plot too.
+  assert _has(_colours(report.plot_froc([0, 0.1], [0, 0.5], str(tmp_path / "short.png"))), _C0)
+  assert _has(_colours(report.plot_froc([0], [0], tmp_path / "empty.png")), _C0)
 
 
 def test_confusion_markdown():

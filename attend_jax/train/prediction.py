@@ -11,7 +11,6 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from attend_jax.data import pipeline, prefetch, records
 from attend_jax.tasks.base import Task
@@ -40,16 +39,20 @@ def model_step(task: Task, model: nnx.Module, detail: bool = False,
   that state is replicated over its devices, for batches split over them."""
   graph, *states = nnx.split(model)
   if mesh is not None:
-    states = jax.device_put(states, NamedSharding(mesh, PartitionSpec()))
+    states = sharding.replicate(states, mesh)
   step = predict_step(task, graph, detail, proposal_step)
   return lambda batch: step(tuple(states), batch)
 
 
-def local_mesh(batch_size: int):
-  """A data-parallel mesh over as many of this host's devices as divide ``batch_size``: what
-  evaluate and predict run on, as training runs on its mesh."""
+def batch_mesh(batch_size: int):
+  """A data-parallel mesh over as many of each host's devices as divide ``batch_size``, the rows
+  each host gives a step: what evaluate and predict run on, as training runs on its mesh."""
   n = max(d for d in range(1, jax.local_device_count() + 1) if batch_size % d == 0)
-  return sharding.make_mesh(n, 1, devices=jax.local_devices()[:n])
+  hosts = sorted({d.process_index for d in jax.devices()})
+  devices = [d for h in hosts
+             for d in sorted((d for d in jax.devices() if d.process_index == h),
+                             key=lambda d: d.id)[:n]]
+  return sharding.make_mesh(len(devices), 1, devices=devices)
 
 
 def predict_split(step: Callable[[dict], dict], cfg: pipeline.PipelineConfig, mesh=None,

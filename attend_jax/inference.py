@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pathlib
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
@@ -286,15 +287,20 @@ class OutputWriter:
 
   Under ``jax.distributed`` host 0 writes the tables (``tables=True``) and each host the
   overlays of its own images. ``done`` are the images of an earlier run into ``out``
-  (``read_predictions``): predictions.csv starts with them. Opening it checks that ``out`` is
-  writable, before any work."""
+  (``read_predictions``): predictions.csv starts with them. Where ``out`` is the local copy of a
+  bucket folder, ``remote``, predictions.csv is uploaded there every ``every_s`` seconds, so
+  that a VM that is lost keeps most of its rows for the resume. Opening it checks that ``out``
+  is writable, before any work."""
 
   def __init__(self, out: str | os.PathLike, overlays: bool = False, tables: bool = True,
-               done: Sequence[dict] = ()):
+               done: Sequence[dict] = (), remote: str | os.PathLike | None = None,
+               every_s: float = 30.0):
     self.out = pathlib.Path(out)
     self.out.mkdir(parents=True, exist_ok=True)
     self.overlays = overlays
     self._table = self._open_table(done) if tables else None
+    self._remote = None if remote is None or paths_lib.is_local(remote) else paths_lib.path(remote)
+    self._every_s, self._uploaded = every_s, time.monotonic()
 
   def _open_table(self, images: Sequence[dict]) -> tables_lib.PredictionsCsv:
     """predictions.csv holding ``images``, replaced at once (the open file is renamed), so that
@@ -312,9 +318,13 @@ class OutputWriter:
       draw_overlay(prediction, record, self.out / "overlays" / f"{name}.png")
 
   def rows(self, predictions: Sequence[dict]) -> None:
-    if self._table is not None:
-      for im in predictions:
-        self._table.write(_row(im))
+    if self._table is None:
+      return
+    for im in predictions:
+      self._table.write(_row(im))
+    if self._remote is not None and time.monotonic() - self._uploaded >= self._every_s:
+      (self._remote / "predictions.csv").write_bytes((self.out / "predictions.csv").read_bytes())
+      self._uploaded = time.monotonic()
 
   def finish(self, images: list, bad: list, source: str) -> dict:
     """Writes the tables of ``images`` (every image, in order) and ``bad`` (host 0), and returns

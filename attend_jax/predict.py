@@ -11,6 +11,11 @@ in DICOM pixels with detector score and attention weight), breasts.csv (CC + MLO
 of one study: mean and max), exams.csv (per study: the most suspicious breast), bad_files.csv
 (every file that could not be used, with the reason), with --overlays a PNG per image, and
 log.txt (library logs).
+
+The same command on every host of a pod slice or cluster (``jax.distributed``, as training)
+predicts on all of them: each host decodes its share of the files, batches are split over every
+device, host 0 writes the tables and each host the overlays of its images. Rerunning on the same
+--out predicts only the files not yet in its predictions.csv (docs/predict.md).
 """
 
 import sys
@@ -34,7 +39,8 @@ _OVERLAYS = flags.DEFINE_bool("overlays", False, "Also draw a PNG per image.")
 _PROPOSALS = flags.DEFINE_string("proposals", None,
                                  "Folder of <image>_preds.txt detector proposals, for models"
                                  " trained on proposal files.")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Images per accelerator batch.")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Images per step from each host (a multiple of"
+                               " its device count uses every device).")
 _WORKERS = flags.DEFINE_integer("workers", None, "Decoding processes (default: all cores).")
 _MAX_MEGAPIXELS = flags.DEFINE_float(
     "max_megapixels", dicom.MAX_PIXELS / 1e6,
@@ -81,7 +87,7 @@ def _predict(files, missing, folder, out) -> int:
   seen = {im["path"] for im in done}
   todo = [(f, i) for f, i in zip(files, ids) if str(f) not in seen]
   writer = inference.OutputWriter(folder, overlays=_OVERLAYS.value,
-                                  tables=jax.process_index() == 0, done=done)
+                                  tables=jax.process_index() == 0, done=done, remote=out)
   cli.setup_logging(folder)
   if done:
     _say(f"resuming: {len(files) - len(todo)} of the {len(files)} files are in"

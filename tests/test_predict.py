@@ -185,3 +185,20 @@ def test_a_rerun_keeps_the_rows_of_the_first_and_drops_a_row_cut_short(tmp_path)
   summary = writer.finish(inference.ordered(done + [more], [pathlib.Path("/x/3.dcm")]), [], "m")
   assert [r["image_id"] for r in _rows(tmp_path / "predictions.csv")] == ["3", "0", "1", "2"]
   assert len(summary["images"]) == 4 and not (tmp_path / "predictions.csv.partial").exists()
+
+
+def test_rows_reach_a_bucket_out_while_predict_runs(gcs, tmp_path):
+  """On a bucket --out, host 0 uploads predictions.csv as it grows: a lost VM's resume reads it
+  there."""
+  import gcs as gcs_emulator
+
+  remote = gcs.path("preds")
+  rows = [{"path": f"/x/{i}.dcm", "image_id": str(i), "study_id": "s", "laterality": "R",
+           "view": "MLO", "probability": 0.5, "rois": []} for i in range(2)]
+  writer = inference.OutputWriter(tmp_path, remote=remote, every_s=0)
+  writer.rows(rows[:1])
+  gcs_emulator.fresh_listings()
+  assert inference.read_predictions(remote) == rows[:1]
+  writer.rows(rows[1:])
+  gcs_emulator.fresh_listings()
+  assert inference.read_predictions(remote) == rows

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 import jax
 import numpy as np
 
-from attend_jax import box_ops, geometry, run, tasks
+from attend_jax import box_ops, geometry, hosts, run, tasks
 from attend_jax import paths as paths_lib
 from attend_jax.data import availability, dicom, pipeline, prepare
 from attend_jax.data import pool as pool_lib
@@ -189,12 +189,12 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
   step = prediction.model_step(loaded.task, loaded.model, detail=True,
                               proposal_step=loaded.proposal_step, mesh=mesh)
   anchor = config.proposals.anchor or config.proposals.source not in ("files", "detector")
-  hosts, me = jax.process_count(), jax.process_index()
+  n, me = jax.process_count(), jax.process_index()
   ids = image_ids(paths) if ids is None else list(ids)
   position = {str(p): i for i, p in enumerate(paths)}
-  share = slice(me, None, hosts)
+  share = slice(me, None, n)
   # Host 0's share stands for all: the progress line is host 0's.
-  count = progress and (lambda done, _: progress(min(done * hosts, len(paths)), len(paths)))
+  count = progress and (lambda done, _: progress(min(done * n, len(paths)), len(paths)))
   decoded = preprocess(paths[share], config, proposal_dir, workers, count, log_path=log_path,
                        max_pixels=max_pixels, ids=ids[share])
   images, bad = [], []
@@ -218,7 +218,7 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
                                batch_size)
     del batch["valid"]  # The rows past len(pending) are padding; only those are read below.
     outputs = step(sharding.to_global(batch, mesh))
-    if hosts == 1:
+    if n == 1:
       return jax.device_get(outputs)
     from jax.experimental import multihost_utils
 
@@ -228,7 +228,7 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
 
   while True:
     pending = next_batch()
-    if not any(sharding.from_every_host(len(pending))):
+    if not any(hosts.from_every_host(len(pending))):
       break
     outputs = outputs_of(pending)
     mine = []
@@ -244,11 +244,11 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
       mine.append(out)
       if on_image:
         on_image(out, record)
-    done = ordered([im for host in sharding.from_every_host(mine) for im in host], paths)
+    done = ordered([im for host in hosts.from_every_host(mine) for im in host], paths)
     images += done
     if on_rows:
       on_rows(done)
-  bad = [tuple(b) for host in sharding.from_every_host(bad) for b in host]
+  bad = [tuple(b) for host in hosts.from_every_host(bad) for b in host]
   return ordered(images, paths), sorted(bad, key=lambda b: position[b[0]])
 
 

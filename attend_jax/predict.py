@@ -23,10 +23,10 @@ import sys
 import jax
 from absl import app, flags
 
-from attend_jax import cli, inference, paths, run
+from attend_jax import cli, hosts, inference, paths, run
 from attend_jax.data import dicom
 from attend_jax.progress import Progress
-from attend_jax.train import prediction, sharding
+from attend_jax.train import prediction
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (its best checkpoint).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Or a converted checkpoint folder.")
@@ -56,7 +56,7 @@ def main(argv):
     raise app.UsageError("Give DICOM files or folders to predict on.")
   if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
     raise app.UsageError("Pass exactly one of --workdir and --checkpoint.")
-  sharding.maybe_initialize_distributed()  # A pod slice, or JAX_COORDINATOR_ADDRESS & co.
+  hosts.maybe_initialize_distributed()  # A pod slice, or JAX_COORDINATOR_ADDRESS & co.
   # The inputs and the output folder first: the model takes a while to load.
   files, missing = inference.find_dicoms(inputs)
   for path, reason in missing:
@@ -80,7 +80,7 @@ def _say(*args, **kwargs) -> None:
 def _predict(files, missing, folder, out) -> int:
   """predict into the local ``folder`` (``out`` in the messages)."""
   done = inference.read_predictions(out)  # An earlier run's: resumed.
-  if len(set(sharding.from_every_host(len(done)))) > 1:
+  if len(set(hosts.from_every_host(len(done)))) > 1:
     raise ValueError(f"the hosts see different files in {out}: give an --out that every host"
                      " sees, a bucket (gs://...) or a shared folder.")
   ids = inference.image_ids(files)  # Of every file, so that a resume keeps the ids.
@@ -125,7 +125,7 @@ def _predict(files, missing, folder, out) -> int:
 
 def _none_usable(count: int, out) -> int:
   _say(f"error: none of the {count} files is a usable image; {out}/bad_files.csv says why",
-        file=sys.stderr)
+       file=sys.stderr)
   return 1
 
 

@@ -10,12 +10,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from attend_jax import box_ops
+from attend_jax import box_ops, hosts
 from attend_jax.data import device_augment
 from attend_jax.eval import detection, report
 from attend_jax.models import build, detector
 from attend_jax.tasks.base import Task, fmt, write_json
-from attend_jax.train import sharding
 
 _GALLERY_BOXES = 3  # Boxes drawn per gallery image, best first.
 DETECTIONS_HEADER = "image_id,study_id,laterality,view,label,num_lesions,rank,x0,y0,x1,y1,score\n"
@@ -150,7 +149,7 @@ def proposal_step(model: detector.Detector, k: int, mesh=None):
                      f" proposals.topk={k} needs more.")
   graph, state = nnx.split(model)
   if mesh is not None:
-    state = sharding.replicate(state, mesh)
+    state = hosts.replicate(state, mesh)
   propose = jax.jit(propose_fn(graph, k))
   return lambda batch: propose(state, batch)
 

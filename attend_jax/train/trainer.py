@@ -22,7 +22,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from attend_jax import checkpoint, config_check, paths, run, tasks
+from attend_jax import checkpoint, config_check, hosts, paths, run, tasks
 from attend_jax.data import availability, pipeline, prefetch, records
 from attend_jax.models import build
 from attend_jax.progress import log
@@ -184,7 +184,7 @@ def train_step_for(config, state: State, mesh):
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains ``config`` in ``workdir`` (resuming what is there) and returns the test metrics."""
   config_check.check(config)  # Before anything is written or loaded.
-  sharding.maybe_initialize_distributed()
+  hosts.maybe_initialize_distributed()
   workdir = paths.path(workdir)  # A local folder or a bucket URL, the same on every host.
   paths.check_reachable(workdir)  # In seconds, naming it, where gcsfs would retry for a minute.
   workdir.mkdir(parents=True, exist_ok=True)

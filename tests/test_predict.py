@@ -137,7 +137,7 @@ def test_predict_on_two_hosts_and_its_resume_match_one_host(run, tmp_path):
   every host's bad files are listed."""
   inputs = tmp_path / "in"
   for i, src in enumerate(sorted((run / "dicom" / "images").rglob("*.dcm"))):
-    folder = inputs / ("a" if i < 12 else "b")
+    folder = inputs / ("a" if i < 13 else "b")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / src.name).write_bytes(src.read_bytes())
   for half in "ab":
@@ -151,11 +151,12 @@ def test_predict_on_two_hosts_and_its_resume_match_one_host(run, tmp_path):
 
   hosts = tmp_path / "hosts"
   _two_hosts(*args, inputs / "a", f"--out={hosts}")
-  _assert_same_images(_rows(hosts / "predictions.csv"), one["predictions.csv"][:12])
+  # 14 files, 7 per host: one has 7 images (4 steps of 2), the other 6, and pads the 4th step.
+  _assert_same_images(_rows(hosts / "predictions.csv"), one["predictions.csv"][:13])
   assert [pathlib.Path(r["path"]).name for r in _rows(hosts / "bad_files.csv")] == ["broken_a.dcm"]
 
   outs = _two_hosts(*args, inputs, f"--out={hosts}")
-  assert "resuming: 12 of the 26 files are in" in outs[0] and "resuming" not in outs[1]
+  assert "resuming: 13 of the 26 files are in" in outs[0] and "resuming" not in outs[1]
   _assert_same_images(_rows(hosts / "predictions.csv"), one["predictions.csv"])
   assert _rows(hosts / "bad_files.csv") == one["bad_files.csv"]
   for name, key in (("breasts.csv", "probability_mean"), ("exams.csv", "probability")):

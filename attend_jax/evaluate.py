@@ -34,7 +34,7 @@ def predict_split(loaded: run.Loaded, split: str) -> dict:
   """The model's outputs for every record of ``split``: a classifier's probabilities, RoIs and
   attention, or a detector's boxes and scores."""
   cfg = pipeline.for_split(loaded.config, split, train=False)
-  mesh = prediction.local_mesh(cfg.batch_size)
+  mesh = prediction.batch_mesh(cfg.batch_size)
   step = prediction.model_step(loaded.task, loaded.model, detail=True,
                               proposal_step=loaded.proposal_step, mesh=mesh)
   return prediction.predict_split(step, cfg, mesh, host_keys=loaded.task.host_keys,
@@ -44,7 +44,7 @@ def predict_split(loaded: run.Loaded, split: str) -> dict:
 def evaluate(workdir: str, split: str, out: pathlib.Path, gallery: int = 4) -> dict:
   """Writes the run's task's evaluation of ``split`` into the local folder ``out`` (main stages
   a bucket's); returns its metrics."""
-  loaded = run.load(workdir, prediction.local_mesh(run.read_config(workdir).data.eval_batch_size))
+  loaded = run.load(workdir, prediction.batch_mesh(run.read_config(workdir).data.eval_batch_size))
   config = loaded.config
   availability.require(config.data.dir, config.data.name, (split,),
                        flag="the run's config.data.dir",

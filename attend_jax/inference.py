@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import collections
 import csv
+import io
 import json
 import os
 import pathlib
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import numpy as np
 
-from attend_jax import box_ops, geometry, run, tasks
+from attend_jax import box_ops, geometry, hosts, run, tasks
+from attend_jax import paths as paths_lib
 from attend_jax.data import availability, dicom, pipeline, prepare
 from attend_jax.data import pool as pool_lib
 from attend_jax.data.sources.base import Example
 from attend_jax.errors import DataError
-from attend_jax.eval import report, tables
+from attend_jax.eval import report
+from attend_jax.eval import tables as tables_lib
 from attend_jax.train import prediction, sharding
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -113,13 +117,15 @@ def preprocess(paths: Sequence[pathlib.Path], config, proposal_dir: str | None =
                progress: Callable[[int, int], None] | None = None,
                time_limit: float = pool_lib.DEFAULT_TIME_LIMIT_S,
                log_path: str | os.PathLike | None = None,
-               max_pixels: int = dicom.MAX_PIXELS) -> Iterable[tuple]:
+               max_pixels: int = dicom.MAX_PIXELS,
+               ids: Sequence[str] | None = None) -> Iterable[tuple]:
   """(path, record, error) per file, in order: the training preprocessing, in parallel. A file
   whose decoder fails in any way (an error, a crash, a hang past ``time_limit`` seconds), or
   whose header claims more than ``max_pixels`` pixels, gets its reason and the others carry
-  on."""
+  on. ``ids``: the images' ids (default ``image_ids(paths)``)."""
   opts = availability.options(config)  # As the run's records were prepared.
-  jobs = [(p, opts, proposal_dir, i, max_pixels) for p, i in zip(paths, image_ids(paths))]
+  ids = image_ids(paths) if ids is None else ids
+  jobs = [(p, opts, proposal_dir, i, max_pixels) for p, i in zip(paths, ids)]
   results = pool_lib.guarded_map(preprocess_file, jobs, preload=[prepare.__name__],
                                  workers=pool_lib.worker_count(workers, len(jobs)),
                                  time_limit=time_limit, log_path=log_path)
@@ -144,17 +150,31 @@ def _roi_rows(rois: np.ndarray, attention: np.ndarray, scores: np.ndarray, recor
           for i, (box, weight, score) in enumerate(zip(original, attention, scores))]
 
 
+# A host whose files have run out still takes part in every step: its rows are this, padding.
+_BLANK = {"image": np.zeros((1, 1), np.uint16), "lesion_boxes": [], "lesion_malignant": [],
+          "proposals": [], "label": 0}
+
+
 def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str | None = None,
             batch_size: int = 8, workers: int | None = None,
             progress: Callable[[int, int], None] | None = None,
             on_image: Callable[[dict, dict], None] | None = None,
+            on_rows: Callable[[list], None] | None = None,
             log_path: str | os.PathLike | None = None,
-            max_pixels: int = dicom.MAX_PIXELS) -> tuple[list, list]:
-  """(per-image predictions, bad files as (path, reason)).
+            max_pixels: int = dicom.MAX_PIXELS,
+            ids: Sequence[str] | None = None) -> tuple[list, list]:
+  """(per-image predictions, bad files as (path, reason)) of every host, in the order of
+  ``paths``.
 
-  ``on_image(prediction, record)`` is called for each image as its batch is done
-  (``OutputWriter.image`` writes its row and overlay). Decoders' stderr goes to ``log_path``.
-  A file whose header claims more than ``max_pixels`` pixels is a bad file, not decoded.
+  Under ``jax.distributed`` every host calls it with the same ``paths``: host i of n decodes
+  ``paths[i::n]``, each step's batch holds ``batch_size`` rows from every host, split over every
+  host's devices (a host whose files have run out gives padding, so that all take the same
+  steps), and each step's results are shared with every host. ``on_image(prediction, record)``
+  is called on the host that decoded the image as its batch is done (``OutputWriter.image``
+  draws its overlay); ``on_rows(predictions)`` on every host with each step's images of every
+  host, in the order of ``paths`` (``OutputWriter.rows`` writes them). ``ids`` are the images'
+  ids (default ``image_ids(paths)``). Decoders' stderr goes to ``log_path``. A file whose
+  header claims more than ``max_pixels`` pixels is a bad file, not decoded.
   """
   config = loaded.config
   if tasks.name(config) != "classify":
@@ -165,19 +185,53 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
         "This model was trained on detector proposals (proposals.source='files'): pass"
         " --proposals DIR with <image>_preds.txt files (cx cy w h score per line).")
   num_proposals = max(config.proposals.topk, 1)
-  mesh = prediction.local_mesh(batch_size)
+  mesh = prediction.batch_mesh(batch_size)
   step = prediction.model_step(loaded.task, loaded.model, detail=True,
                               proposal_step=loaded.proposal_step, mesh=mesh)
   anchor = config.proposals.anchor or config.proposals.source not in ("files", "detector")
-  images, bad, pending = [], [], []
+  n, me = jax.process_count(), jax.process_index()
+  ids = image_ids(paths) if ids is None else list(ids)
+  position = {str(p): i for i, p in enumerate(paths)}
+  share = slice(me, None, n)
+  # Host 0's share stands for all: the progress line is host 0's.
+  count = progress and (lambda done, _: progress(min(done * n, len(paths)), len(paths)))
+  decoded = preprocess(paths[share], config, proposal_dir, workers, count, log_path=log_path,
+                       max_pixels=max_pixels, ids=ids[share])
+  images, bad = [], []
 
-  def flush():
+  def next_batch() -> list:
+    pending = []
+    for path, record, error in decoded:
+      if error is not None:
+        bad.append((path, error))
+        continue
+      pending.append((path, record))
+      if len(pending) == batch_size:
+        break
+    return pending
+
+  def outputs_of(pending: list) -> dict:
+    """The step's outputs for this host's rows."""
     fixed = [pipeline.to_fixed_shapes(r, i, config.data.image_size, num_proposals)
-             for i, (_, r) in enumerate(pending)]
+             for i, r in enumerate([r for _, r in pending] or [_BLANK])]
     batch = pipeline.pad_batch({k: np.stack([f[k] for f in fixed]) for k in fixed[0]},
                                batch_size)
     del batch["valid"]  # The rows past len(pending) are padding; only those are read below.
-    outputs = jax.device_get(step(sharding.to_global(batch, mesh)))
+    outputs = step(sharding.to_global(batch, mesh))
+    if n == 1:
+      return jax.device_get(outputs)
+    from jax.experimental import multihost_utils
+
+    # A global batch holds every host's rows, host by host.
+    every = multihost_utils.process_allgather(outputs, tiled=True)
+    return {k: np.asarray(v)[me * batch_size:(me + 1) * batch_size] for k, v in every.items()}
+
+  while True:
+    pending = next_batch()
+    if not any(hosts.from_every_host(len(pending))):
+      break
+    outputs = outputs_of(pending)
+    mine = []
     for j, (path, record) in enumerate(pending):
       out = {"path": path, "image_id": str(record["image_id"]),
              "study_id": str(record["study_id"]), "patient_id": str(record["patient_id"]),
@@ -187,49 +241,104 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
                                outputs["roi_score"][j], record, anchor),
              # Boxes of its proposal file wholly off the image, dropped.
              "proposals_off_image": int(record.get("proposals_off_image", 0))}
-      images.append(out)
+      mine.append(out)
       if on_image:
         on_image(out, record)
-    pending.clear()
+    done = ordered([im for host in hosts.from_every_host(mine) for im in host], paths)
+    images += done
+    if on_rows:
+      on_rows(done)
+  bad = [tuple(b) for host in hosts.from_every_host(bad) for b in host]
+  return ordered(images, paths), sorted(bad, key=lambda b: position[b[0]])
 
-  for path, record, error in preprocess(paths, config, proposal_dir, workers, progress,
-                                        log_path=log_path, max_pixels=max_pixels):
-    if error is not None:
-      bad.append((path, error))
+
+def ordered(images: Sequence[dict], paths: Sequence[pathlib.Path]) -> list[dict]:
+  """``images`` in the order of their files in ``paths``; those of other files (an earlier
+  run's) after them, in their own order."""
+  position = {str(p): i for i, p in enumerate(paths)}
+  return sorted(images, key=lambda im: position.get(im["path"], len(position)))
+
+
+def read_predictions(out: str | os.PathLike) -> list[dict]:
+  """The images of ``out/predictions.csv`` (a local folder or a bucket), as predict's
+  predictions (without ``patient_id`` and ``proposals_off_image``, which the table does not
+  keep); [] where there is none. A row cut short (a run killed while writing it) is left out:
+  its image is predicted again."""
+  table = paths_lib.path(out) / "predictions.csv"
+  if not table.exists():
+    return []
+  images = []
+  for row in csv.DictReader(io.StringIO(table.read_text(), newline="")):
+    try:
+      images.append({"path": row["path"], "image_id": row["image_id"],
+                     "study_id": row["study_id"], "laterality": row["laterality"],
+                     "view": row["view"], "probability": float(row["probability"]),
+                     "rois": json.loads(row["rois"])})
+    except (TypeError, ValueError):
       continue
-    pending.append((path, record))
-    if len(pending) == batch_size:
-      flush()
-  if pending:
-    flush()
-  return images, bad
+  return images
 
 
 class OutputWriter:
-  """predict's outputs in ``out``, written as they come: each image's row of predictions.csv
-  (and its overlay) as soon as its batch is done, so a crash keeps what was predicted; the
-  tables that need every image (breasts.csv, exams.csv, bad_files.csv, predictions.json) at
-  ``finish``. Opening it checks that ``out`` is writable, before any work."""
+  """predict's outputs in ``out``, written as they come: each image's row of predictions.csv as
+  soon as its batch is done, so a crash keeps what was predicted, and its overlay; the tables
+  that need every image (breasts.csv, exams.csv, bad_files.csv, predictions.json, and
+  predictions.csv again, in the order of the files) at ``finish``.
 
-  def __init__(self, out: str | os.PathLike, overlays: bool = False):
+  Under ``jax.distributed`` host 0 writes the tables (``tables=True``) and each host the
+  overlays of its own images. ``done`` are the images of an earlier run into ``out``
+  (``read_predictions``): predictions.csv starts with them. Where ``out`` is the local copy of a
+  bucket folder, ``remote``, predictions.csv is uploaded there every ``every_s`` seconds, so
+  that a VM that is lost keeps most of its rows for the resume. Opening it checks that ``out``
+  is writable, before any work."""
+
+  def __init__(self, out: str | os.PathLike, overlays: bool = False, tables: bool = True,
+               done: Sequence[dict] = (), remote: str | os.PathLike | None = None,
+               every_s: float = 30.0):
     self.out = pathlib.Path(out)
     self.out.mkdir(parents=True, exist_ok=True)
-    self._table = tables.PredictionsCsv(self.out / "predictions.csv")
     self.overlays = overlays
+    self._table = self._open_table(done) if tables else None
+    self._remote = None if remote is None or paths_lib.is_local(remote) else paths_lib.path(remote)
+    self._every_s, self._uploaded = every_s, time.monotonic()
+
+  def _open_table(self, images: Sequence[dict]) -> tables_lib.PredictionsCsv:
+    """predictions.csv holding ``images``, replaced at once (the open file is renamed), so that
+    a crash never loses the rows it held; new rows are appended to it."""
+    partial = self.out / "predictions.csv.partial"
+    table = tables_lib.PredictionsCsv(partial)
+    for im in images:
+      table.write(_row(im))
+    os.replace(partial, self.out / "predictions.csv")
+    return table
 
   def image(self, prediction: dict, record: dict) -> None:
-    im = prediction
-    self._table.write({k: im[k] for k in ("path", "image_id", "study_id", "laterality", "view",
-                                          "probability", "rois")})
     if self.overlays:
-      name = im["image_id"].replace("/", "__")
-      draw_overlay(im, record, self.out / "overlays" / f"{name}.png")
+      name = prediction["image_id"].replace("/", "__")
+      draw_overlay(prediction, record, self.out / "overlays" / f"{name}.png")
+
+  def rows(self, predictions: Sequence[dict]) -> None:
+    if self._table is None:
+      return
+    for im in predictions:
+      self._table.write(_row(im))
+    if self._remote is not None and time.monotonic() - self._uploaded >= self._every_s:
+      (self._remote / "predictions.csv").write_bytes((self.out / "predictions.csv").read_bytes())
+      self._uploaded = time.monotonic()
 
   def finish(self, images: list, bad: list, source: str) -> dict:
+    """Writes the tables of ``images`` (every image, in order) and ``bad`` (host 0), and returns
+    what predictions.json holds."""
+    breast_rows, exam_rows = tables_lib.breasts_and_exams(images)
+    summary = {"model": source, "images": images, "breasts": breast_rows, "exams": exam_rows,
+               "bad_files": [{"path": p, "reason": r} for p, r in bad]}
+    if self._table is None:
+      return summary
     self._table.close()
-    breast_rows, exam_rows = tables.breasts_and_exams(images)
-    for name, rows, cols in (("breasts.csv", breast_rows, tables.BREAST_COLUMNS),
-                             ("exams.csv", exam_rows, tables.EXAM_COLUMNS)):
+    self._table = self._open_table(images)
+    self._table.close()
+    for name, rows, cols in (("breasts.csv", breast_rows, tables_lib.BREAST_COLUMNS),
+                             ("exams.csv", exam_rows, tables_lib.EXAM_COLUMNS)):
       with open(self.out / name, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
@@ -238,10 +347,13 @@ class OutputWriter:
       w = csv.writer(f)
       w.writerow(["path", "reason"])
       w.writerows(bad)
-    summary = {"model": source, "images": images, "breasts": breast_rows, "exams": exam_rows,
-               "bad_files": [{"path": p, "reason": r} for p, r in bad]}
     (self.out / "predictions.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _row(image: dict) -> dict:
+  return {k: image[k] for k in ("path", "image_id", "study_id", "laterality", "view",
+                                "probability", "rois")}
 
 
 def draw_overlay(prediction: dict, record: dict, path: pathlib.Path) -> None:

@@ -11,13 +11,19 @@ in DICOM pixels with detector score and attention weight), breasts.csv (CC + MLO
 of one study: mean and max), exams.csv (per study: the most suspicious breast), bad_files.csv
 (every file that could not be used, with the reason), with --overlays a PNG per image, and
 log.txt (library logs).
+
+The same command on every host of a pod slice or cluster (``jax.distributed``, as training)
+predicts on all of them: each host decodes its share of the files, batches are split over every
+device, host 0 writes the tables and each host the overlays of its images. Rerunning on the same
+--out predicts only the files not yet in its predictions.csv (docs/predict.md).
 """
 
 import sys
 
+import jax
 from absl import app, flags
 
-from attend_jax import cli, inference, paths, run
+from attend_jax import cli, hosts, inference, paths, run
 from attend_jax.data import dicom
 from attend_jax.progress import Progress
 from attend_jax.train import prediction
@@ -33,7 +39,8 @@ _OVERLAYS = flags.DEFINE_bool("overlays", False, "Also draw a PNG per image.")
 _PROPOSALS = flags.DEFINE_string("proposals", None,
                                  "Folder of <image>_preds.txt detector proposals, for models"
                                  " trained on proposal files.")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Images per accelerator batch.")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Images per step from each host (a multiple of"
+                               " its device count uses every device).")
 _WORKERS = flags.DEFINE_integer("workers", None, "Decoding processes (default: all cores).")
 _MAX_MEGAPIXELS = flags.DEFINE_float(
     "max_megapixels", dicom.MAX_PIXELS / 1e6,
@@ -49,13 +56,14 @@ def main(argv):
     raise app.UsageError("Give DICOM files or folders to predict on.")
   if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
     raise app.UsageError("Pass exactly one of --workdir and --checkpoint.")
+  hosts.maybe_initialize_distributed()  # A pod slice, or JAX_COORDINATOR_ADDRESS & co.
   # The inputs and the output folder first: the model takes a while to load.
   files, missing = inference.find_dicoms(inputs)
   for path, reason in missing:
-    print(f"warning: {path}: {reason}", file=sys.stderr)
+    _say(f"warning: {path}: {reason}", file=sys.stderr)
   if not files:
-    print(f"error: no DICOM files (*.dcm, *.dicom) in {', '.join(map(str, inputs))}",
-          file=sys.stderr)
+    _say(f"error: no DICOM files (*.dcm, *.dicom) in {', '.join(map(str, inputs))}",
+         file=sys.stderr)
     return 1
   out = paths.path(_OUT.value)
   # Written in folder, uploaded when --out is on a bucket.
@@ -63,40 +71,61 @@ def main(argv):
     return _predict(files, missing, folder, out)
 
 
+def _say(*args, **kwargs) -> None:
+  """print, on host 0 only (every host runs the same command)."""
+  if jax.process_index() == 0:
+    print(*args, **kwargs)
+
+
 def _predict(files, missing, folder, out) -> int:
   """predict into the local ``folder`` (``out`` in the messages)."""
-  writer = inference.OutputWriter(folder, overlays=_OVERLAYS.value)
+  done = inference.read_predictions(out)  # An earlier run's: resumed.
+  if len(set(hosts.from_every_host(len(done)))) > 1:
+    raise ValueError(f"the hosts see different files in {out}: give an --out that every host"
+                     " sees, a bucket (gs://...) or a shared folder.")
+  ids = inference.image_ids(files)  # Of every file, so that a resume keeps the ids.
+  seen = {im["path"] for im in done}
+  todo = [(f, i) for f, i in zip(files, ids) if str(f) not in seen]
+  writer = inference.OutputWriter(folder, overlays=_OVERLAYS.value,
+                                  tables=jax.process_index() == 0, done=done, remote=out)
   cli.setup_logging(folder)
+  if done:
+    _say(f"resuming: {len(files) - len(todo)} of the {len(files)} files are in"
+         f" {out}/predictions.csv already", file=sys.stderr)
   max_pixels = int(_MAX_MEGAPIXELS.value * 1e6)
-  unusable = inference.none_usable(files, max_pixels)
+  images, bad = [], []
+  source = "none loaded" if todo else f"{out}/predictions.csv of an earlier run"
+  unusable = inference.none_usable([f for f, _ in todo], max_pixels)
   if unusable:
-    writer.finish([], missing + unusable, "none loaded")
+    bad = unusable
+  elif todo:
+    loaded = run.load(_WORKDIR.value or _CHECKPOINT.value, prediction.batch_mesh(_BATCH.value))
+    source = loaded.source
+    _say(f"{len(todo)} files; model {loaded.source}", file=sys.stderr)
+    images, bad = inference.predict(
+        loaded, [f for f, _ in todo], _PROPOSALS.value, _BATCH.value, _WORKERS.value,
+        Progress("predicting", "img"), writer.image, writer.rows,
+        log_path=folder / cli.LOG_FILE, max_pixels=max_pixels, ids=[i for _, i in todo])
+  summary = writer.finish(inference.ordered(done + images, files), missing + bad, source)
+  if not summary["images"]:
     return _none_usable(len(files), out)
-  loaded = run.load(_WORKDIR.value or _CHECKPOINT.value, prediction.local_mesh(_BATCH.value))
-  print(f"{len(files)} files; model {loaded.source}", file=sys.stderr)
-  images, bad = inference.predict(loaded, files, _PROPOSALS.value, _BATCH.value,
-                                  _WORKERS.value, Progress("predicting", "img"), writer.image,
-                                  log_path=folder / cli.LOG_FILE, max_pixels=max_pixels)
-  summary = writer.finish(images, missing + bad, loaded.source)
-  if not images:
-    return _none_usable(len(files), out)
-  print(f"{len(images)} images, {len(summary['breasts'])} breasts, {len(summary['exams'])}"
-        f" exams -> {out}/predictions.csv, breasts.csv, exams.csv"
-        + (", overlays/" if _OVERLAYS.value else ""))
+  _say(f"{len(summary['images'])} images, {len(summary['breasts'])} breasts,"
+       f" {len(summary['exams'])} exams -> {out}/predictions.csv, breasts.csv, exams.csv"
+       + (", overlays/" if _OVERLAYS.value else ""))
   off = [im for im in images if im["proposals_off_image"]]
   if off:
-    print(f"warning: {len(off)} images had proposal boxes wholly off the image, dropped"
-          f" ({sum(im['proposals_off_image'] for im in off)} boxes; proposals_off_image in"
-          f" {out}/predictions.json)", file=sys.stderr)
+    _say(f"warning: {len(off)} images had proposal boxes wholly off the image, dropped"
+         f" ({sum(im['proposals_off_image'] for im in off)} boxes; proposals_off_image in"
+         f" {out}/predictions.json)", file=sys.stderr)
   if summary["bad_files"]:
-    print(f"{len(summary['bad_files'])} files could not be used: see {out}/bad_files.csv",
-          file=sys.stderr)
+    _say(f"{len(summary['bad_files'])} files could not be used: see {out}/bad_files.csv",
+         file=sys.stderr)
   return 0
 
 
 def _none_usable(count: int, out) -> int:
-  print(f"error: none of the {count} files is a usable image; {out}/bad_files.csv says why",
-        file=sys.stderr)
+  _say(f"error: none of the {count} files is a usable image; {out}/bad_files.csv says why",
+       file=sys.stderr)
   return 1
 
 

@@ -91,7 +91,7 @@ LAYERS = (
     ("runs", ("run", "checkpoint")),
     ("tasks", ("tasks",)),
     ("components", ("models", "data", "eval", "losses")),
-    ("base", ("box_ops", "geometry", "export", "paths", "errors", "progress")),
+    ("base", ("box_ops", "geometry", "export", "hosts", "paths", "errors", "progress")),
 )
 _RANK = {top: rank for rank, (_, tops) in enumerate(LAYERS) for top in tops}
 

@@ -524,7 +524,7 @@ def test_predict_writes_each_row_as_its_batch_is_done(tmp_path):
   rows = [{"path": f"/x/{i}.dcm", "image_id": str(i), "study_id": "s", "laterality": "L",
            "view": "CC", "probability": 0.5, "rois": []} for i in range(3)]
   for row in rows:
-    writer.image(row, record={})
+    writer.rows([row])
   # A crash now (before finish) keeps what was predicted.
   with open(tmp_path / "predictions.csv", newline="") as f:
     assert [r["image_id"] for r in csv.DictReader(f)] == ["0", "1", "2"]

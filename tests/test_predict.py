@@ -99,3 +99,107 @@ def test_predict_parses_each_file_once_into_the_record_prepare_makes(tmp_path, m
 def test_clear_errors_for_a_folder_without_a_model(tmp_path):
   with pytest.raises(run_lib.ModelNotFoundError, match="config.json"):
     run_lib.load(tmp_path)
+
+
+def _two_hosts(*args) -> list[str]:
+  """``python -m attend_jax.predict ARGS`` as two processes under jax.distributed on localhost,
+  as the trainer's two-host test starts them; their outputs."""
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = [helpers.start("-m", "attend_jax.predict", *args, extra_env={
+      "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
+      "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+  outs = [helpers.finish(p) for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  return outs
+
+
+def _assert_same_images(rows, want):
+  assert [r["path"] for r in rows] == [r["path"] for r in want]
+  for r, w in zip(rows, want):
+    assert {k: r[k] for k in ("image_id", "study_id", "laterality", "view")} == {
+        k: w[k] for k in ("image_id", "study_id", "laterality", "view")}
+    assert float(r["probability"]) == pytest.approx(float(w["probability"]), abs=1e-5)
+    rois, wanted = json.loads(r["rois"]), json.loads(w["rois"])
+    assert [x["box_xyxy"] for x in rois] == [x["box_xyxy"] for x in wanted]
+    np.testing.assert_allclose([x["attention"] for x in rois],
+                               [x["attention"] for x in wanted], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_predict_on_two_hosts_and_its_resume_match_one_host(run, tmp_path):
+  """Two processes under jax.distributed predict half the files, then, rerun on all of them with
+  the same --out, only the rest: the tables are those of one process on all the files, and
+  every host's bad files are listed."""
+  inputs = tmp_path / "in"
+  for i, src in enumerate(sorted((run / "dicom" / "images").rglob("*.dcm"))):
+    folder = inputs / ("a" if i < 13 else "b")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / src.name).write_bytes(src.read_bytes())
+  for half in "ab":
+    (inputs / half / f"broken_{half}.dcm").write_bytes(b"DICM" + bytes(200))
+  args = (f"--workdir={run / 'work'}", "--batch_size=2", "--workers=1", "--overlays")
+  proc = helpers.run("-m", "attend_jax.predict", *args, inputs, f"--out={tmp_path / 'one'}")
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  one = {name: _rows(tmp_path / "one" / name)
+         for name in ("predictions.csv", "breasts.csv", "exams.csv", "bad_files.csv")}
+  assert len(one["predictions.csv"]) == 24 and len(one["bad_files.csv"]) == 2
+
+  hosts = tmp_path / "hosts"
+  _two_hosts(*args, inputs / "a", f"--out={hosts}")
+  # 14 files, 7 per host: one has 7 images (4 steps of 2), the other 6, and pads the 4th step.
+  _assert_same_images(_rows(hosts / "predictions.csv"), one["predictions.csv"][:13])
+  assert [pathlib.Path(r["path"]).name for r in _rows(hosts / "bad_files.csv")] == ["broken_a.dcm"]
+
+  outs = _two_hosts(*args, inputs, f"--out={hosts}")
+  assert "resuming: 13 of the 26 files are in" in outs[0] and "resuming" not in outs[1]
+  _assert_same_images(_rows(hosts / "predictions.csv"), one["predictions.csv"])
+  assert _rows(hosts / "bad_files.csv") == one["bad_files.csv"]
+  for name, key in (("breasts.csv", "probability_mean"), ("exams.csv", "probability")):
+    rows = _rows(hosts / name)
+    assert [{k: v for k, v in r.items() if k.startswith("prob") is False} for r in rows] == [
+        {k: v for k, v in r.items() if k.startswith("prob") is False} for r in one[name]]
+    np.testing.assert_allclose([float(r[key]) for r in rows],
+                               [float(r[key]) for r in one[name]], atol=1e-5)
+  assert ({p.name for p in (hosts / "overlays").iterdir()}
+          == {p.name for p in (tmp_path / "one" / "overlays").iterdir()})
+
+
+def test_a_rerun_keeps_the_rows_of_the_first_and_drops_a_row_cut_short(tmp_path):
+  rows = [{"path": f"/x/{i}.dcm", "image_id": str(i), "study_id": "s", "laterality": "L",
+           "view": "CC", "probability": 0.25 * i, "rois": [{"box_xyxy": [0, 0, 1, 1]}]}
+          for i in range(3)]
+  writer = inference.OutputWriter(tmp_path)
+  writer.rows(rows)
+  with open(tmp_path / "predictions.csv", "a") as f:
+    f.write("x,s,L,CC,,0.5,/x/cut.dcm,[{\"box")  # A kill while the row was written.
+  done = inference.read_predictions(tmp_path)
+  assert done == rows
+  more = dict(rows[0], path="/x/3.dcm", image_id="3")
+  writer = inference.OutputWriter(tmp_path, done=done)
+  writer.rows([more])
+  assert [r["image_id"] for r in _rows(tmp_path / "predictions.csv")] == ["0", "1", "2", "3"]
+  summary = writer.finish(inference.ordered(done + [more], [pathlib.Path("/x/3.dcm")]), [], "m")
+  assert [r["image_id"] for r in _rows(tmp_path / "predictions.csv")] == ["3", "0", "1", "2"]
+  assert len(summary["images"]) == 4 and not (tmp_path / "predictions.csv.partial").exists()
+
+
+def test_rows_reach_a_bucket_out_while_predict_runs(gcs, tmp_path):
+  """On a bucket --out, host 0 uploads predictions.csv as it grows: a lost VM's resume reads it
+  there."""
+  import gcs as gcs_emulator
+
+  remote = gcs.path("preds")
+  rows = [{"path": f"/x/{i}.dcm", "image_id": str(i), "study_id": "s", "laterality": "R",
+           "view": "MLO", "probability": 0.5, "rois": []} for i in range(2)]
+  writer = inference.OutputWriter(tmp_path, remote=remote, every_s=0)
+  writer.rows(rows[:1])
+  gcs_emulator.fresh_listings()
+  assert inference.read_predictions(remote) == rows[:1]
+  writer.rows(rows[1:])
+  gcs_emulator.fresh_listings()
+  assert inference.read_predictions(remote) == rows

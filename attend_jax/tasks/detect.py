@@ -9,9 +9,8 @@ import pathlib
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
-from attend_jax import box_ops
+from attend_jax import box_ops, hosts
 from attend_jax.data import device_augment
 from attend_jax.eval import detection, report
 from attend_jax.models import build, detector
@@ -150,7 +149,7 @@ def proposal_step(model: detector.Detector, k: int, mesh=None):
                      f" proposals.topk={k} needs more.")
   graph, state = nnx.split(model)
   if mesh is not None:
-    state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    state = hosts.replicate(state, mesh)
   propose = jax.jit(propose_fn(graph, k))
   return lambda batch: propose(state, batch)
 

@@ -11,8 +11,8 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
+from attend_jax import hosts
 from attend_jax.data import pipeline, prefetch, records
 from attend_jax.tasks.base import Task
 from attend_jax.train import sharding
@@ -40,16 +40,20 @@ def model_step(task: Task, model: nnx.Module, detail: bool = False,
   that state is replicated over its devices, for batches split over them."""
   graph, *states = nnx.split(model)
   if mesh is not None:
-    states = jax.device_put(states, NamedSharding(mesh, PartitionSpec()))
+    states = hosts.replicate(states, mesh)
   step = predict_step(task, graph, detail, proposal_step)
   return lambda batch: step(tuple(states), batch)
 
 
-def local_mesh(batch_size: int):
-  """A data-parallel mesh over as many of this host's devices as divide ``batch_size``: what
-  evaluate and predict run on, as training runs on its mesh."""
+def batch_mesh(batch_size: int):
+  """A data-parallel mesh over as many of each host's devices as divide ``batch_size``, the rows
+  each host gives a step: what evaluate and predict run on, as training runs on its mesh."""
   n = max(d for d in range(1, jax.local_device_count() + 1) if batch_size % d == 0)
-  return sharding.make_mesh(n, 1, devices=jax.local_devices()[:n])
+  processes = sorted({d.process_index for d in jax.devices()})
+  devices = [d for h in processes
+             for d in sorted((d for d in jax.devices() if d.process_index == h),
+                             key=lambda d: d.id)[:n]]
+  return sharding.make_mesh(len(devices), 1, devices=devices)
 
 
 def predict_split(step: Callable[[dict], dict], cfg: pipeline.PipelineConfig, mesh=None,
@@ -75,13 +79,13 @@ def predict_split(step: Callable[[dict], dict], cfg: pipeline.PipelineConfig, me
     return (sharding.to_global(batch, mesh) if mesh is not None else jax.device_put(batch)), host
 
   total = len(records.data_source(cfg.data_dir, cfg.config, cfg.split)) if progress else 0
-  outs, hosts = [], []
+  outs, host_rows = [], []
   done = 0
   batches = prefetch.DevicePrefetch(iter(pipeline.make_dataset(cfg)), place)
   try:
     for (placed, host), _ in batches:
       outs.append(step(placed))  # Dispatched; its results stay on the device for now.
-      hosts.append(host)
+      host_rows.append(host)
       done += int(host["valid"].sum())  # Per host: the progress line is host 0's.
       if progress:
         progress(done * jax.process_count(), total)
@@ -91,13 +95,13 @@ def predict_split(step: Callable[[dict], dict], cfg: pipeline.PipelineConfig, me
     # Each global batch holds every host's rows, host by host: host arrays are gathered per
     # batch in the same order.
     outs = [multihost_utils.process_allgather(o, tiled=True) for o in outs]
-    hosts = [multihost_utils.process_allgather(h, tiled=True) for h in hosts]
+    host_rows = [multihost_utils.process_allgather(h, tiled=True) for h in host_rows]
   else:
     outs = jax.device_get(outs)
-  valid = np.concatenate([h["valid"] for h in hosts])
+  valid = np.concatenate([h["valid"] for h in host_rows])
   pred = {k: np.concatenate([np.asarray(o[k]) for o in outs])[valid] for k in (outs[0] if outs
                                                                                 else {})}
-  pred |= {k: np.concatenate([h[k] for h in hosts])[valid] for k in host_keys if hosts}
+  pred |= {k: np.concatenate([h[k] for h in host_rows])[valid] for k in host_keys if host_rows}
   pred["ids"] = pipeline.record_ids(cfg, pred["index"], record_keys)
   pred["breast"] = [f"{i['study_id']}/{i['laterality']}" for i in pred["ids"]]
   return pred

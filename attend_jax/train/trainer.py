@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
 from typing import Any
 
@@ -21,10 +20,9 @@ import numpy as np
 import optax
 from etils import epath
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from attend_jax import checkpoint, config_check, paths, run, tasks
+from attend_jax import checkpoint, config_check, hosts, paths, run, tasks
 from attend_jax.data import availability, pipeline, prefetch, records
 from attend_jax.models import build
 from attend_jax.progress import log
@@ -183,31 +181,10 @@ def train_step_for(config, state: State, mesh):
                          (*layouts, NamedSharding(mesh, sharding.BATCH_SPEC)))
 
 
-def maybe_initialize_distributed() -> None:
-  """Multi-host: the same command on every host. TPU pods configure themselves; GPU and CPU
-  clusters set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
-  if jax.distributed.is_initialized():
-    return
-  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize(
-        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-        process_id=int(os.environ["JAX_PROCESS_ID"]))
-  elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
-    jax.distributed.initialize()
-  else:
-    return
-  # The hosts leave initialize together. A first collective now sets up the CPU backend's
-  # (Gloo's) connections while they are in step: its connect times out after about 30 s, and
-  # at the first collective of the run (orbax's, when the checkpoint folder is opened) one
-  # host may arrive that much later than another (seen: a loaded CI machine, a bucket).
-  multihost_utils.sync_global_devices("attend_jax: hosts started")
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains ``config`` in ``workdir`` (resuming what is there) and returns the test metrics."""
   config_check.check(config)  # Before anything is written or loaded.
-  maybe_initialize_distributed()
+  hosts.maybe_initialize_distributed()
   workdir = paths.path(workdir)  # A local folder or a bucket URL, the same on every host.
   paths.check_reachable(workdir)  # In seconds, naming it, where gcsfs would retry for a minute.
   workdir.mkdir(parents=True, exist_ok=True)

@@ -94,14 +94,14 @@ def test_a_model_on_a_mesh_of_every_device_predicts_as_on_one(config):
   model = task.build_model(0)
   model.eval()
   cfg = pipeline.for_split(config, "train", train=False)
-  mesh = prediction.local_mesh(cfg.batch_size)
+  mesh = prediction.batch_mesh(cfg.batch_size)
   assert mesh.size == 8
   one = prediction.predict_split(prediction.model_step(task, model), cfg, host_keys=task.host_keys)
   many = prediction.predict_split(prediction.model_step(task, model, mesh=mesh), cfg, mesh,
                             host_keys=task.host_keys)
   np.testing.assert_allclose(many["prob"], one["prob"], atol=1e-6)
   assert many["ids"] == one["ids"]
-  assert prediction.local_mesh(6).size == 6 and prediction.local_mesh(5).size == 5
+  assert prediction.batch_mesh(6).size == 6 and prediction.batch_mesh(5).size == 5
 
 
 def test_ids_come_from_the_side_table_without_reading_a_record(config, monkeypatch):

@@ -165,12 +165,37 @@ def _cache_path(cache: pathlib.Path, ex: Example) -> pathlib.Path:
 
 def decode(args) -> dict | tuple[str, str]:
   """Runs in a worker process (of the local pool or of a Beam DoFn): ``(ex, opts, max_pixels)``
-  -> the record, or (file at fault, reason) for an unusable input."""
+  -> the record, or (file at fault, reason) for an unusable input. Files on a bucket are
+  copied to a temporary folder first (the decoders read local files only)."""
   ex, opts, max_pixels = args
-  try:
-    return process_example(ex, opts, max_pixels)
-  except DataError as e:
-    return e.path, e.reason if e.path == ex.path else f"{e.reason} (image {ex.path})"
+  files = [ex.path, *ex.mask_paths, *([ex.proposals_path] if ex.proposals_path else [])]
+  if all(paths.is_local(f) for f in files):
+    try:
+      return process_example(ex, opts, max_pixels)
+    except DataError as e:
+      return e.path, e.reason if e.path == ex.path else f"{e.reason} (image {ex.path})"
+  with tempfile.TemporaryDirectory(prefix="attend_jax-decode-") as tmp:
+    local = {}
+    for i, f in enumerate(files):
+      if paths.is_local(f):
+        continue
+      local[f] = os.path.join(tmp, f"{i}-{paths.path(f).name}")
+      try:
+        pathlib.Path(local[f]).write_bytes(paths.path(f).read_bytes())
+      except Exception as e:  # noqa: BLE001  (a missing object, no permission: this file's)
+        return f, f"cannot be read ({pool_lib.describe(e)})"
+    staged = dataclasses.replace(
+        ex, path=local.get(ex.path, ex.path),
+        mask_paths=tuple(local.get(m, m) for m in ex.mask_paths),
+        proposals_path=local.get(ex.proposals_path, ex.proposals_path))
+    result = decode((staged, opts, max_pixels))
+  if isinstance(result, dict):
+    return result
+  back = {v: k for k, v in local.items()}
+  path, reason = result
+  for temporary, remote in back.items():
+    reason = reason.replace(temporary, remote)
+  return back.get(path, path), reason
 
 
 def _work(args) -> tuple[str, str] | float:
@@ -444,20 +469,17 @@ def _prepare_beam(dataset: str, root, out, opts: PrepareOptions, time_limit: flo
   from attend_jax.data import beam_prepare, records
 
   listing = SOURCES[dataset](root, **source_kwargs)
-  splits = sorted({ex.split for ex in listing.examples})
-  if not splits:
+  if not listing.examples:
     raise NoUsableImagesError(root, f"it lists no images ({len(listing.bad)} rows were"
                                     " rejected; see the reasons above)")
   work = out_path / BEAM_WORK / config
   if work.exists():
     work.rmtree()  # A failed job's files: it is all or nothing, so this run starts over.
   work.mkdir(parents=True)
-  for split in splits:
-    (work / f"listing-{split}.jsonl").write_text("".join(
-        beam_prepare.example_to_json(ex) + "\n" for ex in listing.examples if ex.split == split))
+  listings = beam_prepare.write_listings(work, listing.examples)
   records.build_beam(out_path, config, beam_prepare.split_transforms(
-      work, splits, opts, max_pixels, time_limit), beam_options)
-  reports = {row["image"]: row for row in beam_prepare.read_reports(work)}
+      work, listings, opts, max_pixels, time_limit), beam_options)
+  reports = beam_prepare.read_reports(work)
   missing = [ex.path for ex in listing.examples if ex.path not in reports]
   if missing:
     raise RuntimeError(f"{work}: the pipeline reported on {len(reports)} of"

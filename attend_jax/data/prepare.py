@@ -501,7 +501,8 @@ def _prepare_beam(dataset: str, root, out, opts: PrepareOptions, time_limit: flo
   (out_path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
   options_path(out_path, config).write_text(json.dumps(dataclasses.asdict(opts), indent=2) + "\n")
   work.rmtree()
-  if not any((out_path / BEAM_WORK).iterdir()):
-    (out_path / BEAM_WORK).rmdir()
+  parent = out_path / BEAM_WORK  # A bucket has no empty folders: it is gone already.
+  if parent.exists() and not any(parent.iterdir()):
+    parent.rmdir()
   return PrepareResult(builder_name(dataset, opts.long_side), counts, bad, seconds,
                        decode_seconds=seconds, decoded=len(listing.examples))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
+import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -73,6 +75,9 @@ class Mammograms(tfds.core.GeneratorBasedBuilder):
     return self.dataset_info_from_configs(description=self.__doc__, features=_features(),
                                           supervised_keys=None)
 
+  def _example_writer(self):
+    return _StagedExampleWriter(file_format=self.info.file_format)
+
   # Nothing is downloaded: prepare prints its own progress instead of TFDS's banners.
   def _log_download_bytes(self) -> None:
     pass
@@ -109,6 +114,21 @@ def example(record: dict) -> dict:
   for key in TEXT_FIELDS:
     out[key] = str(out[key])
   return out
+
+
+class _StagedExampleWriter(tfds.core.writer.ExampleWriter):
+  """TFDS's shard writer, except that a shard for a bucket is written to a local file first
+  and then copied: ArrayRecord's writer opens local files only (prepare on Beam writes the
+  shards straight into a gs:// output)."""
+
+  def write(self, path, examples):
+    if paths.is_local(os.fspath(path)):
+      return super().write(path, examples)
+    with tempfile.TemporaryDirectory(prefix="attend_jax-shard-") as tmp:
+      local = pathlib.Path(tmp) / epath.Path(path).name
+      positions = super().write(local, examples)
+      epath.Path(path).write_bytes(local.read_bytes())
+    return positions
 
 
 def builder(data_dir, config: str) -> Mammograms:

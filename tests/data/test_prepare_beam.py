@@ -109,3 +109,32 @@ def test_the_decode_dofn_makes_every_failure_a_report_row_and_goes_on():
         | beam.Map(lambda r: (r["file"], r["reason"])),
         util.equal_to([("", "")] * 2 + [(f"/data/{k}.dcm", r) for k, r in reasons.items()]),
         label="reports")
+
+
+def test_beam_reads_dicoms_from_a_bucket_and_writes_the_records_to_one(both, gcs, tmp_path):
+  root, local, _, _, (truncated, panicking) = both
+  from attend_jax import paths
+
+  bucket_root, bucket_out = paths.path(gcs.path("vindr")), paths.path(gcs.path("prepared"))
+  paths.upload(root, bucket_root)
+  result = prepare.prepare("vindr", str(bucket_root), str(bucket_out), OPTS,
+                           beam_options=["--runner=DirectRunner"])
+  # The same rows, naming the files on the bucket (also in the reasons that quote the path).
+  assert sorted(result.bad) == sorted(
+      tuple(text.replace(str(root), str(bucket_root)) for text in row) for row in _bad_rows(local))
+  assert result.counts == json.loads((local / "manifest.json").read_text())["counts"]
+  assert not (bucket_out / prepare.BEAM_WORK).exists()
+  import fsspec
+
+  copy = tmp_path / "copy"  # The ArrayRecord reader opens local files only.
+  gcs_fs, prefix = fsspec.filesystem("gs"), str(bucket_out).removeprefix("gs://")
+  for name in gcs_fs.find(prefix):
+    target = copy / name.removeprefix(prefix + "/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(gcs_fs.cat_file(name))
+  for split in records.splits(local, "vindr_96"):
+    ours, theirs = (records.data_source(d, "vindr_96", split) for d in (copy, local))
+    assert len(ours) == len(theirs)
+    for i in range(len(theirs)):
+      for key in theirs[i]:
+        np.testing.assert_array_equal(ours[i][key], theirs[i][key], err_msg=f"{split} {key}")

@@ -472,9 +472,10 @@ def _prepare_beam(dataset: str, root, out, opts: PrepareOptions, time_limit: flo
   if not listing.examples:
     raise NoUsableImagesError(root, f"it lists no images ({len(listing.bad)} rows were"
                                     " rejected; see the reasons above)")
+  # A failed job's listings and reports: a job is all or nothing, so this run starts over.
   work = out_path / BEAM_WORK / config
   if work.exists():
-    work.rmtree()  # A failed job's files: it is all or nothing, so this run starts over.
+    work.rmtree()
   work.mkdir(parents=True)
   listings = beam_prepare.write_listings(work, listing.examples)
   records.build_beam(out_path, config, beam_prepare.split_transforms(
@@ -501,6 +502,8 @@ def _prepare_beam(dataset: str, root, out, opts: PrepareOptions, time_limit: flo
   (out_path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
   options_path(out_path, config).write_text(json.dumps(dataclasses.asdict(opts), indent=2) + "\n")
   work.rmtree()
+  for unfinished in (out_path / records.NAME / config).glob("incomplete.*"):
+    unfinished.rmtree()  # TFDS's version folders of failed jobs.
   parent = out_path / BEAM_WORK  # A bucket has no empty folders: it is gone already.
   if parent.exists() and not any(parent.iterdir()):
     parent.rmdir()

@@ -36,6 +36,11 @@ def both(tmp_path_factory):
   local = tmp_path_factory.mktemp("local")
   prepare.prepare("vindr", root, local, OPTS, workers=2)
   beam = tmp_path_factory.mktemp("beam")
+  # What a failed job leaves, which this run deletes: its listings and TFDS's unfinished version.
+  for path in (beam / prepare.BEAM_WORK / "vindr_96" / "listing-train-00000.jsonl",
+               beam / "mammograms" / "vindr_96" / "incomplete.ABC123_1.1.0" / "x.array_record"):
+    path.parent.mkdir(parents=True)
+    path.write_text("left by a failed job")
   proc = helpers.run("tools/prepare_data.py", "--dataset", "vindr", "--root", root, "--out", beam,
                      "--long_side", 96, "--beam", f"--beam_pipeline_options={DIRECT}")
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
@@ -56,6 +61,7 @@ def test_beam_lists_the_truncated_and_the_panicking_file_as_the_pool_does(both):
   assert manifest["bad_files"] == 2 and sum(c["images"] for c in manifest["counts"].values()) == 10
   assert sorted(manifest["counts"]) == ["test", "train", "val"]
   assert not (beam / prepare.BEAM_WORK).exists()
+  assert not list((beam / "mammograms" / "vindr_96").glob("incomplete.*"))
 
 
 def test_beam_writes_the_pool_s_records_record_for_record(both):
@@ -117,12 +123,17 @@ def test_beam_reads_dicoms_from_a_bucket_and_writes_the_records_to_one(both, gcs
 
   bucket_root, bucket_out = paths.path(gcs.path("vindr")), paths.path(gcs.path("prepared"))
   paths.upload(root, bucket_root)
-  result = prepare.prepare("vindr", str(bucket_root), str(bucket_out), OPTS,
-                           beam_options=["--runner=DirectRunner"])
+  # A fresh process: gcsfs reads the emulator's settings when it is imported.
+  proc = helpers.run("tools/prepare_data.py", "--dataset", "vindr", "--root", bucket_root,
+                     "--out", bucket_out, "--long_side", 96, "--beam",
+                     "--beam_pipeline_options=runner=DirectRunner")
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
   # The same rows, naming the files on the bucket (also in the reasons that quote the path).
-  assert sorted(result.bad) == sorted(
+  rows = list(csv.reader((bucket_out / "bad_files.csv").read_text().splitlines()))[1:]
+  assert sorted(map(tuple, rows)) == sorted(
       tuple(text.replace(str(root), str(bucket_root)) for text in row) for row in _bad_rows(local))
-  assert result.counts == json.loads((local / "manifest.json").read_text())["counts"]
+  assert (json.loads((bucket_out / "manifest.json").read_text())["counts"]
+          == json.loads((local / "manifest.json").read_text())["counts"])
   assert not (bucket_out / prepare.BEAM_WORK).exists()
   import fsspec
 

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import time
@@ -478,8 +479,17 @@ def _prepare_beam(dataset: str, root, out, opts: PrepareOptions, time_limit: flo
     work.rmtree()
   work.mkdir(parents=True)
   listings = beam_prepare.write_listings(work, listing.examples)
-  records.build_beam(out_path, config, beam_prepare.split_transforms(
-      work, listings, opts, max_pixels, time_limit), beam_options)
+  try:
+    records.build_beam(out_path, config, beam_prepare.split_transforms(
+        work, listings, opts, max_pixels, time_limit), beam_options)
+  except Exception as e:
+    empty = re.search(r"generated examples is 0 for split (\w+)", str(e))
+    if not empty:
+      raise
+    raise NoUsableImagesError(root, (
+        f"no image of its {empty.group(1)} split could be used, and TFDS's Beam writer refuses"
+        " an empty split, so the job stopped; prepare without --beam to list each file's reason"
+        " in bad_files.csv")) from None
   reports = beam_prepare.read_reports(work)
   missing = [ex.path for ex in listing.examples if ex.path not in reports]
   if missing:

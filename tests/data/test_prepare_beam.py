@@ -5,11 +5,14 @@ DICOM and one whose RLE decoder panics among synthetic VinDr-layout studies."""
 import csv
 import json
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
 
+from attend_jax import errors
 from attend_jax.data import layouts, prepare, records
+from attend_jax.data.sources import SOURCES
 from dicom_fixtures import panicking_rle, phantom, pixel_offset
 import fault_jobs
 import helpers
@@ -149,3 +152,14 @@ def test_beam_reads_dicoms_from_a_bucket_and_writes_the_records_to_one(both, gcs
     for i in range(len(theirs)):
       for key in theirs[i]:
         np.testing.assert_array_equal(ours[i][key], theirs[i][key], err_msg=f"{split} {key}")
+
+
+def test_a_split_where_no_image_decodes_stops_the_job_with_one_line(both, tmp_path):
+  root = both[0]
+  copy = tmp_path / "vindr"
+  shutil.copytree(root, copy)
+  for ex in SOURCES["vindr"](copy).examples:
+    if ex.split == "test":
+      pathlib.Path(ex.path).write_bytes(b"not a DICOM")
+  with pytest.raises(errors.NoUsableImagesError, match="no image of its test split could be used"):
+    prepare.prepare("vindr", copy, tmp_path / "out", OPTS, beam_options=["--runner=DirectRunner"])

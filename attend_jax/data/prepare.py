@@ -471,8 +471,9 @@ def _prepare_beam(dataset: str, root, out, opts: PrepareOptions, time_limit: flo
 
   listing = SOURCES[dataset](root, **source_kwargs)
   if not listing.examples:
-    raise NoUsableImagesError(root, f"it lists no images ({len(listing.bad)} rows were"
-                                    " rejected; see the reasons above)")
+    _write_bad(out_path, [(e.path, e.reason) for e in listing.bad])
+    raise NoUsableImagesError(root, f"it lists no images; the {len(listing.bad)} rejected rows'"
+                                    f" reasons are in {out_path / BAD_FILES}")
   # A failed job's listings and reports: a job is all or nothing, so this run starts over.
   work = out_path / BEAM_WORK / config
   if work.exists():

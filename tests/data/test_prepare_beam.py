@@ -163,3 +163,13 @@ def test_a_split_where_no_image_decodes_stops_the_job_with_one_line(both, tmp_pa
       pathlib.Path(ex.path).write_bytes(b"not a DICOM")
   with pytest.raises(errors.NoUsableImagesError, match="no image of its test split could be used"):
     prepare.prepare("vindr", copy, tmp_path / "out", OPTS, beam_options=["--runner=DirectRunner"])
+
+
+def test_a_listing_without_images_is_one_line_and_its_rows_are_in_bad_files(tmp_path):
+  (tmp_path / "root" / "train_images").mkdir(parents=True)
+  (tmp_path / "root" / "train.csv").write_text(
+      "site_id,patient_id,image_id,laterality,view,age,cancer\n1,9,90,L,CC,55,2\n")
+  with pytest.raises(errors.NoUsableImagesError, match="it lists no images"):
+    prepare.prepare("rsna", tmp_path / "root", tmp_path / "out", OPTS, beam_options=[])
+  assert "cancer must be 0 or 1" in dict(_bad_rows(tmp_path / "out"))[
+      str(tmp_path / "root" / "train.csv")]

@@ -24,16 +24,16 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from attend_jax import paths, progress
-from attend_jax.errors import DataError, DiskFullError
+from attend_jax.errors import DataError, DiskFullError, MissingExtraError
 from attend_jax.data.sources import DatasetNotFoundError
 
 LOG_FILE = "log.txt"
 _VERBOSE = flags.DEFINE_bool("verbose", False,
                              "Show library logs and full tracebacks on the terminal.")
 # What users cause (a missing dataset, an unusable file) and what their machine does (a full
-# disk, a read-only or missing folder): one line, exit code 1.
+# disk, a read-only or missing folder, an optional extra not installed): one line, exit code 1.
 USER_ERRORS: tuple[type[BaseException], ...] = (DataError, DatasetNotFoundError, DiskFullError,
-                                                OSError)
+                                                OSError, MissingExtraError)
 
 
 def verbose() -> bool:

@@ -104,3 +104,11 @@ def short_reason(e: BaseException) -> str:
   text = str(e).strip().splitlines()[0] if str(e).strip() else ""
   text = text.split(" See full TensorStore details")[0][:200]
   return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+class MissingExtraError(ImportError):
+  """A feature whose optional dependencies are not installed; the message names the extra."""
+
+  def __init__(self, feature: str, extra: str):
+    super().__init__(f"{feature} needs the optional dependencies of attend_jax[{extra}]; install"
+                     f' them with: pip install -e ".[{extra}]"')

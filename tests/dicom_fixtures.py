@@ -1,6 +1,9 @@
 """Small, valid mammography DICOM files written on the fly for tests."""
 
+import pathlib
+
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -42,3 +45,47 @@ def phantom(h=120, w=90, seed=0):
   y0, y1, x1 = h // 6, h * 5 // 6, w * 2 // 3
   img[y0:y1, :x1] = 1500 + rng.integers(0, 2000, size=(y1 - y0, x1))
   return img
+
+
+def pixel_offset(path: pathlib.Path) -> tuple[bytes, int, int]:
+  """The file's bytes, and where its pixel data value starts and how long it is (the fixtures
+  write PixelData last)."""
+  raw = path.read_bytes()
+  value = bytes(pydicom.dcmread(path).PixelData)
+  start = raw.find(value)
+  assert start > 0
+  return raw, start, len(value)
+
+
+def corrupt(src: pathlib.Path, dst: pathlib.Path, offset: int, length: int = 64,
+            value: int = 0) -> pathlib.Path:
+  raw, start, _ = pixel_offset(src)
+  b = bytearray(raw)
+  b[start + offset:start + offset + length] = bytes([value]) * length
+  dst.write_bytes(bytes(b))
+  return dst
+
+
+def panics(path: pathlib.Path) -> bool:
+  try:
+    pydicom.dcmread(path).pixel_array
+  except BaseException as e:  # noqa: BLE001  (looking for pyo3's PanicException on purpose)
+    return type(e).__name__ == "PanicException"
+  return False
+
+
+def panicking_rle(pixels, folder, name="rle_panic.dcm"):
+  """An RLE file of ``pixels`` whose pixel data pylibjpeg-rle's Rust decoder panics on: 64 zero
+  bytes 64+ bytes into the frame, where the segment lengths stop adding up, at the first offset
+  that makes it index out of bounds."""
+  from pydicom.uid import RLELossless
+
+  source = write_mg(pixels, folder, f"{name}.src", bits=16, syntax=RLELossless)
+  try:
+    for offset in range(200, 60_000, 331):
+      candidate = corrupt(source, folder / name, offset)
+      if panics(candidate):
+        return candidate
+  finally:
+    source.unlink()
+  raise AssertionError("no corruption made pylibjpeg-rle panic; the codec changed")

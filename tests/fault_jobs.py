@@ -34,3 +34,12 @@ def decode(path) -> tuple | str:
     return dicom.read_dicom(path).pixels.shape
   except dicom.DicomError as e:
     return e.reason
+
+
+def decode_example(args) -> dict:
+  """``prepare.decode``'s kind for a Beam DoFn: the job named by the example's image id, and a
+  record of ids only for the ones that finish."""
+  ex, _, _ = args
+  kind = job(ex.image_id)
+  return {"image_id": kind, "study_id": "s", "patient_id": "p", "laterality": "L", "view": "CC",
+          "proposals_off_image": 0}

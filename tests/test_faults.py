@@ -30,7 +30,8 @@ from attend_jax.eval import tables
 from attend_jax.data.sources import base as sources_base
 from attend_jax.data.sources import cbis_ddsm
 from configs import demo
-from dicom_fixtures import phantom, write_mg
+from dicom_fixtures import corrupt as _corrupt, panics as _panics, phantom
+from dicom_fixtures import pixel_offset as _pixel_offset, write_mg
 import fault_jobs
 import helpers
 
@@ -80,12 +81,15 @@ CASES = {
     "a second trainer on a workdir, and a killed one's lock": [
         "test_faults.py::test_a_second_trainer_on_a_workdir_refuses_and_a_killed_one_does_not_block"],
     "a decoder that raises, crashes, panics or hangs": [
-        "test_faults.py::test_every_failure_of_a_worker_is_its_job_s_alone"],
+        "test_faults.py::test_every_failure_of_a_worker_is_its_job_s_alone",
+        "test_faults.py::test_a_guarded_worker_contains_each_failure_and_goes_on",
+        "data/test_prepare_beam.py::test_the_decode_dofn_makes_every_failure_a_report_row_and_goes_on"],
     "fuzzed codec streams": [
         "test_faults.py::test_fuzzed_codecs_through_the_worker_pool_never_take_the_run_down"],
     "corrupt DICOMs in prepare": [
         "test_faults.py::test_the_real_reader_names_every_corruption",
-        "test_faults.py::test_prepare_lists_each_corrupt_file_and_keeps_the_rest"],
+        "test_faults.py::test_prepare_lists_each_corrupt_file_and_keeps_the_rest",
+        "data/test_prepare_beam.py::test_beam_lists_the_truncated_and_the_panicking_file_as_the_pool_does"],
     "corrupt DICOMs in predict": [
         "test_faults.py::test_predict_s_preprocessing_contains_the_same_failures",
         "test_predict.py::test_predict_cli_on_a_folder_with_a_corrupt_file"],
@@ -142,33 +146,6 @@ def test_every_case_of_the_catalogue_has_the_tests_it_names():
 # ----------------------------------------------------------------------------------------------
 
 
-def _pixel_offset(path: pathlib.Path) -> tuple[bytes, int, int]:
-  """The file's bytes, and where its pixel data value starts and how long it is (the fixtures
-  write PixelData last)."""
-  raw = path.read_bytes()
-  value = bytes(pydicom.dcmread(path).PixelData)
-  start = raw.find(value)
-  assert start > 0
-  return raw, start, len(value)
-
-
-def _corrupt(src: pathlib.Path, dst: pathlib.Path, offset: int, length: int = 64,
-             value: int = 0) -> pathlib.Path:
-  raw, start, _ = _pixel_offset(src)
-  b = bytearray(raw)
-  b[start + offset:start + offset + length] = bytes([value]) * length
-  dst.write_bytes(bytes(b))
-  return dst
-
-
-def _panics(path: pathlib.Path) -> bool:
-  try:
-    pydicom.dcmread(path).pixel_array
-  except BaseException as e:  # noqa: BLE001  (looking for pyo3's PanicException on purpose)
-    return type(e).__name__ == "PanicException"
-  return False
-
-
 @pytest.fixture(scope="module")
 def corrupt_files(tmp_path_factory):
   """Good DICOMs and corrupt ones: RLE (one that panics pylibjpeg-rle), JPEG 2000 and
@@ -212,6 +189,22 @@ def test_every_failure_of_a_worker_is_its_job_s_alone():
       "panic": "RustPanic: index out of bounds: the len is 120000 but the index is 120001",
       "segfault": "the worker died decoding it (SIGSEGV)",
       "hang": "took longer than 5 s; skipped",
+      "exit": "the worker died decoding it (exit code 3)"}
+
+
+def test_a_guarded_worker_contains_each_failure_and_goes_on():
+  worker = pool.GuardedWorker(preload=["fault_jobs"], time_limit=2)
+  try:
+    out = {kind: worker(fault_jobs.job, kind)
+           for kind in ["a", "raise", "panic", "segfault", "b", "hang", "exit", "c"]}
+  finally:
+    worker.close()
+  assert [out[k] for k in "abc"] == ["A", "B", "C"]
+  assert {k: v.reason for k, v in out.items() if isinstance(v, pool.Failure)} == {
+      "raise": "ValueError: corrupt segment / at offset 64",
+      "panic": "RustPanic: index out of bounds: the len is 120000 but the index is 120001",
+      "segfault": "the worker died decoding it (SIGSEGV)",
+      "hang": "took longer than 2 s; skipped",
       "exit": "the worker died decoding it (exit code 3)"}
 
 

@@ -20,7 +20,11 @@ Everything is measured side by side in one run on the same files:
 
 Goals (from the issue): prepare within 2x of the raw decode cost; loader >= 20x faster.
 
-4. feed: what one accelerator needs from its host. The loader's images per CPU-second of this
+4. --beam: prepare end to end (listing, decode, write; start-up included) in images/s, the
+   local pool against the same run on Apache Beam's DirectRunner with 1 and 2 workers
+   (multi-processing), on the first codec's files; the records must be the same.
+
+5. feed: what one accelerator needs from its host. The loader's images per CPU-second of this
    process (all its threads; wall-clock-free, so a busy machine does not skew it), the bytes
    per image read from the records on disk and sent to the device (the padded S x S uint16
    batch and the rest), and at ``--target`` images/s per accelerator (tools/scale_report.py's
@@ -56,6 +60,8 @@ _CODECS = flags.DEFINE_list("codecs", ["uncompressed", "jpeg2000"], "DICOM codec
 _TARGET = flags.DEFINE_float("target", 0.0,
                              "Images/s one accelerator consumes (0: leave the feed section out).")
 _JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+_BEAM = flags.DEFINE_bool("beam", False, "Also time prepare on Beam's DirectRunner (1 and 2"
+                          " workers) against the local pool (needs the [beam] extra).")
 CODECS = {"uncompressed": 0.0, "jpeg2000": 1.0}
 
 
@@ -106,6 +112,36 @@ def _feed(out, config, batch, n, image_size) -> dict:
           "real_pixel_fraction": float(np.mean(np.prod(first["image_hw"], 1))) / image_size**2}
 
 
+def _beam_rates(data, out_root, opts) -> dict[str, float]:
+  """Images/s of prepare on the local pool ("pool") and on the DirectRunner with n workers
+  ("direct_<n>"), each into a fresh folder; each Beam run's records are checked against the
+  pool's."""
+  runs = {"pool": None}
+  for n in (1, 2):
+    runs[f"direct_{n}"] = ["--runner=DirectRunner", f"--direct_num_workers={n}",
+                           "--direct_running_mode=multi_processing"]
+  rates = {}
+  for name, beam_options in runs.items():
+    out = out_root / name
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    result = prepare.prepare("synthetic", data, out, opts, workers=_WORKERS.value,
+                             beam_options=beam_options, val_fraction=0.0, test_fraction=0.0)
+    seconds = time.perf_counter() - start
+    rates[name] = sum(c["images"] for c in result.counts.values()) / seconds
+    if beam_options is not None:
+      _check_same_records(out_root / "pool", out, f"synthetic_{_LONG_SIDE.value}")
+  return rates
+
+
+def _check_same_records(a, b, config) -> None:
+  for split in records_lib.splits(a, config):
+    ours, theirs = (records_lib.data_source(str(d), config, split) for d in (a, b))
+    if len(ours) != len(theirs) or any(
+        not np.array_equal(ours[i][k], theirs[i][k]) for i in range(len(ours)) for k in ours[i]):
+      raise SystemExit(f"the Beam run's {split} records differ from the pool's ({b} vs {a})")
+
+
 def main(argv):
   del argv
   root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="bench_data_"))
@@ -144,6 +180,16 @@ def main(argv):
     print(f"{codec:<14}{fast:>10.1f} bat/s{slow:>14.2f} bat/s{fast / slow:>10.1f}x")
   print(f"\n(times per image; batches of {_BATCH.value})")
   figures = {"size": _SIZE.value, "long_side": _LONG_SIDE.value, "batch": _BATCH.value}
+  if _BEAM.value:
+    codec = next(iter(rows))
+    figures["beam"] = _beam_rates(root / codec, root / f"{codec}_beam", opts)
+    pool = figures["beam"]["pool"]
+    print(f"\nprepare end to end on the {len(rows[codec][0])} {codec} images (images/s, wall"
+          " clock, start-up included):")
+    labels = {"pool": f"local pool, {_WORKERS.value} workers",
+              "direct_1": "Beam DirectRunner, 1 worker", "direct_2": "Beam DirectRunner, 2 workers"}
+    for name, rate in figures["beam"].items():
+      print(f"  {labels[name]:<30}{rate:>8.2f} images/s{rate / pool:>8.2f}x the pool")
   if _TARGET.value:
     out = next(iter(rows.values()))[1]
     feed = _feed(out, f"synthetic_{_LONG_SIDE.value}", _BATCH.value, _BATCHES.value,

@@ -8,8 +8,14 @@ r"""Decodes a mammography dataset once into TFDS ArrayRecord shards for training
       --csv_dir reference_csvs --proposals /data/focal_rois --keep_orientation --long_side 0 \
       --out data/prepared
 
+On Apache Beam (the TFDS builder's Beam path; `pip install -e ".[beam]"`), e.g. on Dataflow
+(docs/data.md#prepare-on-apache-beam gives the whole command):
+
+  python tools/prepare_data.py --dataset vindr --root /data/vindr-mammo --out gs://b/prepared \
+      --beam --beam_pipeline_options="runner=DataflowRunner,project=P,region=R,..."
+
 Rerunning the same command resumes an interrupted run (Ctrl-C says how far it got) and skips
-a finished one. Unusable images and rows are listed in OUT/bad_files.csv with the reason;
+a finished one; a Beam job is all or nothing, so a rerun after a failed job starts over. Unusable images and rows are listed in OUT/bad_files.csv with the reason;
 counts go to OUT/manifest.json, library logs to OUT/log.txt.
 """
 
@@ -47,6 +53,21 @@ _MAX_MEGAPIXELS = flags.DEFINE_float(
     " 5k x 6k, 30 megapixels) with room to spare; raise it, e.g. --max_megapixels=400, for"
     " larger images.")
 
+_BEAM = flags.DEFINE_bool("beam", False,
+                          "Decode and write as one Apache Beam pipeline (the TFDS builder's Beam"
+                          " path), on the runner --beam_pipeline_options names, instead of the"
+                          " local process pool; --workers is then the runner's business.")
+_BEAM_OPTIONS = flags.DEFINE_string(
+    "beam_pipeline_options", "",
+    "With --beam: Beam's pipeline options as TFDS takes them, comma-separated key=value pairs,"
+    ' e.g. "runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing"'
+    " (default: the DirectRunner in this process).")
+
+
+def beam_flags(text: str) -> list[str]:
+  """``a=1,b=2`` (TFDS's --beam_pipeline_options) -> ``["--a=1", "--b=2"]``."""
+  return [f"--{part.strip().removeprefix('--')}" for part in text.split(",") if part.strip()]
+
 
 def main(argv):
   del argv
@@ -61,7 +82,9 @@ def main(argv):
   try:
     result = prepare.prepare(_DATASET.value, _ROOT.value, _OUT.value, opts, _WORKERS.value,
                              _KEEP_CACHE.value, progress=Progress("decoding", "img"),
-                             max_pixels=int(_MAX_MEGAPIXELS.value * 1e6), **kwargs)
+                             max_pixels=int(_MAX_MEGAPIXELS.value * 1e6),
+                             beam_options=beam_flags(_BEAM_OPTIONS.value) if _BEAM.value else None,
+                             **kwargs)
   except KeyboardInterrupt as e:  # Ctrl-C: what is decoded is kept, and a rerun resumes.
     close_all()
     print(e if isinstance(e, prepare.PrepareInterrupted)

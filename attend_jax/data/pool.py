@@ -120,21 +120,50 @@ def guarded_map(fn: Callable, jobs: Iterable, *, workers: int, preload: Sequence
                        timeout=time_limit).result()
     locks = _channel_locks(pool)
     for job in jobs:
-      try:
-        out = next(results)
-      except fatal:
-        raise
-      except concurrent.futures.TimeoutError:
-        out = Failure(f"took longer than {time_limit:.0f} s; skipped")
-      except pebble.ProcessExpired as e:
-        out = Failure(_expired(e))
-      except Exception as e:  # noqa: BLE001  (e.g. a result that cannot be pickled back)
-        out = Failure(describe(e))
-      yield job, out
+      yield job, _outcome(lambda: next(results), time_limit, fatal)
   finally:
     pool.stop()
     pool.join()  # Every worker is dead now; the locks may go.
     del locks
+
+
+def _outcome(get: Callable[[], Any], time_limit: float,
+             fatal: tuple[type[BaseException], ...]) -> Any:
+  """``get()``, a job's result, or what went wrong with its worker as a Failure."""
+  try:
+    return get()
+  except fatal:
+    raise
+  except concurrent.futures.TimeoutError:
+    return Failure(f"took longer than {time_limit:.0f} s; skipped")
+  except pebble.ProcessExpired as e:
+    return Failure(_expired(e))
+  except Exception as e:  # noqa: BLE001  (e.g. a result that cannot be pickled back)
+    return Failure(describe(e))
+
+
+class GuardedWorker:
+  """One worker process that runs one job at a time with ``guarded_map``'s containment, for
+  callers that get their jobs one by one (a Beam DoFn): ``worker(fn, job)`` is ``fn(job)`` or
+  a Failure, and a worker that crashed or hung is replaced for the next job."""
+
+  def __init__(self, preload: Sequence[str] = (), time_limit: float = DEFAULT_TIME_LIMIT_S,
+               log_path: str | os.PathLike | None = None):
+    self._time_limit = time_limit
+    self._pool = pebble.ProcessPool(max_workers=1, initializer=_watch_parent,
+                                    initargs=(os.getpid(), str(log_path) if log_path else None),
+                                    context=_context(preload))
+    self._locks = ()
+
+  def __call__(self, fn: Callable, job: Any) -> Any:
+    future = self._pool.schedule(_call, args=(fn, job, ()), timeout=self._time_limit)
+    self._locks = self._locks or _channel_locks(self._pool)
+    return _outcome(future.result, self._time_limit, ())
+
+  def close(self) -> None:
+    self._pool.stop()
+    self._pool.join()
+    self._locks = ()
 
 
 def _channel_locks(pool: pebble.ProcessPool) -> tuple:

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import time
@@ -34,7 +35,8 @@ from attend_jax import box_ops, geometry, paths
 from attend_jax.data import breast, dicom, proposals
 from attend_jax.data import pool as pool_lib
 from attend_jax.data.sources import SOURCES, Example
-from attend_jax.errors import DataError, DicomError, DiskFullError, NoUsableImagesError
+from attend_jax.errors import (DataError, DicomError, DiskFullError, MissingExtraError,
+                               NoUsableImagesError)
 
 CACHE_DIR = "cache"
 MANIFEST = "manifest.json"
@@ -162,6 +164,41 @@ def _cache_path(cache: pathlib.Path, ex: Example) -> pathlib.Path:
   return cache / ex.split / f"{safe}.npz"
 
 
+def decode(args) -> dict | tuple[str, str]:
+  """Runs in a worker process (of the local pool or of a Beam DoFn): ``(ex, opts, max_pixels)``
+  -> the record, or (file at fault, reason) for an unusable input. Files on a bucket are
+  copied to a temporary folder first (the decoders read local files only)."""
+  ex, opts, max_pixels = args
+  files = [ex.path, *ex.mask_paths, *([ex.proposals_path] if ex.proposals_path else [])]
+  if all(paths.is_local(f) for f in files):
+    try:
+      return process_example(ex, opts, max_pixels)
+    except DataError as e:
+      return e.path, e.reason if e.path == ex.path else f"{e.reason} (image {ex.path})"
+  with tempfile.TemporaryDirectory(prefix="attend_jax-decode-") as tmp:
+    local = {}
+    for i, f in enumerate(files):
+      if paths.is_local(f):
+        continue
+      local[f] = os.path.join(tmp, f"{i}-{paths.path(f).name}")
+      try:
+        pathlib.Path(local[f]).write_bytes(paths.path(f).read_bytes())
+      except Exception as e:  # noqa: BLE001  (a missing object, no permission: this file's)
+        return f, f"cannot be read ({pool_lib.describe(e)})"
+    staged = dataclasses.replace(
+        ex, path=local.get(ex.path, ex.path),
+        mask_paths=tuple(local.get(m, m) for m in ex.mask_paths),
+        proposals_path=local.get(ex.proposals_path, ex.proposals_path))
+    result = decode((staged, opts, max_pixels))
+  if isinstance(result, dict):
+    return result
+  back = {v: k for k, v in local.items()}
+  path, reason = result
+  for temporary, remote in back.items():
+    reason = reason.replace(temporary, remote)
+  return back.get(path, path), reason
+
+
 def _work(args) -> tuple[str, str] | float:
   """Runs in a worker process: decode, write the cache file atomically.
 
@@ -171,10 +208,9 @@ def _work(args) -> tuple[str, str] | float:
   """
   ex, opts, path, max_pixels = args
   start = time.perf_counter()
-  try:
-    record = process_example(ex, opts, max_pixels)
-  except DataError as e:
-    return e.path, e.reason if e.path == ex.path else f"{e.reason} (image {ex.path})"
+  record = decode((ex, opts, max_pixels))
+  if isinstance(record, tuple):
+    return record
   tmp = path.with_suffix(".tmp.npz")
   try:
     # Uncompressed: the cache is temporary, and zlib here would cost more than the resize.
@@ -257,19 +293,30 @@ def _off_image(path: pathlib.Path) -> int:
     return int(data["proposals_off_image"]) if "proposals_off_image" in data.files else 0
 
 
-def _write_bad(out: pathlib.Path, bad: list[tuple[str, str]]) -> None:
+def _write_bad(out, bad: list[tuple[str, str]]) -> None:
+  out = paths.path(out)
   out.mkdir(parents=True, exist_ok=True)
-  with open(out / BAD_FILES, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["path", "reason"])
-    writer.writerows(bad)
+  text = io.StringIO(newline="")
+  writer = csv.writer(text)
+  writer.writerow(["path", "reason"])
+  writer.writerows(bad)
+  (out / BAD_FILES).write_text(text.getvalue())
+
+
+def _counts(good) -> dict[str, dict[str, int]]:
+  counts = {}
+  for split in sorted({ex.split for ex in good}):
+    members = [ex for ex in good if ex.split == split]
+    counts[split] = {"images": len(members), "cancer": sum(ex.label for ex in members)}
+  return counts
 
 
 def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike,
             opts: PrepareOptions = PrepareOptions(), workers: int | None = None,
             keep_cache: bool = False, progress: Callable[[int, int], None] | None = None,
             time_limit: float = pool_lib.DEFAULT_TIME_LIMIT_S,
-            max_pixels: int = dicom.MAX_PIXELS, **source_kwargs) -> PrepareResult:
+            max_pixels: int = dicom.MAX_PIXELS, beam_options: list[str] | None = None,
+            **source_kwargs) -> PrepareResult:
   """Lists, decodes (in parallel, resumable) and writes the dataset; returns what it did.
 
   An unusable image or row, whatever its decoder does (error, crash, hang past ``time_limit``
@@ -279,7 +326,14 @@ def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike,
   ``out`` may be a bucket: the dataset is then prepared in a local folder named after it (in
   the temp folder, so a rerun on the same machine resumes), uploaded, and the local copy
   removed.
+
+  ``beam_options`` (Beam's pipeline flags, e.g. ``["--runner=DataflowRunner", ...]``) runs the
+  decode and the write as one Apache Beam pipeline instead (``_prepare_beam``), on that runner,
+  straight into ``out``, local or a bucket.
   """
+  if beam_options is not None:
+    return _prepare_beam(dataset, root, out, opts, time_limit, max_pixels, beam_options,
+                         **source_kwargs)
   kwargs = dict(opts=opts, workers=workers, keep_cache=keep_cache, progress=progress,
                 time_limit=time_limit, max_pixels=max_pixels, **source_kwargs)
   if paths.is_local(out):
@@ -346,11 +400,7 @@ def _prepare(dataset: str, root: str | os.PathLike, out: pathlib.Path, opts: Pre
     raise PrepareInterrupted(cache, total) from None
 
   decode_seconds = time.perf_counter() - decode_start
-  good = [ex for ex in listing.examples if ex.path not in failed]
-  counts = {}
-  for split in sorted({ex.split for ex in good}):
-    members = [ex for ex in good if ex.split == split]
-    counts[split] = {"images": len(members), "cancer": sum(ex.label for ex in members)}
+  counts = _counts([ex for ex in listing.examples if ex.path not in failed])
   _write_bad(out, bad)  # Before the build, so the reasons survive whatever happens next.
   off_image = sum(_off_image(p) for p in cache.glob("*/*.npz") if not p.name.endswith(".tmp.npz"))
   if not counts:
@@ -392,3 +442,81 @@ def _prepare(dataset: str, root: str | os.PathLike, out: pathlib.Path, opts: Pre
   options_path(out, config).write_text(json.dumps(dataclasses.asdict(opts), indent=2) + "\n")
   return PrepareResult(builder_name(dataset, opts.long_side), counts, bad, seconds,
                        decode_seconds, worker_seconds, len(todo), write_seconds)
+
+
+BEAM_WORK = "beam"  # OUT/beam/<name>/: a Beam run's listings and report files, until it ends.
+
+
+def _prepare_beam(dataset: str, root, out, opts: PrepareOptions, time_limit: float,
+                  max_pixels: int, beam_options: list[str], **source_kwargs) -> PrepareResult:
+  """prepare as one Beam pipeline: list here, decode and write on the runner's workers.
+
+  A Beam job is all or nothing: a rerun after a failed job lists and decodes everything again,
+  and a finished dataset is skipped, as on the local path.
+  """
+  start = time.perf_counter()
+  if opts.crop not in breast.RULES:
+    raise ValueError(f"crop must be one of {breast.RULES}, got {opts.crop!r}.")
+  config = config_name(dataset, opts.long_side)
+  out_path = paths.path(out)
+  paths.check_reachable(out_path)
+  if _is_built(out_path, config) and (out_path / MANIFEST).exists():
+    manifest = json.loads((out_path / MANIFEST).read_text())
+    return PrepareResult(manifest["builder"], manifest["counts"], _read_bad(out_path), 0.0)
+  try:
+    import apache_beam  # noqa: F401  (the optional extra)
+  except ImportError:
+    raise MissingExtraError("prepare on Apache Beam (--beam)", "beam") from None
+  from attend_jax.data import beam_prepare, records
+
+  listing = SOURCES[dataset](root, **source_kwargs)
+  if not listing.examples:
+    _write_bad(out_path, [(e.path, e.reason) for e in listing.bad])
+    raise NoUsableImagesError(root, f"it lists no images; the {len(listing.bad)} rejected rows'"
+                                    f" reasons are in {out_path / BAD_FILES}")
+  # A failed job's listings and reports: a job is all or nothing, so this run starts over.
+  work = out_path / BEAM_WORK / config
+  if work.exists():
+    work.rmtree()
+  work.mkdir(parents=True)
+  listings = beam_prepare.write_listings(work, listing.examples)
+  try:
+    records.build_beam(out_path, config, beam_prepare.split_transforms(
+        work, listings, opts, max_pixels, time_limit), beam_options)
+  except Exception as e:
+    empty = re.search(r"generated examples is 0 for split (\w+)", str(e))
+    if not empty:
+      raise
+    raise NoUsableImagesError(root, (
+        f"no image of its {empty.group(1)} split could be used, and TFDS's Beam writer refuses"
+        " an empty split, so the job stopped; prepare without --beam to list each file's reason"
+        " in bad_files.csv")) from None
+  reports = beam_prepare.read_reports(work)
+  missing = [ex.path for ex in listing.examples if ex.path not in reports]
+  if missing:
+    raise RuntimeError(f"{work}: the pipeline reported on {len(reports)} of"
+                       f" {len(listing.examples)} images (none on {missing[0]}, ...)")
+  failed = [reports[ex.path] for ex in listing.examples if reports[ex.path]["reason"]]
+  bad = [(e.path, e.reason) for e in listing.bad] + [(r["file"], r["reason"]) for r in failed]
+  counts = _counts([ex for ex in listing.examples if not reports[ex.path]["reason"]])
+  _write_bad(out_path, bad)
+  if paths.is_local(out):
+    records.write_ids(out, config)
+  seconds = time.perf_counter() - start
+  manifest = {
+      "dataset": dataset, "root": str(root), "builder": builder_name(dataset, opts.long_side),
+      "options": dataclasses.asdict(opts), "counts": counts, "bad_files": len(bad),
+      "flagged_rows": dict(collections.Counter(type(e).__name__ for e in listing.bad)),
+      "proposals_off_image": sum(r["off_image"] for r in reports.values()),
+      "seconds": round(seconds, 1), "beam": True,
+  }
+  (out_path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+  options_path(out_path, config).write_text(json.dumps(dataclasses.asdict(opts), indent=2) + "\n")
+  work.rmtree()
+  for unfinished in (out_path / records.NAME / config).glob("incomplete.*"):
+    unfinished.rmtree()  # TFDS's version folders of failed jobs.
+  parent = out_path / BEAM_WORK  # A bucket has no empty folders: it is gone already.
+  if parent.exists() and not any(parent.iterdir()):
+    parent.rmdir()
+  return PrepareResult(builder_name(dataset, opts.long_side), counts, bad, seconds,
+                       decode_seconds=seconds, decoded=len(listing.examples))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
+import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -35,6 +37,29 @@ class _NoCustomConfigWarning(logging.Filter):
 logging.getLogger("absl").addFilter(_NoCustomConfigWarning())
 
 
+def _features() -> tfds.features.FeaturesDict:
+  text = tfds.features.Text()
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Tensor(shape=(None, None), dtype=np.uint16, encoding="bytes"),
+      "label": tfds.features.ClassLabel(names=LABEL_NAMES),
+      "lesion_boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+      "lesion_malignant": tfds.features.Tensor(shape=(None,), dtype=np.bool_),
+      "proposals": tfds.features.Tensor(shape=(None, 5), dtype=np.float32),
+      "image_id": text,
+      "study_id": text,
+      "patient_id": text,
+      "laterality": text,
+      "view": text,
+      "crop_box": tfds.features.Tensor(shape=(4,), dtype=np.int32),
+      "original_hw": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+      "flipped": tfds.features.Tensor(shape=(), dtype=np.bool_),
+      "scale": tfds.features.Tensor(shape=(), dtype=np.float32),
+  })
+
+
+FEATURE_KEYS = frozenset(_features().keys())
+
+
 class Mammograms(tfds.core.GeneratorBasedBuilder):
   """Breast crops decoded from DICOM by ``attend_jax.data.prepare``, one config per dataset."""
 
@@ -47,27 +72,11 @@ class Mammograms(tfds.core.GeneratorBasedBuilder):
       " DICOMs into the manual folder this builder reads.")
 
   def _info(self) -> tfds.core.DatasetInfo:
-    text = tfds.features.Text()
-    return self.dataset_info_from_configs(
-        description=self.__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(None, None), dtype=np.uint16, encoding="bytes"),
-            "label": tfds.features.ClassLabel(names=LABEL_NAMES),
-            "lesion_boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
-            "lesion_malignant": tfds.features.Tensor(shape=(None,), dtype=np.bool_),
-            "proposals": tfds.features.Tensor(shape=(None, 5), dtype=np.float32),
-            "image_id": text,
-            "study_id": text,
-            "patient_id": text,
-            "laterality": text,
-            "view": text,
-            "crop_box": tfds.features.Tensor(shape=(4,), dtype=np.int32),
-            "original_hw": tfds.features.Tensor(shape=(2,), dtype=np.int32),
-            "flipped": tfds.features.Tensor(shape=(), dtype=np.bool_),
-            "scale": tfds.features.Tensor(shape=(), dtype=np.float32),
-        }),
-        supervised_keys=None,
-    )
+    return self.dataset_info_from_configs(description=self.__doc__, features=_features(),
+                                          supervised_keys=None)
+
+  def _example_writer(self):
+    return _StagedExampleWriter(file_format=self.info.file_format)
 
   # Nothing is downloaded: prepare prints its own progress instead of TFDS's banners.
   def _log_download_bytes(self) -> None:
@@ -76,7 +85,12 @@ class Mammograms(tfds.core.GeneratorBasedBuilder):
   def _log_download_done(self) -> None:
     pass
 
+  # Set by build_beam: each split's Beam transform, which decodes the DICOMs itself.
+  beam_splits: dict | None = None
+
   def _split_generators(self, dl_manager):
+    if self.beam_splits is not None:
+      return self.beam_splits
     cache = pathlib.Path(dl_manager.manual_dir)
     return {split.name: self._generate_examples(split)
             for split in sorted(cache.iterdir()) if split.is_dir()}
@@ -86,10 +100,35 @@ class Mammograms(tfds.core.GeneratorBasedBuilder):
       if path.name.endswith(".tmp.npz"):
         continue
       with np.load(path) as data:
-        record = {key: data[key] for key in data.files if key in self.info.features.keys()}
-      for key in ("image_id", "study_id", "patient_id", "laterality", "view"):
-        record[key] = str(record[key])
+        record = example({key: data[key] for key in data.files})
       yield record["image_id"], record
+
+
+TEXT_FIELDS = ("image_id", "study_id", "patient_id", "laterality", "view")
+
+
+def example(record: dict) -> dict:
+  """A prepared record (``prepare.process_example``'s, or read back from the cache) as the
+  builder's features: the reports' fields left out, text as str, the rest as numpy."""
+  out = {k: np.asarray(v) for k, v in record.items() if k in FEATURE_KEYS}
+  for key in TEXT_FIELDS:
+    out[key] = str(out[key])
+  return out
+
+
+class _StagedExampleWriter(tfds.core.writer.ExampleWriter):
+  """TFDS's shard writer, except that a shard for a bucket is written to a local file first
+  and then copied: ArrayRecord's writer opens local files only (prepare on Beam writes the
+  shards straight into a gs:// output)."""
+
+  def write(self, path, examples):
+    if paths.is_local(os.fspath(path)):
+      return super().write(path, examples)
+    with tempfile.TemporaryDirectory(prefix="attend_jax-shard-") as tmp:
+      local = pathlib.Path(tmp) / epath.Path(path).name
+      positions = super().write(local, examples)
+      epath.Path(path).write_bytes(local.read_bytes())
+    return positions
 
 
 def builder(data_dir, config: str) -> Mammograms:
@@ -103,6 +142,21 @@ def build(data_dir, config: str, cache_dir) -> None:
   b.download_and_prepare(
       file_format="array_record",
       download_config=tfds.download.DownloadConfig(manual_dir=str(cache_dir)))
+
+
+def build_beam(data_dir, config: str, splits: dict, pipeline_options: list[str]) -> None:
+  """Writes the ArrayRecord shards through TFDS's Beam path: ``splits`` maps each split to a
+  Beam transform of (key, record) pairs; ``pipeline_options`` are Beam's flags (the runner and
+  its settings). A finished build is skipped."""
+  from apache_beam.options import pipeline_options as beam_options
+
+  b = builder(data_dir, config)
+  b.beam_splits = splits
+  tfds.disable_progress_bar()
+  b.download_and_prepare(
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(
+          beam_options=beam_options.PipelineOptions(pipeline_options)))
 
 
 # Beside each split's shards: its records' ids and geometry in record order, written once by

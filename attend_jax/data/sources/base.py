@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import os
 import pathlib
 from typing import Iterable, Sequence
 
+from attend_jax import paths
 from attend_jax.errors import DataError, LabelError
 
 SPLITS = ("train", "val", "test")
@@ -68,8 +70,14 @@ def split_by_key(key: str, val_fraction: float, test_fraction: float = 0.0) -> s
   return "train"
 
 
+def _path(p: str | os.PathLike):
+  """A local path as given (relative ones stay relative in the listing), a bucket URL as an
+  ``epath.Path``."""
+  return pathlib.Path(p) if paths.is_local(p) else paths.path(p)
+
+
 def require_dir(root: str | os.PathLike, name: str, where: str, layout: str) -> pathlib.Path:
-  root = pathlib.Path(root)
+  root = _path(root)
   if not root.is_dir():
     raise DatasetNotFoundError(
         f"{name} not found at {root}.\nGet it from {where}.\nExpected layout:\n{layout}")
@@ -83,11 +91,12 @@ def read_csv(path: str | os.PathLike, required: Sequence[str],
   ``aliases`` maps a canonical column name to other spellings found in the wild (CBIS-DDSM
   writes both ``breast density`` and ``breast_density``).
   """
-  path = pathlib.Path(path)
+  path = _path(path)
   try:
     # utf-8-sig: Excel saves CSVs with a byte-order mark, which would otherwise become part of
     # the first column's name.
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with (open(path, newline="", encoding="utf-8-sig") if paths.is_local(path)
+          else io.StringIO(path.read_text(encoding="utf-8-sig"), newline="")) as f:
       reader = csv.DictReader(f)
       header = [h.strip() for h in (reader.fieldnames or [])]
       rename = {}

@@ -24,7 +24,7 @@ import apache_beam as beam
 from etils import epath
 
 from attend_jax.data import pool as pool_lib
-from attend_jax.data import prepare, records
+from attend_jax.data import records
 from attend_jax.data.sources import Example
 
 REPORT = "report"
@@ -44,17 +44,18 @@ def example_from_json(line: str) -> Example:
 
 class DecodeFn(beam.DoFn):
   """Example -> (image_id, record) for TFDS, and a report row for every example. ``decode``
-  (a module-level function, run in the child process) is ``prepare.decode``'s kind."""
+  (a module-level function, run in the child process) is ``prepare.decode``'s kind, ``opts``
+  its ``prepare.PrepareOptions``. (This module takes both from ``prepare``, which runs it, and
+  imports nothing of it.)"""
 
-  def __init__(self, opts: prepare.PrepareOptions, max_pixels: int, time_limit: float,
-               decode: Callable = prepare.decode):
+  def __init__(self, opts, max_pixels: int, time_limit: float, decode: Callable):
     self._opts, self._max_pixels, self._time_limit = opts, max_pixels, time_limit
     self._decode = decode
     self._worker = None
 
   def setup(self):
     self._worker = pool_lib.GuardedWorker(
-        preload=[prepare.__name__, self._decode.__module__], time_limit=self._time_limit)
+        preload=[self._decode.__module__], time_limit=self._time_limit)
 
   def process(self, ex: Example):
     result = self._worker(self._decode, (ex, self._opts, self._max_pixels))
@@ -101,15 +102,16 @@ def _read_lines(path: str):
 
 
 @beam.ptransform_fn
-def _decode_split(pbegin, listings: list[str], report_prefix: str, opts, max_pixels, time_limit):
+def _decode_split(pbegin, listings: list[str], report_prefix: str, opts, max_pixels, time_limit,
+                  decode):
   decoded = (pbegin
              | "Listings" >> beam.Create(listings)
              | "Lines" >> beam.FlatMap(_read_lines)
              | "Examples" >> beam.Map(example_from_json)
              # Spreads the images over the workers: a listing file is read by one.
              | "Spread" >> beam.Reshuffle()
-             | "Decode" >> beam.ParDo(DecodeFn(opts, max_pixels, time_limit)).with_outputs(
-                 REPORT, main="records"))
+             | "Decode" >> beam.ParDo(DecodeFn(opts, max_pixels, time_limit, decode))
+             .with_outputs(REPORT, main="records"))
   _ = decoded[REPORT] | "Report" >> beam.ParDo(_WriteReports(report_prefix))
   return decoded.records
 
@@ -132,12 +134,13 @@ def write_listings(work: epath.Path, examples: list[Example]) -> dict[str, list[
 
 
 def split_transforms(work: epath.Path, listings: dict[str, list[str]],
-                     opts: prepare.PrepareOptions, max_pixels: int,
-                     time_limit: float) -> dict[str, beam.PTransform]:
-  """Each split's transform, reading its ``listings`` and reporting into
+                     opts, max_pixels: int, time_limit: float, decode: Callable
+                     ) -> dict[str, beam.PTransform]:
+  """Each split's transform, reading its ``listings``, decoding each example with ``decode``
+  and ``opts`` (``prepare.decode`` and its options) and reporting into
   ``work/report-<split>-*.jsonl``."""
   return {split: _decode_split(  # pylint: disable=no-value-for-parameter
-      files, os.fspath(work / f"report-{split}"), opts, max_pixels, time_limit)
+      files, os.fspath(work / f"report-{split}"), opts, max_pixels, time_limit, decode)
       for split, files in listings.items()}
 
 

@@ -482,7 +482,7 @@ def _prepare_beam(dataset: str, root, out, opts: PrepareOptions, time_limit: flo
   listings = beam_prepare.write_listings(work, listing.examples)
   try:
     records.build_beam(out_path, config, beam_prepare.split_transforms(
-        work, listings, opts, max_pixels, time_limit), beam_options)
+        work, listings, opts, max_pixels, time_limit, decode), beam_options)
   except Exception as e:
     empty = re.search(r"generated examples is 0 for split (\w+)", str(e))
     if not empty:

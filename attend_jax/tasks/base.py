@@ -10,8 +10,10 @@ from __future__ import annotations
 import abc
 import json
 import pathlib
+from collections.abc import Callable
 
 import jax
+import numpy as np
 from flax import nnx
 
 from attend_jax.data import records
@@ -81,6 +83,17 @@ class Task(abc.ABC):
   def records(self, split: str):
     """The prepared records of ``split`` (the images a gallery shows), by index."""
     return records.data_source(self.config.data.dir, self.config.data.name, split)
+
+  def gallery_rows(self, pred: dict, split: str, picks: dict, tile: Callable) -> dict:
+    """For each named row of ``picks`` (indices into ``pred``), ``tile(i, image, record)`` of
+    each pick: ``image`` its stored record's pixels in [0, 1]."""
+    source = self.records(split)
+
+    def one(i):
+      record = source[int(pred["index"][i])]
+      return tile(int(i), np.asarray(record["image"], np.float32) / 65535.0, record)
+
+    return {name: [one(i) for i in indices] for name, indices in picks.items()}
 
   def report_header(self, split: str, summary: dict, extra: dict | None) -> list[str]:
     """The first lines of report.md: the split, the model and the data."""

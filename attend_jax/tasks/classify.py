@@ -174,20 +174,10 @@ class Classify(Task):
     picks = {"true positives (highest scores)": pos[:k],
              "false positives (highest-scoring negatives)": neg[:k],
              "false negatives (lowest-scoring cancers)": pos[::-1][:k]}
-    source = self.records(split)
-    rows = {}
-    for name, indices in picks.items():
-      rows[name] = []
-      for i in indices:
-        record = source[int(pred["index"][i])]
-        weights = pred["attention"][i]
-        rows[name].append(report.Tile(
-            np.asarray(record["image"], np.float32) / 65535.0,
-            box_ops.to_xyxy(np.asarray(pred["rois"][i], np.float64)),
-            weights / max(float(weights.max()), 1e-9),
-            truth=np.asarray(record["lesion_boxes"]).reshape(-1, 4),
-            caption=f"p={probs[i]:.2f}"))
-    return rows
+    weights = pred["attention"] / np.maximum(pred["attention"].max(axis=1, keepdims=True), 1e-9)
+    return self.gallery_rows(pred, split, picks, lambda i, image, record: report.Tile(
+        image, box_ops.to_xyxy(np.asarray(pred["rois"][i], np.float64)), weights[i],
+        truth=np.asarray(record["lesion_boxes"]).reshape(-1, 4), caption=f"p={probs[i]:.2f}"))
 
   def headline(self, summary):
     breast = summary.get("breast", {})

@@ -121,18 +121,14 @@ class Detect(Task):
     picks = {f"lesions found by a top-{_GALLERY_BOXES} box": order[found[order]][:k],
              "lesions missed": order[(has_lesion & ~found)[order]][:k],
              "false marks on normal images": order[~has_lesion[order]][:k]}
-    source = self.records(split)
-    rows = {}
-    for name, indices in picks.items():
-      rows[name] = []
-      for i in indices:
-        record = source[int(pred["index"][i])]
-        boxes, scores = dets[i][0][:_GALLERY_BOXES], dets[i][1][:_GALLERY_BOXES]
-        rows[name].append(report.Tile(
-            np.asarray(record["image"], np.float32) / 65535.0, boxes, scores,
-            texts=[f"{s:.2f}" for s in scores], truth=lesions[i],
-            caption=f"top {top[i]:.2f}" if np.isfinite(top[i]) else "no box"))
-    return rows
+    def tile(i, image, record):
+      del record  # The lesions come with the predictions.
+      boxes, scores = dets[i][0][:_GALLERY_BOXES], dets[i][1][:_GALLERY_BOXES]
+      return report.Tile(image, boxes, scores, texts=[f"{s:.2f}" for s in scores],
+                         truth=lesions[i],
+                         caption=f"top {top[i]:.2f}" if np.isfinite(top[i]) else "no box")
+
+    return self.gallery_rows(pred, split, picks, tile)
 
   def headline(self, summary):
     return (f"mAP@0.5 {fmt(summary.get('map50'))}, recall@3 (IoU 0.3)"

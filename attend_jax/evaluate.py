@@ -19,7 +19,7 @@ import pathlib
 
 from absl import app, flags
 
-from attend_jax import cli, paths, run, tasks
+from attend_jax import cli, paths, run
 from attend_jax.data import availability, pipeline
 from attend_jax.progress import Progress
 from attend_jax.train import prediction
@@ -41,9 +41,9 @@ def predict_split(loaded: run.Loaded, split: str) -> dict:
                                  progress=Progress(f"evaluating {split}", "img"))
 
 
-def evaluate(workdir: str, split: str, out: pathlib.Path, gallery: int = 4) -> dict:
+def evaluate(workdir: str, split: str, out: pathlib.Path, gallery: int = 4) -> str:
   """Writes the run's task's evaluation of ``split`` into the local folder ``out`` (main stages
-  a bucket's); returns its metrics."""
+  a bucket's); returns the line of its main numbers."""
   loaded = run.load(workdir, prediction.batch_mesh(run.read_config(workdir).data.eval_batch_size))
   config = loaded.config
   availability.require(config.data.dir, config.data.name, (split,),
@@ -51,7 +51,8 @@ def evaluate(workdir: str, split: str, out: pathlib.Path, gallery: int = 4) -> d
                        instead="move the prepared folder back there",
                        split_advice="pass --split among those")
   pred = predict_split(loaded, split)
-  return loaded.task.write(pred, out, split, {"model": loaded.source}, gallery=gallery)
+  summary = loaded.task.write(pred, out, split, {"model": loaded.source}, gallery=gallery)
+  return loaded.task.headline(summary)
 
 
 def main(argv):
@@ -60,9 +61,8 @@ def main(argv):
   out = paths.path(_OUT.value or paths.path(_WORKDIR.value) / f"evaluate_{_SPLIT.value}")
   with paths.staged(out) as folder:  # Written here, uploaded when --out is on a bucket.
     cli.setup_logging(folder)
-    workdir = _WORKDIR.value
-    summary = evaluate(workdir, _SPLIT.value, folder, _GALLERY.value)
-  print(f"{_SPLIT.value}: {tasks.get(run.read_config(workdir)).headline(summary)}")
+    headline = evaluate(_WORKDIR.value, _SPLIT.value, folder, _GALLERY.value)
+  print(f"{_SPLIT.value}: {headline}")
   print(f"-> {out}/report.md")
 
 

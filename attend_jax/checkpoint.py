@@ -26,6 +26,7 @@ from absl import logging
 from etils import epath
 
 from attend_jax import paths
+from attend_jax.export import abstract
 from attend_jax.errors import DiskFullError, short_reason
 from attend_jax.progress import warn
 
@@ -34,16 +35,6 @@ LATEST, BEST, CORRUPT = "checkpoints", "best", "corrupt_checkpoints"
 
 class CheckpointRestoreError(RuntimeError):
   """No checkpoint of a folder could be read; the message lists each one and why."""
-
-
-def abstract(tree, shardings):
-  """ShapeDtypeStructs of ``tree``'s arrays, laid out by ``shardings``: a tree like ``tree``, or
-  one sharding for every leaf. What a compile or an orbax restore takes in place of arrays."""
-  if isinstance(shardings, jax.sharding.Sharding):
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=shardings),
-                        tree)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree,
-                      shardings)
 
 
 def _abstract(tree):

@@ -27,6 +27,16 @@ CONFIG = "config.json"
 WEIGHTS = "weights"
 
 
+def abstract(tree, shardings):
+  """ShapeDtypeStructs of ``tree``'s arrays, laid out by ``shardings``: a tree like ``tree``, or
+  one sharding for every leaf. What a compile or an orbax restore takes in place of arrays."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=shardings),
+                        tree)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree,
+                      shardings)
+
+
 def write(directory: str | os.PathLike, state: dict, config: dict | str, step: int = 0) -> None:
   """``DIR/weights`` (``state``: {"params", "stats"}, as a checkpoint of ``step``) and
   ``DIR/config.json`` (``config``: a dict, or JSON text) from host 0."""
@@ -56,13 +66,12 @@ def restore(directory: str | os.PathLike, target: dict):
     return None
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False,
                                                                                   read_only=True))
-  abstract = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), target)
+  shapes = abstract(target, jax.tree.map(lambda a: a.sharding, target))
   try:
     for step in sorted(manager.all_steps(), reverse=True):
       try:
         out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+            item=shapes, restore_args=ocp.checkpoint_utils.construct_restore_args(shapes),
             partial_restore=True)))
       except Exception as e:  # noqa: BLE001  (the caller falls back to another checkpoint)
         warn("%s/%d could not be read (%s); trying the next checkpoint.", directory, step,

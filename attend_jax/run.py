@@ -91,7 +91,7 @@ def load(directory: str | os.PathLike, mesh=None) -> Loaded:
   # parameter op by op (about 2 s of one-off kernel compiles per process) to be overwritten.
   graph, params, stats, _ = nnx.split(nnx.eval_shape(build), nnx.Param, nnx.BatchStat, ...)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = checkpoint.abstract({"params": params, "stats": stats}, device)
+  target = export.abstract({"params": params, "stats": stats}, device)
   # The rest (dropout's RNG state) as a fresh build has it, from one small compiled program.
   rest = jax.jit(lambda: nnx.split(build(), nnx.Param, nnx.BatchStat, ...)[3])()
   for sub in (checkpoint.BEST, checkpoint.LATEST, WEIGHTS):

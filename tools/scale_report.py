@@ -52,12 +52,12 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from ml_collections import config_flags
 
-from attend_jax import checkpoint, cli, tasks
-from attend_jax.models import attend, attention, build, vit
+from attend_jax import cli, export, tasks
+from attend_jax.models import attention, build, vit
 from attend_jax.train import memory as train_memory
 from attend_jax.train import prediction, sharding, trainer
 from bench_util import analytic_flops, forward_flops
-from hlo_util import COLLECTIVES, OP_CLASSES, collectives, hlo_dot_flops, op_classes
+from hlo_util import COLLECTIVES, collectives, hlo_dot_flops, op_classes
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A training config.", lock_config=False)
 _DEVICES = flags.DEFINE_integer("devices", 8, "Simulated CPU devices (one per accelerator).")
@@ -345,7 +345,7 @@ def proposal_cost(config, detector_config, report: dict, mesh) -> dict:
   with jax.set_mesh(mesh):
     graph, state = nnx.split(nnx.eval_shape(lambda: task.build_model(detector_config.seed)))
   replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = checkpoint.abstract(state, replicated)
+  state = export.abstract(state, replicated)
   with attention.attention_as_on("gpu"), jax.set_mesh(mesh):
     compiled = jax.jit(detect.propose_fn(graph, config.proposals.topk)).lower(
         state, train_memory.abstract_batch(config, mesh, config.data.batch_size)

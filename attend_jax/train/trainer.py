@@ -22,7 +22,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from attend_jax import checkpoint, config_check, hosts, paths, run, tasks
+from attend_jax import checkpoint, config_check, export, hosts, paths, run, tasks
 from attend_jax.data import availability, pipeline, prefetch, records
 from attend_jax.models import build
 from attend_jax.progress import log
@@ -158,14 +158,14 @@ def init_state(config, mesh, task: tasks.Task | None = None, abstract: bool = Fa
   model.eval()
   eval_def = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]
   if abstract:
-    params, stats, rngs = (checkpoint.abstract(tree, sharding.state_shardings(tree, mesh))
+    params, stats, rngs = (export.abstract(tree, sharding.state_shardings(tree, mesh))
                            for tree in (params, stats, rngs))
   tx = optim.make(config, params, model.cfg.vit.depth)
   # Moments sharded like their parameters, step counts replicated on the mesh; an explicit
   # layout also makes restores land on the same devices.
   opt_shardings = sharding.opt_state_shardings(tx.init, params, mesh)
   if abstract:
-    opt_state = checkpoint.abstract(jax.eval_shape(tx.init, params), opt_shardings)
+    opt_state = export.abstract(jax.eval_shape(tx.init, params), opt_shardings)
   else:
     opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
   return State(task, train_def, eval_def, params, stats, rngs, tx, opt_state)

@@ -17,7 +17,7 @@ TORCH_INDEX ?=
 # most tests first, and the few long end-to-end files would run last, alone).
 PYTEST_ARGS ?= -n auto --maxprocesses=4 --dist=loadfile --no-loadscope-reorder
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench clean orthanc
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +40,19 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m attend_jax.predict --workdir=workdirs/demo workdirs/demo_data/heldout \
 	    --out=workdirs/demo/predict --overlays
 
-test: $(VENV)/.installed-test
+# Orthanc and its DICOMweb plugin: the real PACS of tests/test_dicomweb.py (tests/orthanc.py),
+# from Debian, once (CI runs as root). Without root, ATTEND_JAX_SKIP_ORTHANC=1 skips both the
+# install and those tests.
+orthanc:
+	@if [ "$$ATTEND_JAX_SKIP_ORTHANC" != 1 ] && ! [ -x /usr/sbin/Orthanc -a \
+	    -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends orthanc orthanc-dicomweb; fi
+
+test: $(VENV)/.installed-test orthanc
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
 
-test-fast: $(VENV)/.installed-test
+test-fast: $(VENV)/.installed-test orthanc
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not slow" tests
 
 bench: $(VENV)/.installed-test

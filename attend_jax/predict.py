@@ -3,6 +3,8 @@ r"""Cancer probabilities for your own DICOM files, per image, per breast and per
   python -m attend_jax.predict --workdir=workdirs/cbis /data/new_exams/ --out=preds --overlays
   python -m attend_jax.predict --checkpoint=weights/reference one.dcm two.dcm \
       --proposals=/data/focal_rois --out=preds
+  python -m attend_jax.predict --workdir=workdirs/cbis --out=preds \
+      --dicomweb=https://pacs.example.org/dicom-web --study=1.2.840.1234.5678
 
 INPUT is any mix of DICOM files and folders (scanned recursively for *.dcm / *.dicom). The
 model and its preprocessing come from the run's saved config: nothing to re-type. Writes to
@@ -11,6 +13,10 @@ in DICOM pixels with detector score and attention weight), breasts.csv (CC + MLO
 of one study: mean and max), exams.csv (per study: the most suspicious breast), bad_files.csv
 (every file that could not be used, with the reason), with --overlays a PNG per image, and
 log.txt (library logs).
+
+With --dicomweb, the studies --study names or --dicomweb_query finds are fetched from a PACS
+(WADO-RS) into --out/fetched/<study>/<instance>.dcm first, and predicted on as local files
+(attend_jax.dicomweb: credentials from the environment or a netrc file, never a flag).
 
 The same command on every host of a pod slice or cluster (``jax.distributed``, as training)
 predicts on all of them: each host decodes its share of the files, batches are split over every
@@ -23,11 +29,12 @@ import sys
 import jax
 from absl import app, flags
 
-from attend_jax import cli, hosts, inference, paths, run
+from attend_jax import cli, dicomweb, hosts, inference, paths, run
 from attend_jax.data import dicom
 from attend_jax.progress import Progress
 from attend_jax.train import prediction
 
+FETCHED = "fetched"  # --out's folder of the images fetched from --dicomweb.
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (its best checkpoint).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Or a converted checkpoint folder.")
 _OUT = flags.DEFINE_string(
@@ -49,26 +56,69 @@ _MAX_MEGAPIXELS = flags.DEFINE_float(
     " of memory). The default, 100, takes the largest real mammograms (about 5k x 6k, 30"
     " megapixels) with room to spare; raise it, e.g. --max_megapixels=400, for larger images.")
 
+_DICOMWEB = flags.DEFINE_string(
+    "dicomweb", None, "A PACS's DICOMweb URL (e.g. https://pacs.example.org/dicom-web): predict"
+    " on the studies --study or --dicomweb_query name, fetched into --out/fetched/. Credentials"
+    f" come from {dicomweb.TOKEN_ENV}, or {dicomweb.USER_ENV} and {dicomweb.PASSWORD_ENV}, or a"
+    " netrc file; TLS certificates are verified (REQUESTS_CA_BUNDLE: your CA's PEM file).")
+_STUDY = flags.DEFINE_multi_string("study", [], "A Study Instance UID to fetch from --dicomweb"
+                                   " (repeat the flag for several).")
+_QUERY = flags.DEFINE_string(
+    "dicomweb_query", None, "Or the studies a QIDO-RS search finds on --dicomweb, e.g."
+    " 'ModalitiesInStudy=MG&StudyDate=20240101-20241231'.")
+
 
 def main(argv):
   inputs = argv[1:]
-  if not inputs:
-    raise app.UsageError("Give DICOM files or folders to predict on.")
+  if not inputs and not _DICOMWEB.value:
+    raise app.UsageError("Give DICOM files or folders to predict on, or --dicomweb.")
   if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
     raise app.UsageError("Pass exactly one of --workdir and --checkpoint.")
+  pacs = _pacs()
   hosts.maybe_initialize_distributed()  # A pod slice, or JAX_COORDINATOR_ADDRESS & co.
+  if pacs and jax.process_count() > 1:
+    raise app.UsageError("--dicomweb runs on one host: fetch on one, then predict on the"
+                         " fetched folder on all of them.")
   # The inputs and the output folder first: the model takes a while to load.
   files, missing = inference.find_dicoms(inputs)
   for path, reason in missing:
     _say(f"warning: {path}: {reason}", file=sys.stderr)
-  if not files:
+  if not files and not pacs:
     _say(f"error: no DICOM files (*.dcm, *.dicom) in {', '.join(map(str, inputs))}",
          file=sys.stderr)
     return 1
   out = paths.path(_OUT.value)
   # Written in folder, uploaded when --out is on a bucket.
   with paths.staged(out) as folder, run.locked(out, flag="--out"):
+    if pacs:
+      files = list(dict.fromkeys(files + _fetch(pacs, folder, out)))
     return _predict(files, missing, folder, out)
+
+
+def _pacs() -> dicomweb.Client | None:
+  """The --dicomweb client, after the checks of its flags (no request yet)."""
+  if not _DICOMWEB.value:
+    if _STUDY.value or _QUERY.value:
+      raise app.UsageError("--study and --dicomweb_query need --dicomweb.")
+    return None
+  if not (_STUDY.value or _QUERY.value):
+    raise app.UsageError("--dicomweb needs --study (one or more) or --dicomweb_query.")
+  if not paths.is_local(_OUT.value):
+    raise app.UsageError("--dicomweb needs a local --out: its fetched/ folder is what a rerun"
+                         " resumes from.")
+  return dicomweb.connect(_DICOMWEB.value)
+
+
+def _fetch(pacs: dicomweb.Client, folder, out) -> list:
+  """The files of the --study / --dicomweb_query studies, fetched into ``folder/fetched``
+  unless an earlier run did."""
+  cli.setup_logging(folder)
+  studies = list(_STUDY.value) + (dicomweb.find_studies(pacs, _QUERY.value) if _QUERY.value
+                                  else [])
+  files, new = dicomweb.fetch(pacs, studies, folder / FETCHED, Progress("fetching", "img"))
+  _say(f"{len(studies)} studies from {pacs.base_url}: {len(files)} images, {new} fetched now"
+       f" into {out}/{FETCHED}/", file=sys.stderr)
+  return [f.absolute() for f in files]
 
 
 def _say(*args, **kwargs) -> None:
@@ -131,4 +181,4 @@ def _none_usable(count: int, out) -> int:
 
 if __name__ == "__main__":
   cli.run(main, errors=(run.ModelNotFoundError, run.WorkdirBusyError, ValueError,
-                        PermissionError))
+                        PermissionError, dicomweb.DicomWebError))

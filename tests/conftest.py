@@ -1,6 +1,6 @@
 """Test set-up: 8 simulated CPU devices, so sharded code paths run on any machine; a temp root and
 an XLA compilation cache of this session's own; the `slow` tier; a GCS emulator (``gcs``) for the
-bucket tests."""
+bucket tests; Orthanc (``orthanc``, ``orthanc_auth``) for the DICOMweb tests."""
 
 import os
 
@@ -35,6 +35,7 @@ import tempfile  # noqa: E402
 import pytest  # noqa: E402
 
 import gcs as gcs_emulator  # noqa: E402
+import orthanc as orthanc_server  # noqa: E402
 import readme_commands  # noqa: E402
 
 # Every command the tests run, for the check that each command of the README and docs/ is run
@@ -100,6 +101,27 @@ def gcs():
   process, emulator = gcs_emulator.emulator()
   yield emulator
   gcs_emulator.stop(process)
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+  """Orthanc with DICOMweb on 127.0.0.1, no authentication, one per test process (tests/orthanc.py:
+  fails where Orthanc is not installed, unless ATTEND_JAX_SKIP_ORTHANC=1)."""
+  orthanc_server.require()
+  server = orthanc_server.start(tmp_path_factory.mktemp("orthanc"))
+  yield server
+  orthanc_server.stop(server)
+
+
+@pytest.fixture(scope="session")
+def orthanc_auth(tmp_path_factory):
+  """Orthanc with HTTP basic authentication on: ``users`` holds a read-write account and
+  ``orthanc.READER``, which may only read."""
+  orthanc_server.require()
+  server = orthanc_server.start(tmp_path_factory.mktemp("orthanc-auth"),
+                                {"radiology": "c0rrect-h0rse", orthanc_server.READER: "look-only"})
+  yield server
+  orthanc_server.stop(server)
 
 
 def _made_once(tmp_path_factory, name: str, make) -> pathlib.Path:

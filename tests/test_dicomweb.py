@@ -1,0 +1,197 @@
+"""A PACS in the loop: a real Orthanc with its DICOMweb plugin (tests/orthanc.py), the synthetic
+studies stored in it, attend_jax.dicomweb's fetch and store against it, and predict --dicomweb.
+"""
+
+import csv
+import pathlib
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from attend_jax import dicomweb
+
+import helpers
+import orthanc as orthanc_server
+
+_CREDENTIAL_ENVS = (dicomweb.USER_ENV, dicomweb.PASSWORD_ENV, dicomweb.TOKEN_ENV, "NETRC")
+
+
+@pytest.fixture(autouse=True)
+def _no_credentials_of_the_caller(monkeypatch):
+  """Only the credentials a test sets: none of the machine's (a developer's ~/.netrc)."""
+  for name in _CREDENTIAL_ENVS:
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv("HOME", "/nonexistent")
+
+
+@pytest.fixture(scope="module")
+def studies(trained_classifier):
+  """The trained classifier's six synthetic studies: Study Instance UID -> its local files."""
+  out = {}
+  for path in sorted((trained_classifier / "dicom" / "images").rglob("*.dcm")):
+    uid = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+    out.setdefault(uid, []).append(path)
+  assert len(out) == 6
+  return out
+
+
+def _upload(server, files):
+  answer = server.client().store_instances([pydicom.dcmread(f) for f in files])
+  assert len(answer.ReferencedSOPSequence) == len(files)
+
+
+@pytest.fixture(scope="module")
+def pacs(orthanc, studies):
+  """The plain Orthanc, holding the six studies."""
+  _upload(orthanc, [f for files in studies.values() for f in files])
+  return orthanc
+
+
+def _sops(server, study, user=None) -> set[str]:
+  return {i["00080018"]["Value"][0] for i in
+          server.client(user).search_for_instances(study_instance_uid=study)}
+
+
+def test_fetch_brings_each_image_as_stored_once_and_a_query_finds_studies(pacs, studies,
+                                                                         tmp_path):
+  client = dicomweb.connect(pacs.dicomweb)
+  patient = str(pydicom.dcmread(next(iter(studies.values()))[0]).PatientID)
+  wanted = {uid for uid, files in studies.items()
+            if str(pydicom.dcmread(files[0], stop_before_pixels=True).PatientID) == patient}
+  found = dicomweb.find_studies(client, f"PatientID={patient}&ModalitiesInStudy=MG")
+  assert set(found) == wanted and len(found) < len(studies)
+  assert set(dicomweb.find_studies(client, "ModalitiesInStudy=MG")) == set(studies)
+
+  two = sorted(studies)[:2]
+  calls = []
+  files, new = dicomweb.fetch(client, two, tmp_path, progress=lambda d, t: calls.append((d, t)))
+  assert new == len(files) == sum(len(studies[s]) for s in two) and calls[-1] == (new, new)
+  local = {str(pydicom.dcmread(f).SOPInstanceUID): f for s in two for f in studies[s]}
+  assert {f.relative_to(tmp_path).as_posix() for f in files} == {
+      f"{pydicom.dcmread(f).StudyInstanceUID}/{sop}.dcm" for sop, f in local.items()}
+  for path in files:
+    got, want = pydicom.dcmread(path), pydicom.dcmread(local[path.stem])
+    # The transfer syntax the archive holds (JPEG 2000 among them), not a transcoded copy.
+    assert got.file_meta.TransferSyntaxUID == want.file_meta.TransferSyntaxUID
+    np.testing.assert_array_equal(got.pixel_array, want.pixel_array)
+  stamps = {f: f.stat().st_mtime_ns for f in files}
+  again, new = dicomweb.fetch(client, two, tmp_path)
+  assert new == 0 and again == files and {f: f.stat().st_mtime_ns for f in files} == stamps
+
+
+def _copy(path, folder, series_description="attend_jax test", series=None):
+  """``path`` as a new object of its study: new SOP Instance UID, in series ``series``."""
+  ds = pydicom.dcmread(path)
+  ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+  ds.SeriesInstanceUID = series or generate_uid()
+  ds.SeriesDescription = series_description
+  out = folder / f"{ds.SOPInstanceUID}.dcm"
+  ds.save_as(out, enforce_file_format=True)
+  return out
+
+
+def test_store_puts_new_objects_in_their_study_and_names_those_the_server_drops(pacs, studies,
+                                                                               tmp_path):
+  client = dicomweb.connect(pacs.dicomweb)
+  study, images = sorted(studies.items())[0]
+  series = generate_uid()
+  new = [_copy(f, tmp_path, series=series) for f in images[:2]]
+  calls = []
+  assert dicomweb.store(client, new, progress=lambda d, t: calls.append((d, t))) == 2
+  assert calls[-1] == (2, 2)
+  found = pacs.client().search_for_instances(study_instance_uid=study,
+                                             search_filters={"SeriesInstanceUID": series})
+  assert {i["00080018"]["Value"][0] for i in found} == {f.stem for f in new}
+
+  # The server's rules drop one (tests/orthanc.py): STOW-RS answers "stored", QIDO tells.
+  dropped = _copy(images[2], tmp_path, series_description="REFUSED by routing")
+  kept = _copy(images[3], tmp_path)
+  with pytest.raises(dicomweb.StoreError) as e:
+    dicomweb.store(client, [kept, dropped])
+  assert e.value.not_stored == [str(dropped)] and dropped.exists()
+  assert "1 of 2 DICOM files were not stored" in str(e.value) and "\n" not in str(e.value)
+  assert "dropped" in str(e.value) and str(dropped) in str(e.value)
+  assert kept.stem in _sops(pacs, study) and dropped.stem not in _sops(pacs, study)
+
+
+def test_a_wrong_url_study_or_query_is_one_clear_line(pacs, studies, tmp_path):
+  import socket
+
+  with socket.socket() as s:  # A port nobody listens on.
+    s.bind(("127.0.0.1", 0))
+    closed = f"http://127.0.0.1:{s.getsockname()[1]}/dicom-web"
+  study = sorted(studies)[0]
+  with pytest.raises(dicomweb.DicomWebError, match="cannot reach the DICOMweb server .*: "
+                     "Connection refused$"):
+    dicomweb.fetch(dicomweb.connect(closed), [study], tmp_path)
+  client = dicomweb.connect(pacs.dicomweb)
+  unknown = generate_uid()
+  with pytest.raises(dicomweb.DicomWebError, match=f"^study {unknown}: no such study on"):
+    dicomweb.fetch(client, [study, unknown], tmp_path)
+  assert not list(tmp_path.iterdir())  # Every study is listed before anything is fetched.
+  with pytest.raises(dicomweb.DicomWebError, match="is not a DICOM UID"):
+    dicomweb.fetch(client, ["../../etc"], tmp_path)
+  with pytest.raises(dicomweb.DicomWebError, match="matches --dicomweb_query=PatientID=nobody"):
+    dicomweb.find_studies(client, "PatientID=nobody")
+  with pytest.raises(dicomweb.DicomWebError, match="not KEY=VALUE"):
+    dicomweb.find_studies(client, "ModalitiesInStudy")
+  with pytest.raises(dicomweb.DicomWebError, match="the URL holds credentials"):
+    dicomweb.connect("http://user:secret@127.0.0.1/dicom-web")
+
+
+@pytest.fixture(scope="module")
+def pacs_auth(orthanc_auth, studies):
+  """The Orthanc with authentication, holding the six studies."""
+  _upload(orthanc_auth, [f for files in studies.values() for f in files])
+  return orthanc_auth
+
+
+def test_credentials_from_the_environment_or_netrc(pacs_auth, studies, tmp_path, monkeypatch):
+  user, password = next(iter(pacs_auth.users.items()))
+  study = sorted(studies)[0]
+  with pytest.raises(dicomweb.DicomWebError, match=r"refused no credentials \(HTTP 401"):
+    dicomweb.fetch(dicomweb.connect(pacs_auth.dicomweb), [study], tmp_path)
+  monkeypatch.setenv(dicomweb.USER_ENV, user)
+  monkeypatch.setenv(dicomweb.PASSWORD_ENV, "wrong-" + password)
+  with pytest.raises(dicomweb.DicomWebError, match=f"refused the user in {dicomweb.USER_ENV}"
+                     ) as e:
+    dicomweb.fetch(dicomweb.connect(pacs_auth.dicomweb), [study], tmp_path)
+  assert password not in str(e.value) and "\n" not in str(e.value)
+  monkeypatch.setenv(dicomweb.PASSWORD_ENV, password)
+  files, _ = dicomweb.fetch(dicomweb.connect(pacs_auth.dicomweb), [study], tmp_path / "env")
+  assert len(files) == len(studies[study])
+
+  monkeypatch.delenv(dicomweb.USER_ENV)
+  monkeypatch.delenv(dicomweb.PASSWORD_ENV)
+  netrc = tmp_path / "netrc"
+  netrc.write_text(f"machine 127.0.0.1 login {user} password {password}\n")
+  monkeypatch.setenv("NETRC", str(netrc))
+  client = dicomweb.connect(pacs_auth.dicomweb)
+  assert client.credentials == "the netrc entry for 127.0.0.1"
+  files, _ = dicomweb.fetch(client, [study], tmp_path / "netrc-fetched")
+  assert len(files) == len(studies[study])
+
+  # A read-only account: the store is refused, and the files stay.
+  netrc.write_text(f"machine 127.0.0.1 login {orthanc_server.READER} password"
+                   f" {pacs_auth.users[orthanc_server.READER]}\n")
+  new = _copy(studies[study][0], tmp_path)
+  with pytest.raises(dicomweb.StoreError, match=r"HTTP 403 Forbidden") as e:
+    dicomweb.store(dicomweb.connect(pacs_auth.dicomweb), [new])
+  assert e.value.not_stored == [str(new)] and new.exists()
+
+
+def test_a_bearer_token_from_the_environment(studies, tmp_path, monkeypatch):
+  orthanc_server.require()
+  server = orthanc_server.start(tmp_path / "orthanc", token="t0ken-of-the-day")
+  try:
+    _upload(server, studies[sorted(studies)[0]])
+    monkeypatch.setenv(dicomweb.TOKEN_ENV, "stale-token")
+    with pytest.raises(dicomweb.DicomWebError, match=f"the token in {dicomweb.TOKEN_ENV}"):
+      dicomweb.find_studies(dicomweb.connect(server.dicomweb), "ModalitiesInStudy=MG")
+    monkeypatch.setenv(dicomweb.TOKEN_ENV, server.token)
+    assert dicomweb.find_studies(dicomweb.connect(server.dicomweb), "ModalitiesInStudy=MG") == [
+        sorted(studies)[0]]
+  finally:
+    orthanc_server.stop(server)

@@ -20,10 +20,11 @@ _CREDENTIAL_ENVS = (dicomweb.USER_ENV, dicomweb.PASSWORD_ENV, dicomweb.TOKEN_ENV
 
 @pytest.fixture(autouse=True)
 def _no_credentials_of_the_caller(monkeypatch):
-  """Only the credentials a test sets: none of the machine's (a developer's ~/.netrc)."""
+  """Only the credentials a test sets, here and in its children: none of the machine's (a
+  developer's ~/.netrc: requests reads only the file NETRC names, when it is set)."""
   for name in _CREDENTIAL_ENVS:
     monkeypatch.delenv(name, raising=False)
-  monkeypatch.setenv("HOME", "/nonexistent")
+  monkeypatch.setenv("NETRC", "/nonexistent/netrc")
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +196,90 @@ def test_a_bearer_token_from_the_environment(studies, tmp_path, monkeypatch):
         sorted(studies)[0]]
   finally:
     orthanc_server.stop(server)
+
+
+def _rows(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def _predict(run, out, *args, **env):
+  return helpers.run("-m", "attend_jax.predict", f"--workdir={run / 'work'}", f"--out={out}",
+                     "--batch_size=4", *args, extra_env=env)
+
+
+def _one_error_line(proc) -> str:
+  assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+  return lines[0]
+
+
+def _files_text(folder: pathlib.Path) -> str:
+  return "".join(p.read_bytes().decode(errors="replace") for p in folder.rglob("*")
+                 if p.is_file())
+
+
+@pytest.mark.slow
+def test_predict_from_a_pacs_matches_the_local_files_and_a_rerun_fetches_only_the_rest(
+    trained_classifier, pacs_auth, studies, tmp_path):
+  """Fetched with the credentials of the environment, predicted as the trainer's own evaluation
+  of the same local files; then the whole archive by a QIDO query with a netrc, resumed."""
+  run = trained_classifier
+  user, password = next(iter(pacs_auth.users.items()))
+  evaluated = {r["image_id"]: float(r["probability"])
+               for r in _rows(run / "work" / "eval" / "predictions.csv")}
+  sop_of = {f.stem: str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+            for files in studies.values() for f in files}
+  tested = {uid for uid, files in studies.items() if files[0].stem in evaluated}
+  two = sorted(tested) + sorted(set(studies) - tested)[:1]
+  out = tmp_path / "out"
+  proc = _predict(run, out, f"--dicomweb={pacs_auth.dicomweb}", *(f"--study={s}" for s in two),
+                  **{dicomweb.USER_ENV: user, dicomweb.PASSWORD_ENV: password})
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert f"2 studies from {pacs_auth.dicomweb}: 8 images, 8 fetched now" in proc.stderr
+  rows = _rows(out / "predictions.csv")
+  assert len(rows) == 8 and all(
+      pathlib.Path(r["path"]).parent.parent == out / "fetched" for r in rows)
+  by_sop = {r["image_id"]: float(r["probability"]) for r in rows}
+  assert evaluated and all(by_sop[sop_of[stem]] == pytest.approx(p, abs=1e-5)
+                           for stem, p in evaluated.items())
+  assert password not in proc.stdout + proc.stderr + _files_text(out)
+  stamps = {p: p.stat().st_mtime_ns for p in (out / "fetched").rglob("*.dcm")}
+
+  netrc = tmp_path / "netrc"
+  netrc.write_text(f"machine 127.0.0.1 login {user} password {password}\n")
+  proc = _predict(run, out, f"--dicomweb={pacs_auth.dicomweb}",
+                  "--dicomweb_query=ModalitiesInStudy=MG", NETRC=str(netrc))
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert "6 studies" in proc.stderr and "24 images, 16 fetched now" in proc.stderr
+  assert "resuming: 8 of the 24 files" in proc.stderr
+  assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # Not fetched again.
+  rows = _rows(out / "predictions.csv")
+  assert {r["image_id"] for r in rows} == set(sop_of.values())
+  assert len(_rows(out / "exams.csv")) == 6
+  assert password not in proc.stdout + proc.stderr + _files_text(out)
+
+
+@pytest.mark.slow
+def test_predict_says_in_one_line_what_is_wrong_with_the_pacs(trained_classifier, pacs_auth,
+                                                              studies, tmp_path):
+  """An unreachable server and a wrong password; every other DicomWebError (a wrong study UID,
+  a refused store: the tests above) takes the same way out."""
+  import socket
+
+  run, study = trained_classifier, sorted(studies)[0]
+  user, password = next(iter(pacs_auth.users.items()))
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    closed = f"http://127.0.0.1:{s.getsockname()[1]}/dicom-web"
+  line = _one_error_line(_predict(run, tmp_path / "a", f"--dicomweb={closed}", f"--study={study}"))
+  assert f"cannot reach the DICOMweb server {closed}: Connection refused" in line
+
+  wrong = {dicomweb.USER_ENV: user, dicomweb.PASSWORD_ENV: "not-" + password}
+  proc = _predict(run, tmp_path / "b", f"--dicomweb={pacs_auth.dicomweb}", f"--study={study}",
+                  **wrong)
+  line = _one_error_line(proc)
+  assert "HTTP 401 Unauthorized" in line and dicomweb.USER_ENV in line
+  assert password not in proc.stdout + proc.stderr + _files_text(tmp_path / "b")
+

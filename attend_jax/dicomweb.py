@@ -28,6 +28,10 @@ from dicomweb_client.api import DICOMwebClient
 USER_ENV, PASSWORD_ENV = "ATTEND_JAX_DICOMWEB_USER", "ATTEND_JAX_DICOMWEB_PASSWORD"
 TOKEN_ENV = "ATTEND_JAX_DICOMWEB_TOKEN"
 TIMEOUT_S = 120  # Per request: a large mammogram over a slow hospital link.
+# dicomweb_client retries a request that fails (no connection, HTTP 408, 429, 503, 504) with
+# exponential back-off; its default, 5 tries over 15 s, keeps a typo'd host waiting. 3 tries,
+# 1 s then 2 s apart, still ride out a server's restart or a busy moment.
+_TRIES, _BACKOFF_MS = 3, 500
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # DICOM PS3.5 9.1; also what makes a safe file name.
 _STORE_BATCH = 16  # Objects per STOW-RS request.
 _SOP_UID, _SERIES_UID, _STUDY_UID = "00080018", "0020000E", "0020000D"
@@ -53,6 +57,7 @@ class Client(DICOMwebClient):
 
   def __init__(self, url: str, session: requests.Session, credentials: str):
     super().__init__(url, session=session, timeout=TIMEOUT_S)
+    self.set_http_retry_params(max_attempts=_TRIES, wait_exponential_multiplier=_BACKOFF_MS)
     self.credentials = credentials
 
 

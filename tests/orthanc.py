@@ -9,11 +9,13 @@ installs the packages; without them the fixtures fail, saying how to install the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import pathlib
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -107,6 +109,35 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _certificate(folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+  """A self-signed certificate for 127.0.0.1: (the certificate, certificate + key)."""
+  import datetime
+  import ipaddress
+
+  from cryptography import x509
+  from cryptography.hazmat.primitives import hashes, serialization
+  from cryptography.hazmat.primitives.asymmetric import rsa
+  from cryptography.x509.oid import NameOID
+
+  key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+  name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attend_jax test PACS")])
+  now = datetime.datetime.now(datetime.timezone.utc)
+  cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+          .public_key(key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.SubjectAlternativeName(
+              [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(key, hashes.SHA256()))
+  pem = cert.public_bytes(serialization.Encoding.PEM)
+  (folder / "ca.pem").write_bytes(pem)
+  (folder / "tls.pem").write_bytes(pem + key.private_bytes(
+      serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+      serialization.NoEncryption()))
+  return folder / "ca.pem", folder / "tls.pem"
+
+
 def start(folder: pathlib.Path, users: dict[str, str] | None = None,
           token: str | None = None) -> Server:
   """Orthanc with DICOMweb at ``http://127.0.0.1:PORT/dicom-web``, storing in ``folder``; with
@@ -166,3 +197,45 @@ def stop(server: Server) -> None:
   threads, and its storage is thrown away with the temp folder anyway."""
   server.process.kill()
   server.process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def tls_front(server: Server, folder: pathlib.Path):
+  """An HTTPS front for ``server``'s GET requests, with a self-signed certificate for
+  127.0.0.1: yields (its DICOMweb URL, the certificate clients must trust). Orthanc's own TLS
+  (``SslEnabled``) is not used: the Debian build of 1.10.1 crashes (SIGSEGV) on its first HTTPS
+  request here, in civetweb under OpenSSL 3."""
+  import http.server
+  import threading
+
+  ca, both = _certificate(folder)
+
+  class Forward(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802  (http.server's name)
+      request = urllib.request.Request(server.url + self.path, headers={
+          k: v for k, v in self.headers.items() if k.lower() in ("accept", "authorization")})
+      try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+          status, body, kind = response.status, response.read(), response.headers["Content-Type"]
+      except urllib.error.HTTPError as e:
+        status, body, kind = e.code, e.read(), e.headers.get("Content-Type", "text/plain")
+      self.send_response(status)
+      self.send_header("Content-Type", kind)
+      self.send_header("Content-Length", str(len(body)))
+      self.end_headers()
+      self.wfile.write(body)
+
+    def log_message(self, *args):
+      pass
+
+  front = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+  context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+  context.load_cert_chain(both)
+  front.socket = context.wrap_socket(front.socket, server_side=True)
+  thread = threading.Thread(target=front.serve_forever, daemon=True)
+  thread.start()
+  try:
+    yield f"https://127.0.0.1:{front.server_address[1]}/dicom-web", ca
+  finally:
+    front.shutdown()
+    front.server_close()

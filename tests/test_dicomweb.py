@@ -198,6 +198,19 @@ def test_a_bearer_token_from_the_environment(studies, tmp_path, monkeypatch):
     orthanc_server.stop(server)
 
 
+def test_tls_certificates_are_verified_and_a_hospital_ca_is_trusted(pacs, studies, tmp_path,
+                                                                    monkeypatch):
+  monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+  monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+  with orthanc_server.tls_front(pacs, tmp_path) as (url, ca):
+    with pytest.raises(dicomweb.DicomWebError, match="TLS certificate of https://127.0.0.1:.*"
+                       "could not be verified .*set REQUESTS_CA_BUNDLE"):
+      dicomweb.find_studies(dicomweb.connect(url), "ModalitiesInStudy=MG")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))
+    assert set(dicomweb.find_studies(dicomweb.connect(url), "ModalitiesInStudy=MG")) == set(
+        studies)
+
+
 def _rows(path):
   with open(path, newline="") as f:
     return list(csv.DictReader(f))

@@ -47,6 +47,16 @@ def test_predict_cli_on_a_folder_with_a_corrupt_file(run, tmp_path):
   assert set(bad) == {"broken.dcm", "missing.dcm"}
   assert bad["missing.dcm"] == "no such file or folder"
   assert len(list((out / "overlays").glob("*.png"))) == 24
+  # Each overlay draws its image's RoIs, each in the colour of its attention weight relative to
+  # the largest (the anchor's dashed thin line is left out: its pixels are blended).
+  from matplotlib import colormaps
+  for row in images[:2]:
+    pixels = helpers.png_rgb(out / "overlays" / f"{row['image_id'].replace('/', '__')}.png")
+    rois = json.loads(row["rois"])
+    top = max(roi["attention"] for roi in rois)
+    for roi in (r for r in rois if not r["anchor"]):
+      colour = colormaps["plasma"](roi["attention"] / top)[:3]
+      assert helpers.has_colour(pixels, colour, tol=0.03), (row["image_id"], roi)
 
   # Breast level: the mean and max of each side's views, from the per-image table.
   by_breast = {}

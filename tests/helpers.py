@@ -144,7 +144,7 @@ def printed_quotient(quotient: str, numerator: str | float, denominator: str | f
   return low - dq <= q <= high + dq
 
 
-def png_rgb(path) -> "np.ndarray":
+def png_rgb(path):
   """A PNG's RGB pixels, (h, w, 3) in [0, 1]."""
   from matplotlib import image
 

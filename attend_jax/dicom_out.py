@@ -424,6 +424,9 @@ def _rgb(color: Sequence[int]) -> tuple[float, float, float]:
   return tuple(c / 255 for c in hd.color.CIELabColor.from_dicom_value(color).to_rgb(clip=True))
 
 
+RENDER_MARGIN = 0.01  # Of the long side, around the image: lines on its border stay visible.
+
+
 def render_gsps(presentation: pydicom.Dataset, pixels: np.ndarray, path: str | os.PathLike,
                 width: float = 5.0) -> pathlib.Path:
   """A PNG of ``presentation``'s graphic and text objects over ``pixels`` (its image, (H, W),
@@ -433,10 +436,11 @@ def render_gsps(presentation: pydicom.Dataset, pixels: np.ndarray, path: str | o
   from matplotlib.figure import Figure
 
   rows, cols = pixels.shape
+  pad = RENDER_MARGIN * max(rows, cols)
   colors = {layer.GraphicLayer: _rgb(layer.GraphicLayerRecommendedDisplayCIELabValue)
             for layer in presentation.GraphicLayerSequence
             if "GraphicLayerRecommendedDisplayCIELabValue" in layer}
-  fig = Figure(figsize=(width, width * rows / cols))
+  fig = Figure(figsize=(width, width * (rows + 2 * pad) / (cols + 2 * pad)), facecolor="black")
   FigureCanvasAgg(fig)
   ax = fig.add_axes((0, 0, 1, 1))
   ax.imshow(pixels, cmap="gray", extent=(0, cols, rows, 0), interpolation="antialiased")
@@ -460,8 +464,8 @@ def render_gsps(presentation: pydicom.Dataset, pixels: np.ndarray, path: str | o
         scale = [cols, rows] if item.AnchorPointAnnotationUnits == "DISPLAY" else [1, 1]
       ax.text(x * scale[0], y * scale[1], item.UnformattedTextValue, color=color, fontsize=7,
               va="top", ha="left", clip_on=True)
-  ax.set_xlim(0, cols)
-  ax.set_ylim(rows, 0)
+  ax.set_xlim(-pad, cols + pad)
+  ax.set_ylim(rows + pad, -pad)
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=100)

@@ -33,6 +33,8 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
+from attend_jax.errors import DataError
+
 MANUFACTURER = "attend_jax"
 MODEL_NAME = "attend_jax predict"
 RESEARCH = "RESEARCH USE ONLY - not for diagnostic use"
@@ -192,16 +194,22 @@ def gsps(prediction: Mapping, source: pydicom.Dataset, series_uid: str,
     drawn.LineStyleSequence = [_line_style(_LAYERS[1 if roi.get("anchor") else 0][2],
                                            bool(roi.get("anchor")))]
     boxes[layer].append(drawn)
+    # The weight at the RoI's top-left corner; the anchor's at its bottom-left, clear of the
+    # others (its box is the crop, which the grid RoIs share corners with).
     label = ("anchor " if roi.get("anchor") else "") + f"{roi['attention']:.2f}"
     texts.append(hd.pr.TextObject(label, hd.pr.AnnotationUnitsValues.PIXEL,
-                                  anchor_point=tuple(corners[0]), anchor_point_visible=False))
-  lines = score_lines(prediction)
+                                  anchor_point=tuple(corners[3 if roi.get("anchor") else 0]),
+                                  anchor_point_visible=False))
+  # The scores in display units, in the top corner on the side away from the breast (the
+  # anchor RoI, the breast's crop, says which side it is on).
+  crop = next((r["box_xyxy"] for r in prediction["rois"] if r.get("anchor")), None)
+  right = crop is not None and (crop[0] + crop[2]) / 2 < float(source.Columns) / 2
+  justify = hd.pr.TextJustificationValues.RIGHT if right else hd.pr.TextJustificationValues.LEFT
   step = 0.04
-  for i, line in enumerate(lines):  # Display units: the corner of any viewport.
+  for i, line in enumerate(score_lines(prediction)):
     texts.append(hd.pr.TextObject(
-        line, hd.pr.AnnotationUnitsValues.DISPLAY,
-        bounding_box=(0.02, 0.02 + i * step, 0.98, 0.02 + (i + 1) * step),
-        text_justification=hd.pr.TextJustificationValues.LEFT))
+        line, hd.pr.AnnotationUnitsValues.DISPLAY, text_justification=justify,
+        bounding_box=(0.02, 0.02 + i * step, 0.98, 0.02 + (i + 1) * step)))
   annotations = [hd.pr.GraphicAnnotation([source], layers[name], graphic_objects=objects)
                  for name, objects in boxes.items() if objects]
   annotations.append(hd.pr.GraphicAnnotation([source], layers["TEXT"], text_objects=texts))
@@ -420,8 +428,38 @@ def _write_one(kind, make, path, references, source, written, failed) -> None:
 
 # --- Drawing a GSPS, as a viewer does ---
 
+def check_reference(presentation: pydicom.Dataset, image: pydicom.Dataset,
+                    path: str | os.PathLike, name: str = "the presentation state") -> None:
+  """DataError unless ``image`` (the header of the file at ``path``) is an image that
+  ``presentation`` references."""
+  wanted = {str(i.ReferencedSOPInstanceUID) for s in presentation.ReferencedSeriesSequence
+            for i in s.ReferencedImageSequence}
+  if str(image.get("SOPInstanceUID", "")) not in wanted:
+    raise DataError(path, f"its SOP Instance UID is not the one {name} references"
+                    f" ({', '.join(sorted(wanted))})")
+
+
 def _rgb(color: Sequence[int]) -> tuple[float, float, float]:
   return tuple(c / 255 for c in hd.color.CIELabColor.from_dicom_value(color).to_rgb(clip=True))
+
+
+def _draw_text(ax, item: pydicom.Dataset, rows: int, cols: int, color) -> None:
+  """One text object: in its bounding box, justified as it says, else beside its anchor point
+  (below it in the image's upper half, above it in the lower)."""
+  if "BoundingBoxTopLeftHandCorner" in item:
+    scale = [cols, rows] if item.BoundingBoxAnnotationUnits == "DISPLAY" else [1, 1]
+    (x0, y), (x1, _) = (np.asarray(corner, float) * scale for corner in (
+        item.BoundingBoxTopLeftHandCorner, item.BoundingBoxBottomRightHandCorner))
+    justify = str(item.get("BoundingBoxTextHorizontalJustification", "LEFT"))
+    x, ha = {"RIGHT": (x1, "right"), "CENTER": ((x0 + x1) / 2, "center")}.get(
+        justify, (x0, "left"))
+    va = "top"
+  else:
+    scale = [cols, rows] if item.AnchorPointAnnotationUnits == "DISPLAY" else [1, 1]
+    x, y = np.asarray(item.AnchorPoint, float) * scale
+    ha, va = "left", "top" if y < rows / 2 else "bottom"
+    x, y = x + 0.005 * cols, y + (0.005 if va == "top" else -0.005) * rows
+  ax.text(x, y, item.UnformattedTextValue, color=color, fontsize=7, ha=ha, va=va, clip_on=True)
 
 
 RENDER_MARGIN = 0.01  # Of the long side, around the image: lines on its border stay visible.
@@ -456,14 +494,7 @@ def render_gsps(presentation: pydicom.Dataset, pixels: np.ndarray, path: str | o
       ax.plot(points[:, 0], points[:, 1], color=color, linestyle="--" if dashed else "-",
               linewidth=float(style.LineThickness) if style is not None else 1.5)
     for item in annotation.get("TextObjectSequence", []):
-      if "BoundingBoxTopLeftHandCorner" in item:
-        x, y = (float(v) for v in item.BoundingBoxTopLeftHandCorner)
-        scale = [cols, rows] if item.BoundingBoxAnnotationUnits == "DISPLAY" else [1, 1]
-      else:
-        x, y = (float(v) for v in item.AnchorPoint)
-        scale = [cols, rows] if item.AnchorPointAnnotationUnits == "DISPLAY" else [1, 1]
-      ax.text(x * scale[0], y * scale[1], item.UnformattedTextValue, color=color, fontsize=7,
-              va="top", ha="left", clip_on=True)
+      _draw_text(ax, item, rows, cols, color)
   ax.set_xlim(-pad, cols + pad)
   ax.set_ylim(rows + pad, -pad)
   path = pathlib.Path(path)

@@ -18,6 +18,7 @@ from pydicom.sr.codedict import codes
 
 from attend_jax import dicom_out
 from attend_jax.data import dicom
+from attend_jax.errors import DataError
 from attend_jax.eval import tables
 
 import dicom_fixtures
@@ -307,6 +308,22 @@ def test_render_gsps_draws_its_boxes_dashes_and_text(study, tmp_path):
   assert (corner.min(-1) > 200).sum() > 50
   middle = pixels[pixels.shape[0] // 2:pixels.shape[0] * 3 // 4, pixels.shape[1] // 2:-10]
   assert (middle.max(-1) > 60).sum() == 0
+
+
+def test_render_gsps_tool_finds_its_image_and_checks_a_given_one(study, tmp_path):
+  _, _, _, result = _write(study[:2], tmp_path / "dicom")
+  first, _ = sorted((w for w in result.written if w.kind == "GSPS"), key=lambda w: w.source)
+  proc = helpers.run("tools/render_gsps.py", first.path, f"--out={tmp_path / 'gsps.png'}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert f"over {pathlib.Path(first.source).name} -> " in proc.stdout  # From dicom_out.csv.
+  with Image.open(tmp_path / "gsps.png") as picture:
+    assert picture.size[0] == 500
+  other = sorted(study[:2])[1]
+  with pytest.raises(DataError, match=f"not the one {first.path.name} references"):
+    dicom_out.check_reference(pydicom.dcmread(first.path), pydicom.dcmread(other), other,
+                              first.path.name)
+  dicom_out.check_reference(pydicom.dcmread(first.path), pydicom.dcmread(first.source),
+                            first.source)
 
 
 @pytest.mark.slow

@@ -99,6 +99,8 @@ class Failed:
 
 @dataclasses.dataclass
 class Result:
+  """What ``write`` wrote and what it could not."""
+
   written: list[Written]
   failed: list[Failed]
 

@@ -222,7 +222,13 @@ def gsps(prediction: Mapping, source: pydicom.Dataset, series_uid: str,
       software_versions=software_version(), device_serial_number="",
       content_label="ATTEND_JAX", content_description="attend_jax RoIs; " + RESEARCH,
       graphic_annotations=annotations, graphic_layers=list(layers.values()),
-      series_description=SERIES["GSPS"])
+      series_description=SERIES["GSPS"],
+      # The presentation state's pipeline ends in its Presentation LUT, not in the image's
+      # photometric interpretation: a MONOCHROME1 image keeps its look with an INVERSE one.
+      presentation_lut_transformation=hd.PresentationLUTTransformation(
+          presentation_lut_shape=hd.PresentationLUTShapeValues.INVERSE
+          if source.get("PhotometricInterpretation") == "MONOCHROME1"
+          else hd.PresentationLUTShapeValues.IDENTITY))
   # General Series, type 2C for a paired organ: each side's GSPS have their own series.
   presentation.Laterality = _laterality(prediction)
   return presentation

@@ -114,6 +114,11 @@ def test_a_gsps_per_image_references_it_and_draws_its_rois(study, tmp_path):
     assert series.SeriesInstanceUID == source.SeriesInstanceUID
     assert [_ref(i) for i in series.ReferencedImageSequence] == [
         (source.SOPClassUID, source.SOPInstanceUID)]
+    # The image's window, and its look: MONOCHROME2 here (MONOCHROME1 below).
+    assert ds.PresentationLUTShape == "IDENTITY"
+    if "WindowCenter" in source:
+      (voi,) = ds.SoftcopyVOILUTSequence
+      assert (voi.WindowCenter, voi.WindowWidth) == (source.WindowCenter, source.WindowWidth)
     layers = {a.GraphicLayer: a for a in ds.GraphicAnnotationSequence}
     assert set(layers) == {"ROIS", "ANCHOR", "TEXT"}
     for annotation in layers.values():
@@ -135,6 +140,19 @@ def test_a_gsps_per_image_references_it_and_draws_its_rois(study, tmp_path):
     assert f"calibrated p = {image['probability_calibrated']:.3f}" in texts
     assert "anchor 0.20" in texts and "0.50" in texts and "0.30" in texts
     assert any(t.startswith("flagged at: ") for t in texts)
+
+
+def test_a_monochrome1_image_gets_an_inverse_presentation_lut(tmp_path):
+  """The GSPS pipeline ends in the presentation LUT, not in the image's photometric
+  interpretation: a MONOCHROME1 image is shown as its own look only with INVERSE."""
+  path = dicom_fixtures.write_mg(
+      dicom_fixtures.phantom(), tmp_path, "m1.dcm", photometric="MONOCHROME1",
+      StudyInstanceUID="1.2.3.10", SeriesInstanceUID="1.2.3.11", PatientID="P1")
+  result = dicom_out.write(_predictions([path], calibrated=False), [], [], tmp_path / "out")
+  assert not result.failed
+  (gsps,) = [w for w in result.written if w.kind == "GSPS"]
+  _valid(gsps.path)
+  assert pydicom.dcmread(gsps.path).PresentationLUTShape == "INVERSE"
 
 
 def _groups_by_name(sr):
@@ -379,5 +397,18 @@ def test_predict_writes_dicom_outputs_whose_scores_are_its_tables(trained_classi
     drawn = sum(len(a.GraphicObjectSequence) for a in ds.GraphicAnnotationSequence
                 if a.GraphicLayer in ("ROIS", "ANCHOR"))
     assert drawn == len(rois)
+  # And the breast and exam scores are breasts.csv's and exams.csv's.
+  with open(out / "breasts.csv", newline="") as f:
+    breasts = [b for b in csv.DictReader(f) if b["study_id"] != "in"]  # Not the bare file's.
+  with open(out / "exams.csv", newline="") as f:
+    exams = [e for e in csv.DictReader(f) if e["study_id"] != "in"]
+  assert len(breasts) == 2 and len(exams) == 1
+  for b in breasts:
+    for stat in ("mean", "max"):
+      group = by_id[f"breast {b['study_id']} {b['laterality']} {stat}"]
+      assert _values(group)["Probability of cancer"] == pytest.approx(
+          float(b[f"probability_{stat}"]), abs=1e-6)
+  assert _values(by_id[f"exam {exams[0]['study_id']}"])["Probability of cancer"] == (
+      pytest.approx(float(exams[0]["probability"]), abs=1e-6))
   for row in written:
     _valid(pathlib.Path(row["path"]))

@@ -221,7 +221,8 @@ def gsps(prediction: Mapping, source: pydicom.Dataset, series_uid: str,
       manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
       software_versions=software_version(), device_serial_number="",
       content_label="ATTEND_JAX", content_description="attend_jax RoIs; " + RESEARCH,
-      graphic_annotations=annotations, graphic_layers=list(layers.values()),
+      graphic_annotations=annotations,
+      graphic_layers=[layers[a.GraphicLayer] for a in annotations],  # Those it uses.
       series_description=SERIES["GSPS"],
       # The presentation state's pipeline ends in its Presentation LUT, not in the image's
       # photometric interpretation: a MONOCHROME1 image keeps its look with an INVERSE one.

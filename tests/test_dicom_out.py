@@ -144,15 +144,20 @@ def test_a_gsps_per_image_references_it_and_draws_its_rois(study, tmp_path):
 
 def test_a_monochrome1_image_gets_an_inverse_presentation_lut(tmp_path):
   """The GSPS pipeline ends in the presentation LUT, not in the image's photometric
-  interpretation: a MONOCHROME1 image is shown as its own look only with INVERSE."""
+  interpretation: a MONOCHROME1 image is shown as its own look only with INVERSE. (And a model
+  without an anchor RoI, on detector boxes alone, gets no ANCHOR layer.)"""
   path = dicom_fixtures.write_mg(
       dicom_fixtures.phantom(), tmp_path, "m1.dcm", photometric="MONOCHROME1",
       StudyInstanceUID="1.2.3.10", SeriesInstanceUID="1.2.3.11", PatientID="P1")
-  result = dicom_out.write(_predictions([path], calibrated=False), [], [], tmp_path / "out")
+  images = _predictions([path], calibrated=False)
+  images[0]["rois"] = images[0]["rois"][1:]
+  result = dicom_out.write(images, [], [], tmp_path / "out")
   assert not result.failed
   (gsps,) = [w for w in result.written if w.kind == "GSPS"]
   _valid(gsps.path)
-  assert pydicom.dcmread(gsps.path).PresentationLUTShape == "INVERSE"
+  ds = pydicom.dcmread(gsps.path)
+  assert ds.PresentationLUTShape == "INVERSE"
+  assert [layer.GraphicLayer for layer in ds.GraphicLayerSequence] == ["ROIS", "TEXT"]
 
 
 def _groups_by_name(sr):

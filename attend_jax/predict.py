@@ -4,18 +4,21 @@ r"""Cancer probabilities for your own DICOM files, per image, per breast and per
   python -m attend_jax.predict --checkpoint=weights/reference one.dcm two.dcm \
       --proposals=/data/focal_rois --out=preds
 
-INPUT is any mix of DICOM files and folders (scanned recursively for *.dcm / *.dicom), local
-or on a bucket (gs://..., read directly). The model and its preprocessing come from the run's
-saved config: nothing to re-type. Writes to --out: predictions.csv and predictions.json (per
-image: probability, laterality, view, RoIs in DICOM pixels with detector score and attention
-weight), breasts.csv (CC + MLO of one side of one study: mean and max), exams.csv (per study:
-the most suspicious breast), bad_files.csv (every file that could not be used, with the
-reason), with --overlays a PNG per image, and log.txt (library logs).
+INPUT is any mix of DICOM files and folders (scanned recursively for *.dcm / *.dicom). The
+model and its preprocessing come from the run's saved config: nothing to re-type. Writes to
+--out: predictions.csv and predictions.json (per image: probability, laterality, view, RoIs
+in DICOM pixels with detector score and attention weight), breasts.csv (CC + MLO of one side
+of one study: mean and max), exams.csv (per study: the most suspicious breast), bad_files.csv
+(every file that could not be used, with the reason), with --overlays a PNG per image, and
+log.txt (library logs).
 
 The same command on every host of a pod slice or cluster (``jax.distributed``, as training)
 predicts on all of them: each host decodes its share of the files, batches are split over every
 device, host 0 writes the tables and each host the overlays of its images. Rerunning on the same
 --out predicts only the files not yet in its predictions.csv (docs/predict.md).
+
+Files and folders may be on a bucket (gs://...): they are listed and read from there directly,
+and the tables name them by their gs:// URLs.
 """
 
 import sys

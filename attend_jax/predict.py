@@ -18,6 +18,9 @@ The same command on every host of a pod slice or cluster (``jax.distributed``, a
 predicts on all of them: each host decodes its share of the files, batches are split over every
 device, host 0 writes the tables and each host the overlays of its images. Rerunning on the same
 --out predicts only the files not yet in its predictions.csv (docs/predict.md).
+
+Files and folders may be on a bucket (gs://...): they are listed and read from there directly,
+and the tables name them by their gs:// URLs.
 """
 
 import sys

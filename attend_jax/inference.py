@@ -31,18 +31,23 @@ from attend_jax.train import prediction, sharding
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
-def find_dicoms(inputs: Sequence[str | os.PathLike]) -> tuple[list[pathlib.Path], list]:
+def find_dicoms(inputs: Sequence[str | os.PathLike]) -> tuple[list, list]:
   """DICOM files among ``inputs`` (files, or folders scanned recursively), and the inputs that
   gave none, as (path, reason): a missing path, or a folder without DICOM files.
 
-  In folders, files ending in .dcm or .dicom count; a file named explicitly always does.
+  In folders, files ending in .dcm or .dicom count; a file named explicitly always does. An
+  input may be on a bucket (``gs://``): its files are ``epath.Path``s, read from there.
   """
   found, missing = [], []
   for item in inputs:
-    path = pathlib.Path(item)
+    local = paths_lib.is_local(item)
+    paths_lib.check_reachable(item)  # A bucket's: one line in seconds, not gcsfs's minute.
+    path = pathlib.Path(item) if local else paths_lib.path(item)
     if path.is_dir():
-      files = sorted(p for p in path.rglob("*") if p.is_file()
-                     and p.suffix.lower() in DICOM_SUFFIXES)
+      files = (sorted(p for p in path.rglob("*") if p.is_file()
+                      and p.suffix.lower() in DICOM_SUFFIXES) if local
+               else [path / rel for rel in paths_lib.files_below(path)
+                     if rel.lower().endswith(DICOM_SUFFIXES)])
       if not files:
         missing.append((str(path), "a folder without DICOM files (*.dcm, *.dicom)"))
       found += files
@@ -50,17 +55,18 @@ def find_dicoms(inputs: Sequence[str | os.PathLike]) -> tuple[list[pathlib.Path]
       found.append(path)
     else:
       missing.append((str(path), "no such file or folder"))
-  unique = list(dict.fromkeys(p.absolute() for p in found))
+  unique = list(dict.fromkeys(p.absolute() if paths_lib.is_local(p) else p for p in found))
   return unique, missing
 
 
-def image_ids(paths: Sequence[pathlib.Path]) -> list[str]:
+def image_ids(paths: Sequence) -> list[str]:
   """An id per file, unique among ``paths``: the file name without its suffix where that is
   unique, else the path from the files' common folder (CBIS-DDSM names every file 1-1.dcm)."""
   stems = collections.Counter(p.stem for p in paths)
-  root = pathlib.Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else None
-  return [p.stem if stems[p.stem] == 1 else p.relative_to(root).with_suffix("").as_posix()
-          for p in paths]
+  folders = [str(p).split("/")[:-1] for p in paths]  # A bucket's gs://b/... too.
+  common = len(os.path.commonprefix(folders)) if paths else 0
+  return [p.stem if stems[p.stem] == 1
+          else "/".join(str(p).split("/")[common:]).removesuffix(p.suffix) for p in paths]
 
 
 def example(path: pathlib.Path, proposal_dir: str | None = None,

@@ -40,6 +40,12 @@ def path(p: str | os.PathLike) -> epath.Path:
   return epath.Path(text)
 
 
+def as_given(p: str | os.PathLike) -> pathlib.Path | epath.Path:
+  """A local path as given (a relative one stays relative, as in a dataset's listing), a URL as
+  an ``epath.Path``: for code that joins names onto a folder that may be on a bucket."""
+  return pathlib.Path(p) if is_local(p) else path(p)
+
+
 def is_local(p: str | os.PathLike) -> bool:
   """A path on this machine's file system (no URL scheme, or ``file:``)."""
   return urllib.parse.urlsplit(os.fspath(p)).scheme in ("", "file")
@@ -96,6 +102,30 @@ def check_reachable(p: str | os.PathLike) -> None:
     raise UnreachableError(p, f"the storage service at {probe.split('/storage/')[0]} does not"
                            f" answer ({reason}; {PROBE_TRIES} tries of {PROBE_TIMEOUT_S:.0f} s)")
   _reached.add(probe)
+
+
+def files_below(folder: str | os.PathLike) -> list[str]:
+  """The files below ``folder``, at any depth, as POSIX paths relative to it, sorted part by part
+  as pathlib sorts paths (the same list for a local folder and its copy on a bucket).
+
+  A bucket is listed in one paged listing of the objects under the folder's prefix: a walk
+  (``epath.Path.walk``) would ask once per folder, a million requests for a PACS export with a
+  folder per study."""
+  folder = path(folder)
+  if is_local(folder):
+    found = []
+    for dirpath, _, files in os.walk(folder):
+      rel = pathlib.Path(dirpath).relative_to(folder)
+      found += [(rel / f).as_posix() for f in files]
+  else:
+    import fsspec
+
+    check_reachable(folder)
+    fs, prefix = fsspec.core.url_to_fs(os.fspath(folder))
+    prefix = prefix.rstrip("/") + "/"
+    found = [name.removeprefix(prefix) for name in fs.find(prefix)
+             if name.startswith(prefix) and not name.endswith("/")]
+  return sorted(found, key=lambda rel: rel.split("/"))
 
 
 def upload(src: pathlib.Path, dest: epath.Path) -> None:

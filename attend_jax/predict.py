@@ -12,7 +12,9 @@ model and its preprocessing come from the run's saved config: nothing to re-type
 in DICOM pixels with detector score and attention weight), breasts.csv (CC + MLO of one side
 of one study: mean and max), exams.csv (per study: the most suspicious breast), bad_files.csv
 (every file that could not be used, with the reason), with --overlays a PNG per image, and
-log.txt (library logs).
+log.txt (library logs). With --dicom_out DIR, also DICOM objects a PACS viewer shows: a GSPS per
+image and a Comprehensive SR per study (docs/predict.md#dicom-outputs), listed in
+DIR/dicom_out.csv.
 
 With --dicomweb, the studies --study names or --dicomweb_query finds are fetched from a PACS
 (WADO-RS) into --out/fetched/<study>/<instance>.dcm first, and predicted on as local files
@@ -22,6 +24,9 @@ The same command on every host of a pod slice or cluster (``jax.distributed``, a
 predicts on all of them: each host decodes its share of the files, batches are split over every
 device, host 0 writes the tables and each host the overlays of its images. Rerunning on the same
 --out predicts only the files not yet in its predictions.csv (docs/predict.md).
+
+Files and folders may be on a bucket (gs://...): they are listed and read from there directly,
+and the tables name them by their gs:// URLs.
 """
 
 import sys
@@ -29,7 +34,7 @@ import sys
 import jax
 from absl import app, flags
 
-from attend_jax import cli, dicomweb, hosts, inference, paths, run
+from attend_jax import cli, dicom_out, dicomweb, hosts, inference, paths, run
 from attend_jax.data import dicom
 from attend_jax.progress import Progress
 from attend_jax.train import prediction
@@ -43,6 +48,12 @@ _OUT = flags.DEFINE_string(
     " writes a local copy and uploads it at the end, so of two runs at once the later to finish"
     " replaces the other's files.")
 _OVERLAYS = flags.DEFINE_bool("overlays", False, "Also draw a PNG per image.")
+_DICOM_OUT = flags.DEFINE_string(
+    "dicom_out", None, "Also write DICOM objects into this local folder: per image a GSPS (RoIs"
+    " and probability over the original image), per study a Comprehensive SR (the scores, the"
+    " RoIs as image regions); research use only, not for diagnosis.")
+_DICOM_CAPTURE = flags.DEFINE_bool("dicom_out_capture", False, "With --dicom_out, also a"
+                                   " Secondary Capture of each overlay (draws the overlays).")
 _PROPOSALS = flags.DEFINE_string("proposals", None,
                                  "Folder of <image>_preds.txt detector proposals, for models"
                                  " trained on proposal files.")
@@ -74,6 +85,10 @@ def main(argv):
     raise app.UsageError("Give DICOM files or folders to predict on, or --dicomweb.")
   if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
     raise app.UsageError("Pass exactly one of --workdir and --checkpoint.")
+  if _DICOM_CAPTURE.value and not _DICOM_OUT.value:
+    raise app.UsageError("--dicom_out_capture needs --dicom_out.")
+  if _DICOM_OUT.value and not paths.is_local(_DICOM_OUT.value):
+    raise app.UsageError("--dicom_out must be a local folder (a PACS takes them from there).")
   pacs = _pacs()
   hosts.maybe_initialize_distributed()  # A pod slice, or JAX_COORDINATOR_ADDRESS & co.
   if pacs and jax.process_count() > 1:
@@ -136,7 +151,7 @@ def _predict(files, missing, folder, out) -> int:
   ids = inference.image_ids(files)  # Of every file, so that a resume keeps the ids.
   seen = {im["path"] for im in done}
   todo = [(f, i) for f, i in zip(files, ids) if str(f) not in seen]
-  writer = inference.OutputWriter(folder, overlays=_OVERLAYS.value,
+  writer = inference.OutputWriter(folder, overlays=_OVERLAYS.value or _DICOM_CAPTURE.value,
                                   tables=jax.process_index() == 0, done=done, remote=out)
   cli.setup_logging(folder)
   if done:
@@ -162,6 +177,8 @@ def _predict(files, missing, folder, out) -> int:
   _say(f"{len(summary['images'])} images, {len(summary['breasts'])} breasts,"
        f" {len(summary['exams'])} exams -> {out}/predictions.csv, breasts.csv, exams.csv"
        + (", overlays/" if _OVERLAYS.value else ""))
+  if _DICOM_OUT.value and jax.process_index() == 0:
+    _write_dicom(summary, folder)
   off = [im for im in images if im["proposals_off_image"]]
   if off:
     _say(f"warning: {len(off)} images had proposal boxes wholly off the image, dropped"
@@ -171,6 +188,18 @@ def _predict(files, missing, folder, out) -> int:
     _say(f"{len(summary['bad_files'])} files could not be used: see {out}/bad_files.csv",
          file=sys.stderr)
   return 0
+
+
+def _write_dicom(summary: dict, folder) -> dicom_out.Result:
+  """The DICOM outputs of ``summary`` (what predictions.json holds) into --dicom_out."""
+  result = dicom_out.write(summary["images"], summary["breasts"], summary["exams"],
+                           _DICOM_OUT.value,
+                           overlays=folder / "overlays" if _DICOM_CAPTURE.value else None)
+  for f in result.failed:
+    _say(f"warning: {f.source}: its {f.kind} not written: {f.reason}", file=sys.stderr)
+  _say(f"{len(result.written)} DICOM files -> {_DICOM_OUT.value}/ (listed in"
+       f" {dicom_out.TABLE})" + (f"; {len(result.failed)} not written" if result.failed else ""))
+  return result
 
 
 def _none_usable(count: int, out) -> int:

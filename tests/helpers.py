@@ -142,3 +142,22 @@ def printed_quotient(quotient: str, numerator: str | float, denominator: str | f
   low = scale * min((n - dn) / (d + dd), (n - dn) / max(d - dd, 1e-300))
   high = scale * max((n + dn) / (d + dd), (n + dn) / max(d - dd, 1e-300))
   return low - dq <= q <= high + dq
+
+
+def png_rgb(path):
+  """A PNG's RGB pixels, (h, w, 3) in [0, 1]."""
+  from matplotlib import image
+
+  return image.imread(path)[..., :3]
+
+
+def has_colour(pixels, rgb, tol: float = 0.08) -> bool:
+  """Whether any pixel is within ``tol`` of ``rgb`` in every channel."""
+  import numpy as np
+
+  return bool((np.abs(pixels - np.asarray(rgb)).max(axis=-1) < tol).any())
+
+
+# matplotlib's line colours C0 (#1f77b4), C1, C2 and C3.
+C0, C1, C2, C3 = ((0.122, 0.467, 0.706), (1.0, 0.498, 0.055), (0.173, 0.627, 0.173),
+                  (0.839, 0.153, 0.157))

@@ -59,7 +59,14 @@ def test_a_tiny_ablation_writes_its_table_and_skips_finished_runs(tmp_path):
   assert diff["ci_low"] <= diff["mean"] <= diff["ci_high"]
   md = (tmp_path / "abl" / "ablation.md").read_text()
   assert "| + repulsive | 2 |" in md and "tools/ablate.py" in md
-  assert (tmp_path / "abl" / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+  # Each variant's mean AUC is drawn (C0) and the difference to the first variant (C2, C3 or
+  # grey: better, worse or not resolved).
+  pixels = helpers.png_rgb(tmp_path / "abl" / "ablation.png")
+  left, right = pixels[:, : pixels.shape[1] // 2], pixels[:, pixels.shape[1] // 2:]
+  assert helpers.has_colour(left, helpers.C0), "no mean AUC drawn"
+  grey = (0.498,) * 3  # C7
+  want = helpers.C3 if diff["ci_high"] < 0 else helpers.C2 if diff["ci_low"] > 0 else grey
+  assert helpers.has_colour(right, want), f"no difference drawn in {want}"
   # The seeds differ, the data do not: each run read the same prepared folder.
   configs = [json.loads((tmp_path / "abl" / "runs" / v / f"seed{s}" / "config.json").read_text())
              for v in ("cls_only", "repulsive") for s in (0, 1)]

@@ -86,7 +86,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 # below it, never one above. Each entry is a top-level module or package of attend_jax.
 LAYERS = (
     ("entry points", ("main", "predict", "evaluate", "cli")),
-    ("applications", ("inference", "convert", "dicomweb")),
+    ("applications", ("inference", "convert", "dicom_out", "dicomweb")),
     ("drivers", ("train", "config_check")),
     ("runs", ("run", "checkpoint")),
     ("tasks", ("tasks",)),

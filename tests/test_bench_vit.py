@@ -34,6 +34,7 @@ def test_dry_run_writes_rows_and_both_frameworks_op_tables(tmp_path):
   # Run again with the glibc tunables that keep freed memory for reuse, and says so.
   assert figures["glibc_tunables"] == bench_util.MALLOC_REUSE
   assert f"glibc malloc: {bench_util.MALLOC_REUSE}" in out.stdout
+  assert "batch 1, " in out.stdout.splitlines()[0], out.stdout  # The header's batch: the run's.
   # The parts asked for, at the dry run's one size (28 px) and batch (1).
   assert [(r["part"], r["size"], r["batch"]) for r in rows] == [("forward", 28, 1),
                                                                  ("train", 28, 1)]

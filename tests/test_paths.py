@@ -88,6 +88,22 @@ def test_staged_output_reaches_the_bucket_even_after_an_error(gcs, elsewhere):
   _no_local_copy(elsewhere)
 
 
+def test_files_below_a_bucket_folder_are_those_of_the_same_folder_on_disk(gcs, tmp_path):
+  """One listing of the bucket's prefix, in the local walk's order; a sibling folder whose name
+  starts with the folder's is not below it."""
+  names = ["b/z.dcm", "a.txt", "b/c/d.dcm", "b/a.dcm", "b-c/e.dcm"]
+  for name in names:
+    (tmp_path / "x" / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "x" / name).write_text(name)
+  (tmp_path / "x-1").mkdir()
+  (tmp_path / "x-1" / "f.dcm").write_text("beside")
+  bucket = paths.path(gcs.path("listing"))
+  paths.upload(tmp_path, bucket)
+  want = ["a.txt", "b/a.dcm", "b/c/d.dcm", "b/z.dcm", "b-c/e.dcm"]  # As sorted pathlib paths.
+  assert paths.files_below(tmp_path / "x") == want
+  assert paths.files_below(f"{bucket}/x/") == paths.files_below(bucket / "x") == want
+
+
 def test_paths_keep_urls_and_make_local_paths_absolute(elsewhere):
   assert str(paths.path("gs://b/run")) == "gs://b/run"
   assert str(paths.path("run")) == str(elsewhere / "run")
@@ -101,18 +117,15 @@ def test_paths_keep_urls_and_make_local_paths_absolute(elsewhere):
 # package is a test failure: a user's gs:// folder would become a local folder named gs:.
 LOCAL_BY_NATURE = {
     "paths.py:local": "the one conversion, after is_local",
+    "paths.py:as_given": "a local path kept relative, after is_local (a URL: path)",
+    "paths.py:files_below": "a local folder's walk, after is_local (a bucket: one listing)",
     "paths.py:staged": "the local staging folder",
     "paths.py:Mirror.__init__": "the local mirror folder",
     "errors.py:DiskFullError.__init__": "disk_usage of a local disk",
-    "data/dicom.py:_names": "DICOM files are read from local disk",
-    "data/dicom.py:read_dicom": "DICOM files are read from local disk",
-    "data/proposals.py:proposal_path": "proposal files beside local DICOMs",
+    "data/dicom.py:_names": "only the folder names of a DICOM's path, local or gs://",
     "data/proposals.py:read_proposals": "proposal files beside local DICOMs",
-    "data/sources/base.py:_path": "a local raw dataset, after is_local (a bucket: paths.path)",
     "data/prepare.py:decode": "a bucket's DICOM copied into a local temporary folder",
     "data/records.py:_StagedExampleWriter.write": "a bucket shard's local temporary file",
-    "data/sources/reference_csv.py:list_examples": "raw datasets are read from local disk",
-    "data/sources/cbis_ddsm.py:folder_index": "raw datasets are read from local disk",
     "data/synthetic/dataset.py:generate": "synthetic DICOMs, then prepared",
     "data/synthetic/dataset.py:plan": "synthetic DICOMs, then prepared",
     "data/layouts.py:write": "a synthetic raw dataset: raw datasets are read from local disk",
@@ -121,8 +134,7 @@ LOCAL_BY_NATURE = {
     "data/synthetic/labels.py:read_labels": "synthetic DICOMs, then prepared",
     "data/records.py:Mammograms._split_generators": "prepare's local per-image cache",
     "data/prepare.py:prepare": "prepare's local per-image cache (paths.staged for --out)",
-    "inference.py:find_dicoms": "DICOM inputs",
-    "inference.py:image_ids": "DICOM inputs",
+    "inference.py:find_dicoms": "local DICOM inputs, after is_local (a bucket: paths.path)",
     "inference.py:example": "proposal files beside local DICOMs",
     "inference.py:OutputWriter.__init__": "called with a paths.staged folder",
     "convert/dinov2/state_dict.py:read_state_dict": "a downloaded or local torch / safetensors file",

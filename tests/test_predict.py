@@ -47,6 +47,16 @@ def test_predict_cli_on_a_folder_with_a_corrupt_file(run, tmp_path):
   assert set(bad) == {"broken.dcm", "missing.dcm"}
   assert bad["missing.dcm"] == "no such file or folder"
   assert len(list((out / "overlays").glob("*.png"))) == 24
+  # Each overlay draws its image's RoIs, each in the colour of its attention weight relative to
+  # the largest (the anchor's dashed thin line is left out: its pixels are blended).
+  from matplotlib import colormaps
+  for row in images[:2]:
+    pixels = helpers.png_rgb(out / "overlays" / f"{row['image_id'].replace('/', '__')}.png")
+    rois = json.loads(row["rois"])
+    top = max(roi["attention"] for roi in rois)
+    for roi in (r for r in rois if not r["anchor"]):
+      colour = colormaps["plasma"](roi["attention"] / top)[:3]
+      assert helpers.has_colour(pixels, colour, tol=0.03), (row["image_id"], roi)
 
   # Breast level: the mean and max of each side's views, from the per-image table.
   by_breast = {}
@@ -203,3 +213,73 @@ def test_rows_reach_a_bucket_out_while_predict_runs(gcs, tmp_path):
   writer.rows(rows[1:])
   gcs_emulator.fresh_listings()
   assert inference.read_predictions(remote) == rows
+
+
+@pytest.mark.slow
+def test_predict_reads_dicoms_on_a_bucket_as_the_same_files_on_disk(run, gcs, tmp_path):
+  """``predict gs://b/folder/ gs://b/one.dcm``: the files are read from the bucket, with no
+  mount, and give the rows of the same files on disk, naming the gs:// URLs; a missing object is
+  a bad file, and a rerun on the same --out resumes from predictions.csv."""
+  from attend_jax import paths
+
+  local = tmp_path / "in"
+  sources = sorted((run / "dicom" / "images").rglob("*.dcm"))[:5]
+  for i, src in enumerate(sources[:4]):
+    (local / "folder" / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+    (local / "folder" / "ab"[i % 2] / src.name).write_bytes(src.read_bytes())
+  # A name twice (as CBIS-DDSM's 1-1.dcm): the ids are the paths from the folder.
+  (local / "folder" / "b" / sources[0].name).write_bytes(sources[0].read_bytes())
+  (local / "one.dcm").write_bytes(sources[4].read_bytes())
+  bucket = paths.path(gcs.path("dicoms"))
+  paths.upload(local, bucket)
+  args = ("-m", "attend_jax.predict", f"--workdir={run / 'work'}", "--batch_size=2",
+          "--workers=1")
+  proc = helpers.run(*args, local / "folder", local / "one.dcm", f"--out={tmp_path / 'disk'}")
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  remote = (f"{bucket}/folder/", f"{bucket}/one.dcm", f"{bucket}/missing.dcm")
+  proc = helpers.run(*args, *remote, f"--out={tmp_path / 'bucket'}")
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert f"warning: {bucket}/missing.dcm: no such file or folder" in proc.stderr
+
+  want, rows = (_rows(tmp_path / out / "predictions.csv") for out in ("disk", "bucket"))
+  assert len(want) == 6 and {r["image_id"] for r in want} >= {
+      f"folder/a/{sources[0].stem}", f"folder/b/{sources[0].stem}"}
+  assert [r["path"] for r in rows] == [r["path"].replace(str(local), str(bucket)) for r in want]
+  for r, w in zip(rows, want):
+    assert {k: r[k] for k in ("image_id", "study_id", "laterality", "view")} == {
+        k: w[k] for k in ("image_id", "study_id", "laterality", "view")}
+    assert float(r["probability"]) == pytest.approx(float(w["probability"]), abs=1e-6)
+    rois, wanted = json.loads(r["rois"]), json.loads(w["rois"])
+    assert [x["box_xyxy"] for x in rois] == [x["box_xyxy"] for x in wanted]
+    np.testing.assert_allclose([x["attention"] for x in rois],
+                               [x["attention"] for x in wanted], atol=1e-6)
+  assert _rows(tmp_path / "bucket" / "bad_files.csv") == [
+      {"path": f"{bucket}/missing.dcm", "reason": "no such file or folder"}]
+
+  proc = helpers.run(*args, *remote[:2], f"--out={tmp_path / 'bucket'}")
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert "resuming: 6 of the 6 files are in" in proc.stderr
+  assert _rows(tmp_path / "bucket" / "predictions.csv") == rows
+
+
+def test_a_bucket_input_that_is_gone_or_unreachable_names_it(gcs, monkeypatch):
+  """An object missing when its turn comes is that file's reason; a storage service that does
+  not answer is one error naming the input, within seconds."""
+  import socket
+
+  from attend_jax import paths
+  from attend_jax.data import dicom
+  from attend_jax.errors import DicomError
+
+  gone = f"{gcs.path('dicoms')}/gone.dcm"
+  with pytest.raises(DicomError, match="no such file") as e:
+    dicom.read_dicom(gone)
+  assert str(e.value.path) == gone
+  monkeypatch.setattr(paths, "PROBE_TIMEOUT_S", 0.2)
+  monkeypatch.setattr(paths, "PROBE_PAUSE_S", 0.0)
+  with socket.socket() as bound:  # Bound, not listening: the connection is refused.
+    bound.bind(("127.0.0.1", 0))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{bound.getsockname()[1]}")
+    with pytest.raises(paths.UnreachableError, match="refused") as e:
+      inference.find_dicoms(["gs://attend-jax-test/archive/"])
+  assert str(e.value).startswith("gs://attend-jax-test/archive/: ")

@@ -297,6 +297,8 @@ def print_row(row, gemm: dict | None, gpu: bool) -> None:
 def main(argv):
   del argv
   tunables = reuse_freed_memory(FLAGS.malloc)
+  if FLAGS.dry_run:  # Before the header, which prints the batch.
+    FLAGS.sizes, FLAGS.batch = ["28"], 1
   gpu = jax.default_backend() == "gpu"
   if not FLAGS.torch:
     device = None
@@ -311,8 +313,6 @@ def main(argv):
   gemm = None
   if FLAGS.profile and FLAGS.jit != "jax":
     raise app.UsageError("--profile needs --jit=jax (it reads the jitted step's HLO)")
-  if FLAGS.dry_run:
-    FLAGS.sizes, FLAGS.batch = ["28"], 1
   rows = Rows(FLAGS.json, bench="vit", dry_run=FLAGS.dry_run,
               device=jax.devices()[0].device_kind, peak_tflops=FLAGS.peak_tflops,
               glibc_tunables=tunables)

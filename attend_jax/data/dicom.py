@@ -17,6 +17,7 @@ Every failure raises ``DicomError`` with the path and a reason a person can act 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pathlib
 import re
@@ -27,6 +28,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from attend_jax import paths
 from attend_jax.errors import DicomError
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
@@ -160,12 +162,28 @@ def _spacing(ds) -> tuple[float, float] | None:
   return None
 
 
+def _source(path: str | os.PathLike):
+  """What pydicom reads for ``path``: a local file by its name; an object of a bucket
+  (``gs://``) read into memory, in one request."""
+  if paths.is_local(path):
+    return path
+  try:
+    return io.BytesIO(paths.path(path).read_bytes())
+  except FileNotFoundError as e:
+    raise DicomError(path, "no such file") from e
+  except Exception as e:  # noqa: BLE001  (no permission, a lost connection: this file's reason)
+    message = " / ".join(l.strip() for l in str(e).splitlines() if l.strip())
+    raise DicomError(path, f"cannot be read ({type(e).__name__}: {message})") from e
+
+
 def read_header(path: str | os.PathLike) -> pydicom.Dataset:
-  """The dataset without decoding pixels; raises DicomError for non-DICOM or unreadable files."""
+  """The dataset without decoding pixels; raises DicomError for non-DICOM or unreadable files.
+  ``path`` may be on a bucket (``gs://``)."""
+  source = _source(path)
   try:
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always")
-      ds = pydicom.dcmread(path)
+      ds = pydicom.dcmread(source)
   except FileNotFoundError as e:
     raise DicomError(path, "no such file") from e
   except InvalidDicomError as e:
@@ -256,8 +274,9 @@ def check_size(ds, path, max_pixels: int = MAX_PIXELS) -> None:
 def read_dicom(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> DicomImage:
   """Reads one single-frame greyscale DICOM into a DicomImage; any failure is a DicomError.
 
-  A header that claims more than ``max_pixels`` pixels is refused before decoding."""
-  path = pathlib.Path(path)
+  A header that claims more than ``max_pixels`` pixels is refused before decoding. ``path``
+  may be on a bucket (``gs://``)."""
+  path = paths.as_given(path)
   try:
     return _read(path, max_pixels)
   except DicomError:

@@ -53,7 +53,8 @@ class PrepareOptions:
   # "robust" (film edges, labels and markers left out) or "reference": the authors' exact crop,
   # whose pixels their proposal files use.
   crop: str = "robust"
-  max_proposals: int = 32  # Detector proposals kept per image (after NMS), when the source has them.
+  # Detector proposals kept per image (after NMS), when the source has them.
+  max_proposals: int = 32
 
 
 def _resize(pixels: np.ndarray, scale: float) -> np.ndarray:

@@ -21,16 +21,17 @@ import pathlib
 
 import numpy as np
 
-from attend_jax import box_ops
+from attend_jax import box_ops, paths
 from attend_jax.errors import ProposalError
 
 IOU_THRESHOLD = 0.5
 
 
-def proposal_path(proposal_root: str | os.PathLike, im_path: str) -> pathlib.Path:
-  """The reference's naming: ``<root>/<im_path without .dicom>_preds.txt``."""
+def proposal_path(proposal_root: str | os.PathLike, im_path: str) -> pathlib.PurePath:
+  """The reference's naming: ``<root>/<im_path without .dicom>_preds.txt`` (``root`` may be a
+  bucket)."""
   stem = im_path[: -len(".dicom")] if im_path.endswith(".dicom") else os.path.splitext(im_path)[0]
-  return pathlib.Path(proposal_root) / f"{stem}_preds.txt"
+  return paths.as_given(proposal_root) / f"{stem}_preds.txt"
 
 
 def read_proposals(path: str | os.PathLike) -> np.ndarray:

@@ -47,6 +47,7 @@ def vit_config(config) -> vit.ViTConfig:
   overrides["dtype"] = jnp.dtype(config.model.dtype)
   overrides["attention"] = config.model.get("attention", "auto")
   overrides["remat"] = config.model.get("remat", "none")
+  overrides["scan_blocks"] = config.model.get("scan_blocks", False)
   return vit.config_for(config.model.variant, config.model.registers, **overrides)
 
 
@@ -111,10 +112,9 @@ def load_pretrained_backbone(model: nnx.Module, path: str) -> None:
   each read straight into the sharding the live parameter has."""
   want = model.cfg.vit
   stored = pretrained.read_config(path)
-  # How it computes (dtype, kernel, remat) is the run's; what it is must match.
-  if dataclasses.replace(stored, dtype=want.dtype, pos_embed_interp=want.pos_embed_interp,
-                         attention=want.attention, remat=want.remat,
-                         attention_chunk=want.attention_chunk) != want:
+  # How it computes (dtype, kernel, remat, scan) is the run's; what it is must match.
+  how = ("dtype", "pos_embed_interp", "attention", "remat", "scan_blocks", "attention_chunk")
+  if dataclasses.replace(stored, **{k: getattr(want, k) for k in how}) != want:
     raise CheckpointError(
         path, f"the converted backbone is {stored}, but the model is {want}")
   current = nnx.state(model.vision_model, nnx.Param)

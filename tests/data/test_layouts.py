@@ -8,6 +8,8 @@ proposal files into boxes.
 
 import collections
 import csv
+import dataclasses
+import json
 import re
 import shlex
 
@@ -16,7 +18,7 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless
 
-from attend_jax import geometry
+from attend_jax import geometry, paths
 from attend_jax.data import dicom, layouts, prepare, records
 from attend_jax.data import synthetic as S
 from attend_jax.data.sources import SOURCES
@@ -411,6 +413,94 @@ def test_cli_writes_the_layout_and_prints_the_prepare_command_that_reads_it(tmp_
       seen[split] += 1
   assert seen == collections.Counter(w.split for w in written)
   assert far
+
+
+# ---------------------------------------------------------------------------------------------
+# The same folders on a bucket (the GCS emulator), as prepare reads them on Dataflow.
+
+
+def _listing(layout, root):
+  """The source's listing of the layout written in ``root``, a folder or a bucket folder."""
+  if layout == "csv":
+    return SOURCES["csv"](root / "images", csv_dir=root, proposal_dir=root / "proposals")
+  return SOURCES[layout](root)
+
+
+@pytest.fixture(scope="module")
+def on_a_bucket(cbis, reference, gcs):
+  """{layout: (its folder, a copy on the bucket, the images written)} for the two sources that
+  scan folders."""
+  copies = {}
+  for layout, (out, written) in (("cbis_ddsm", cbis), ("csv", reference)):
+    copies[layout] = out, paths.path(gcs.path(layout)), written
+    paths.upload(*copies[layout][:2])
+  return copies
+
+
+def _moved(local, bucket):
+  return lambda text: text and text.replace(str(local), str(bucket))
+
+
+def _assert_same_records(ours: dict, theirs: dict, what: str) -> None:
+  assert ours.keys() == theirs.keys(), what
+  for key in theirs:
+    np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{what} {key}")
+
+
+@pytest.mark.parametrize("layout", ["cbis_ddsm", "csv"])
+def test_a_bucket_root_lists_and_decodes_as_the_same_files_on_disk(on_a_bucket, layout):
+  """The CBIS-DDSM folder scan (its NBIA folders, the ROI masks) and the reference's CSVs and
+  proposal files, from ``gs://``: the same examples naming the bucket's objects, and the same
+  records from them, masks and proposals read from the bucket."""
+  local, bucket, written = on_a_bucket[layout]
+  on_disk, remote = _listing(layout, local), _listing(layout, bucket)
+  moved = _moved(local, bucket)
+  assert len(on_disk.examples) == len(written)
+  assert remote.examples == [dataclasses.replace(
+      ex, path=moved(ex.path), mask_paths=tuple(map(moved, ex.mask_paths)),
+      proposals_path=moved(ex.proposals_path)) for ex in on_disk.examples]
+  assert all(ex.path.startswith("gs://") for ex in remote.examples)
+  assert [(str(e.path), e.reason) for e in remote.bad] == [
+      (moved(str(e.path)), moved(e.reason)) for e in on_disk.bad]
+  opts = prepare.PrepareOptions(long_side=96, crop="reference" if layout == "csv" else "robust")
+  boxes = 0
+  for ours, theirs in zip(remote.examples, on_disk.examples):
+    records_ = [prepare.decode((ex, opts, dicom.MAX_PIXELS)) for ex in (ours, theirs)]
+    assert all(isinstance(r, dict) for r in records_), records_
+    _assert_same_records(*records_, theirs.image_id)
+    boxes += len(records_[0]["lesion_boxes" if layout == "cbis_ddsm" else "proposals"])
+  assert boxes  # Boxes from the masks, or the proposal files, were read from the bucket.
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["cbis_ddsm", "csv"])
+def test_prepare_from_a_bucket_root_writes_the_records_of_the_local_root(on_a_bucket, layout,
+                                                                        tmp_path):
+  """``tools/prepare_data.py --root gs://...`` on the local pool, record for record against the
+  same files on disk."""
+  local, bucket, _ = on_a_bucket[layout]
+  roots = {"csv": ("--root", bucket / "images", "--csv_dir", bucket, "--proposals",
+                   bucket / "proposals")}.get(layout, ("--root", bucket))
+  # A fresh process: gcsfs, in the pool's workers too, reads the emulator's address at start.
+  proc = helpers.run("tools/prepare_data.py", "--dataset", layout, *roots, "--out",
+                     tmp_path / "remote", "--long_side", 96, "--workers", 1)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
+  name = prepare.config_name(layout, 96)
+  opts = prepare.read_options(tmp_path / "remote", name)
+  kwargs = {"csv": {"csv_dir": local, "proposal_dir": local / "proposals"}}.get(layout, {})
+  prepare.prepare(layout, local / "images" if layout == "csv" else local, tmp_path / "local",
+                  opts, workers=1, **kwargs)
+  manifest = {d: json.loads((tmp_path / d / prepare.MANIFEST).read_text())
+              for d in ("remote", "local")}
+  assert manifest["remote"]["counts"] == manifest["local"]["counts"]
+  assert manifest["remote"]["bad_files"] == manifest["local"]["bad_files"]
+  splits = records.splits(tmp_path / "local", name)
+  assert splits and sorted(records.splits(tmp_path / "remote", name)) == sorted(splits)
+  for split in splits:
+    ours, theirs = (records.data_source(tmp_path / d, name, split) for d in ("remote", "local"))
+    assert len(ours) == len(theirs) > 0
+    for i in range(len(theirs)):
+      _assert_same_records(ours[i], theirs[i], f"{split}[{i}]")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import pytest
 
 from attend_jax.eval import report
 
+import helpers
+
 
 @pytest.fixture
 def predictions():
@@ -13,10 +15,6 @@ def predictions():
   labels = rng.integers(0, 2, 300)
   logits = rng.normal(size=300) + 1.5 * labels
   return labels, logits
-
-
-# Matplotlib's default colours: the first curve's, the second's, and the positives' bars.
-_C0, _C1, _C3 = (0.122, 0.467, 0.706), (1.0, 0.498, 0.055), (0.839, 0.153, 0.157)
 
 
 def _part(pixels, rows, cols):
@@ -33,19 +31,19 @@ def test_plot_roc_draws_the_image_curve_and_the_breast_curve_only_when_given(
   path = report.plot_roc(labels, logits, tmp_path / "new" / "roc.png", title="Test",
                          breast=breast if with_breast else None, num_bootstrap=50)
   assert path == tmp_path / "new" / "roc.png"
-  pixels = _colours(path)
+  pixels = helpers.png_rgb(path)
   assert pixels.shape[:2] == (600, 660)  # 5.5 x 5 inches at 120 dpi.
   # Both curves (AUC about 0.9) rise from 0.1 to 0.5 sensitivity before 0.1 FPR, the first
   # marked point: that stretch of the plot holds curves only (the legend is at the lower right).
   steep_start = _part(pixels, (0.52, 0.8), (0.13, 0.19))
-  assert _has(steep_start, _C0)
-  assert _has(steep_start, _C1) is with_breast
+  assert helpers.has_colour(steep_start, helpers.C0)
+  assert helpers.has_colour(steep_start, helpers.C1) is with_breast
 
 
 def test_plot_pr_draws_the_curve(tmp_path, predictions):
-  pixels = _colours(report.plot_pr(*predictions, tmp_path / "pr.png"))
+  pixels = helpers.png_rgb(report.plot_pr(*predictions, tmp_path / "pr.png"))
   # The curve crosses the plot; the legend, which also shows its colour, is at the upper right.
-  assert _has(_part(pixels, (0, 1), (0, 0.5)), _C0)
+  assert helpers.has_colour(_part(pixels, (0, 1), (0, 0.5)), helpers.C0)
 
 
 @pytest.mark.parametrize("with_positives", [True, False])
@@ -54,24 +52,26 @@ def test_plot_calibration_draws_each_class_s_bars_in_its_colour(tmp_path, predic
   labels, logits = predictions
   labels = labels if with_positives else np.zeros_like(labels)
   path = report.plot_calibration(labels, 1 / (1 + np.exp(-logits)), str(tmp_path / "a" / "c.png"))
-  pixels = _colours(path)
+  pixels = helpers.png_rgb(path)
   # The histogram is the lower panel; its legend sits at its top centre. Negatives pile up
   # at low probabilities, the positives (logits 1.5 higher) at high ones.
-  assert _has(_part(pixels, (0.7, 1), (0, 0.33)), _C0)
-  assert _has(_part(pixels, (0.7, 1), (0.67, 1)), _C3) is with_positives
+  assert helpers.has_colour(_part(pixels, (0.7, 1), (0, 0.33)), helpers.C0)
+  assert helpers.has_colour(_part(pixels, (0.7, 1), (0.67, 1)), helpers.C3) is with_positives
 
 
 def test_plot_froc_holds_the_last_sensitivity_to_the_right_edge(tmp_path):
   # Marks at 0.5, 1 and 2 FP per image: 0.6, 0.6, 0.9; the axis runs to 1.25 x 2 = 2.5.
   path = report.plot_froc([0, 0.5, 2], [0, 0.6, 0.9], tmp_path / "new" / "froc.png")
   assert path == tmp_path / "new" / "froc.png"
-  pixels = _colours(path)
+  pixels = helpers.png_rgb(path)
   assert pixels.shape[:2] == (600, 660)
   # Sensitivity 0.9 from 2.25 to 2.45 FP per image: only the held staircase is drawn there.
-  assert _has(_part(pixels, (0.15, 0.27), (0.82, 0.885)), _C0)
+  assert helpers.has_colour(_part(pixels, (0.15, 0.27), (0.82, 0.885)), helpers.C0)
   # A curve that stops short of the points and a single-point curve plot too.
-  assert _has(_colours(report.plot_froc([0, 0.1], [0, 0.5], str(tmp_path / "short.png"))), _C0)
-  assert _has(_colours(report.plot_froc([0], [0], tmp_path / "empty.png")), _C0)
+  short = report.plot_froc([0, 0.1], [0, 0.5], str(tmp_path / "short.png"))
+  assert helpers.has_colour(helpers.png_rgb(short), helpers.C0)
+  empty = report.plot_froc([0], [0], tmp_path / "empty.png")
+  assert helpers.has_colour(helpers.png_rgb(empty), helpers.C0)
 
 
 def test_confusion_markdown():
@@ -82,17 +82,6 @@ def test_confusion_markdown():
   assert "precision n/a" in report.confusion_markdown([0, 1], [0.1, 0.2], 0.5)
 
 
-def _colours(path):
-  """The PNG's RGB pixels, (h, w, 3) in [0, 1]."""
-  from matplotlib import image
-
-  return image.imread(path)[..., :3]
-
-
-def _has(pixels, rgb, tol=0.08):
-  return bool((np.abs(pixels - np.asarray(rgb)).max(axis=-1) < tol).any())
-
-
 _LIME, _BRIGHT = (0.0, 1.0, 0.0), (0.940015, 0.975158, 0.131326)  # plasma(1.0)
 
 
@@ -100,18 +89,20 @@ _LIME, _BRIGHT = (0.0, 1.0, 0.0), (0.940015, 0.975158, 0.131326)  # plasma(1.0)
 def test_an_overlay_draws_the_boxes_in_their_weight_s_colour_and_the_lesions_in_green(
     tmp_path, with_truth):
   tile = report.Tile(np.zeros((200, 100)), np.array([[10.0, 10.0, 60.0, 80.0]]), np.array([1.0]),
-                     truth=np.array([[20.0, 100.0, 90.0, 190.0]]) if with_truth else np.zeros((0, 4)),
+                     truth=(np.array([[20.0, 100.0, 90.0, 190.0]]) if with_truth
+                            else np.zeros((0, 4))),
                      caption="p = 0.5")
-  pixels = _colours(report.plot_overlay(tile, tmp_path / "o.png", width=2.0))
+  pixels = helpers.png_rgb(report.plot_overlay(tile, tmp_path / "o.png", width=2.0))
   assert pixels.shape[:2] == (480, 240)  # 2 x 4 inches at 120 dpi: the image's aspect.
-  assert _has(pixels, _BRIGHT)
-  assert _has(pixels, _LIME) is with_truth
+  assert helpers.has_colour(pixels, _BRIGHT)
+  assert helpers.has_colour(pixels, _LIME) is with_truth
 
 
 def test_a_gallery_has_a_row_per_group_and_leaves_missing_cells_blank(tmp_path):
   tile = report.Tile(np.ones((50, 50)), np.array([[5.0, 5.0, 45.0, 45.0]]), np.array([1.0]))
   path = report.plot_gallery({"a": [tile, tile], "b": []}, tmp_path / "g.png", columns=3)
-  pixels = _colours(path)
+  pixels = helpers.png_rgb(path)
   assert pixels.shape[:2] == (round(2 * 2.7 * 120), round(3 * 2.4 * 120))
   bottom = pixels[pixels.shape[0] // 2 + 20:]
-  assert _has(pixels[: pixels.shape[0] // 2], _BRIGHT) and not _has(bottom, _BRIGHT)
+  assert helpers.has_colour(pixels[: pixels.shape[0] // 2], _BRIGHT)
+  assert not helpers.has_colour(bottom, _BRIGHT)

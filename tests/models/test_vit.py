@@ -1,5 +1,8 @@
 """The NNX DINOv2 equals transformers' PyTorch Dinov2 on the same random weights."""
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,3 +218,26 @@ def test_an_unknown_remat_policy_is_refused():
                                     remat="some"))
   with pytest.raises(ValueError, match="model.remat must be one of"):
     model(_images(28))
+
+
+@pytest.mark.parametrize("remat", ["none", "dots"])
+def test_scanned_blocks_give_the_loop_s_outputs_and_gradients_from_one_compiled_block(remat):
+  cfg = vit.config_for("vits14", width=64, depth=3, num_heads=2, pretrained_grid=4, remat=remat)
+  graph, state = nnx.split(vit.create(cfg))
+  scanned_graph, _ = nnx.split(vit.create(dataclasses.replace(cfg, scan_blocks=True)))
+  images = _images(56, batch=2)
+
+  def loss(graph, state, images):
+    cls, aux = nnx.merge(graph, state)(images, return_attention=True)
+    return jnp.sum(jnp.sin(cls)) + jnp.mean(aux["attention"] ** 2)
+
+  looped = jax.jit(jax.value_and_grad(functools.partial(loss, graph)))
+  scanned = jax.jit(jax.value_and_grad(functools.partial(loss, scanned_graph)))
+  (a, grads_a), (b, grads_b) = looped(state, images), scanned(state, images)
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+  for x, y in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b), strict=True):
+    np.testing.assert_allclose(x, y, atol=1e-6 * max(1.0, float(np.abs(x).max())), rtol=1e-5)
+  # The scan holds the first two blocks (the last returns its attention): the program has one
+  # block's matmuls fewer than the loop's.
+  dots = lambda f: f.lower(state, images).as_text().count("stablehlo.dot_general")
+  assert dots(scanned) < dots(looped), (dots(scanned), dots(looped))

@@ -1,5 +1,7 @@
 """The backbone on a (data, fsdp) mesh of 8 simulated devices equals one device."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,15 +25,17 @@ def test_eight_devices_are_simulated():
 
 
 @pytest.mark.slow
-def test_fsdp_sharded_backbone_matches_one_device():
+@pytest.mark.parametrize("scan_blocks", [False, True])
+def test_fsdp_sharded_backbone_matches_one_device(scan_blocks):
   images = np.random.default_rng(0).normal(size=(8, 42, 56, 3)).astype(np.float32)
-  single = vit.create(CFG, seed=7)
+  single = vit.create(CFG, seed=7)  # Looped.
   ref_loss, ref_grads = nnx.value_and_grad(_loss)(single, images)
   ref_cls, _ = single(images)
 
   mesh = sharding.make_mesh(data=2, fsdp=4)
   with jax.set_mesh(mesh):
-    model = sharding.create_sharded(lambda: vit.create(CFG, seed=7), mesh)
+    cfg = dataclasses.replace(CFG, scan_blocks=scan_blocks)
+    model = sharding.create_sharded(lambda: vit.create(cfg, seed=7), mesh)
     qkv = model.blocks[0].attn.qkv.kernel[...]
     assert qkv.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
     assert qkv.addressable_shards[0].data.shape == (64, 3 * 64 // 4)

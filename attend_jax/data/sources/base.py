@@ -70,14 +70,8 @@ def split_by_key(key: str, val_fraction: float, test_fraction: float = 0.0) -> s
   return "train"
 
 
-def _path(p: str | os.PathLike):
-  """A local path as given (relative ones stay relative in the listing), a bucket URL as an
-  ``epath.Path``."""
-  return pathlib.Path(p) if paths.is_local(p) else paths.path(p)
-
-
 def require_dir(root: str | os.PathLike, name: str, where: str, layout: str) -> pathlib.Path:
-  root = _path(root)
+  root = paths.as_given(root)
   if not root.is_dir():
     raise DatasetNotFoundError(
         f"{name} not found at {root}.\nGet it from {where}.\nExpected layout:\n{layout}")
@@ -91,7 +85,7 @@ def read_csv(path: str | os.PathLike, required: Sequence[str],
   ``aliases`` maps a canonical column name to other spellings found in the wild (CBIS-DDSM
   writes both ``breast density`` and ``breast_density``).
   """
-  path = _path(path)
+  path = paths.as_given(path)
   try:
     # utf-8-sig: Excel saves CSVs with a byte-order mark, which would otherwise become part of
     # the first column's name.

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import pathlib
-
+from attend_jax import paths
 from attend_jax.errors import LabelError
 from attend_jax.data.sources.base import (Example, Listing, read_csv, require_dir,
                                           split_by_key)
@@ -31,17 +29,17 @@ REQUIRED = ("patient_id", "left or right breast", "image view", "abnormality id"
 ALIASES = {"breast_density": ("breast density",)}
 
 
-def folder_index(root: pathlib.Path) -> dict[str, list[pathlib.Path]]:
-  """Maps each NBIA top folder name (e.g. ``Mass-Training_P_00001_LEFT_CC_1``) to its DICOMs."""
-  index: dict[str, list[pathlib.Path]] = {}
-  for dirpath, _, files in os.walk(root):
-    dcms = [f for f in files if f.lower().endswith(".dcm")]
-    if not dcms:
+def folder_index(root) -> dict[str, list]:
+  """Maps each NBIA top folder name (e.g. ``Mass-Training_P_00001_LEFT_CC_1``) to its DICOMs,
+  in the order of their folders and names. ``root`` may be a bucket (``gs://``)."""
+  index: dict[str, list] = {}
+  for rel in paths.files_below(root):
+    *folders, name = rel.split("/")
+    if not name.lower().endswith(".dcm"):
       continue
-    rel = pathlib.Path(dirpath).relative_to(root).parts
-    top = next((p for p in rel if p.startswith(("Mass-", "Calc-"))), None)
+    top = next((p for p in folders if p.startswith(("Mass-", "Calc-"))), None)
     if top:
-      index.setdefault(top, []).extend(pathlib.Path(dirpath) / f for f in sorted(dcms))
+      index.setdefault(top, []).append(root / rel)
   return index
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+from attend_jax import paths
 from attend_jax.data import proposals
 from attend_jax.errors import LabelError
 from attend_jax.data.sources.base import SPLITS, Example, Listing, read_csv, require_dir
@@ -16,7 +17,7 @@ WHERE = "the reference repository's CSVs, with the images of the dataset they in
 
 def list_examples(root, csv_dir=None, proposal_dir=None) -> Listing:
   root = require_dir(root, "Image folder", WHERE, LAYOUT)
-  csv_dir = pathlib.Path(csv_dir) if csv_dir else root
+  csv_dir = paths.as_given(csv_dir) if csv_dir else root
   found = {s: csv_dir / f"{s}.csv" for s in SPLITS if (csv_dir / f"{s}.csv").exists()}
   if not found:
     raise LabelError(csv_dir, "no train.csv, val.csv or test.csv here")

@@ -29,6 +29,7 @@ Files and folders may be on a bucket (gs://...): they are listed and read from t
 and the tables name them by their gs:// URLs.
 """
 
+import csv
 import sys
 
 import jax
@@ -40,6 +41,7 @@ from attend_jax.progress import Progress
 from attend_jax.train import prediction
 
 FETCHED = "fetched"  # --out's folder of the images fetched from --dicomweb.
+STORED = "dicomweb_stored.csv"  # --out's list of the --dicom_out objects stored on --dicomweb.
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (its best checkpoint).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Or a converted checkpoint folder.")
 _OUT = flags.DEFINE_string(
@@ -77,6 +79,11 @@ _STUDY = flags.DEFINE_multi_string("study", [], "A Study Instance UID to fetch f
 _QUERY = flags.DEFINE_string(
     "dicomweb_query", None, "Or the studies a QIDO-RS search finds on --dicomweb, e.g."
     " 'ModalitiesInStudy=MG&StudyDate=20240101-20241231'.")
+_STORE = flags.DEFINE_bool(
+    "dicomweb_store", False, "After predicting, store what --dicom_out wrote on --dicomweb"
+    " (STOW-RS), each object checked there (QIDO-RS). A rerun stores only what the PACS lacks:"
+    " the objects of images not stored before, and the SR of each study with images predicted"
+    f" now (--out/{STORED} lists what was stored).")
 
 
 def main(argv):
@@ -107,17 +114,19 @@ def main(argv):
   with paths.staged(out) as folder, run.locked(out, flag="--out"):
     if pacs:
       files = list(dict.fromkeys(files + _fetch(pacs, folder, out)))
-    return _predict(files, missing, folder, out)
+    return _predict(files, missing, folder, out, pacs)
 
 
 def _pacs() -> dicomweb.Client | None:
   """The --dicomweb client, after the checks of its flags (no request yet)."""
   if not _DICOMWEB.value:
-    if _STUDY.value or _QUERY.value:
-      raise app.UsageError("--study and --dicomweb_query need --dicomweb.")
+    if _STUDY.value or _QUERY.value or _STORE.value:
+      raise app.UsageError("--study, --dicomweb_query and --dicomweb_store need --dicomweb.")
     return None
   if not (_STUDY.value or _QUERY.value):
     raise app.UsageError("--dicomweb needs --study (one or more) or --dicomweb_query.")
+  if _STORE.value and not _DICOM_OUT.value:
+    raise app.UsageError("--dicomweb_store stores what --dicom_out writes: give --dicom_out.")
   if not paths.is_local(_OUT.value):
     raise app.UsageError("--dicomweb needs a local --out: its fetched/ folder is what a rerun"
                          " resumes from.")
@@ -142,8 +151,9 @@ def _say(*args, **kwargs) -> None:
     print(*args, **kwargs)
 
 
-def _predict(files, missing, folder, out) -> int:
-  """predict into the local ``folder`` (``out`` in the messages)."""
+def _predict(files, missing, folder, out, pacs: dicomweb.Client | None = None) -> int:
+  """predict into the local ``folder`` (``out`` in the messages); with --dicomweb_store, store
+  the DICOM outputs on ``pacs`` last, when every table is written."""
   done = inference.read_predictions(out)  # An earlier run's: resumed.
   if len(set(hosts.from_every_host(len(done)))) > 1:
     raise ValueError(f"the hosts see different files in {out}: give an --out that every host"
@@ -177,8 +187,9 @@ def _predict(files, missing, folder, out) -> int:
   _say(f"{len(summary['images'])} images, {len(summary['breasts'])} breasts,"
        f" {len(summary['exams'])} exams -> {out}/predictions.csv, breasts.csv, exams.csv"
        + (", overlays/" if _OVERLAYS.value else ""))
+  written = None
   if _DICOM_OUT.value and jax.process_index() == 0:
-    _write_dicom(summary, folder)
+    written = _write_dicom(summary, folder)
   off = [im for im in images if im["proposals_off_image"]]
   if off:
     _say(f"warning: {len(off)} images had proposal boxes wholly off the image, dropped"
@@ -187,7 +198,44 @@ def _predict(files, missing, folder, out) -> int:
   if summary["bad_files"]:
     _say(f"{len(summary['bad_files'])} files could not be used: see {out}/bad_files.csv",
          file=sys.stderr)
+  if written is not None and _STORE.value:
+    _store(pacs, written, {im["path"] for im in images}, folder, out)
   return 0
+
+
+def _store(pacs: dicomweb.Client, result: dicom_out.Result, predicted_now: set[str], folder,
+           out) -> None:
+  """Stores on ``pacs`` what --dicom_out wrote (``result``) and an earlier run did not store:
+  each object whose (kind, source) is not in ``folder/STORED``, and the SR of every study with
+  an image predicted now (its scores changed). Each stored object gets a row there; a
+  StoreError names the files that were not stored."""
+  record = folder / STORED
+  before = set()
+  if record.exists():
+    with open(record, newline="") as f:
+      before = {(r["kind"], r["source"]) for r in csv.DictReader(f)}
+  changed = {w.study_uid for w in result.written if w.source in predicted_now}
+  todo = [w for w in result.written
+          if (w.kind, w.source) not in before or (w.kind == "SR" and w.study_uid in changed)]
+  failure = None
+  try:
+    if todo:
+      dicomweb.store(pacs, [w.path for w in todo], Progress("storing", "obj"))
+  except dicomweb.StoreError as e:
+    failure = e
+  not_stored = set(failure.not_stored) if failure else set()
+  stored = [w for w in todo if str(w.path) not in not_stored]
+  new_file = not record.exists()
+  with open(record, "a", newline="") as f:
+    table = csv.writer(f)
+    if new_file:
+      table.writerow(["kind", "source", "study_instance_uid", "sop_instance_uid"])
+    table.writerows([w.kind, w.source, w.study_uid, w.sop_uid] for w in stored)
+  if failure:
+    raise failure
+  _say(f"{len(stored)} DICOM objects stored on {pacs.base_url}"
+       f" ({len(result.written) - len(stored)} of --dicom_out's stored by an earlier run);"
+       f" listed in {out}/{STORED}", file=sys.stderr)
 
 
 def _write_dicom(summary: dict, folder) -> dicom_out.Result:

@@ -188,7 +188,7 @@ LONGEST_FIRST = (
     "models/test_attend.py", "models/test_vit.py", "test_reference_mode.py",
     "test_scale_report.py", "test_faults_training.py", "real_path/test_vindr_reference_path.py",
     "train/test_buckets_and_preemption.py", "test_export_proposals.py", "convert/test_dinov2.py",
-    "test_losses.py", "test_predict.py",
+    "test_losses.py", "test_predict.py", "test_dicomweb.py",
 )
 
 

@@ -96,7 +96,7 @@ def parse(argv: list[str], text: str | None = None) -> Command | None:
 
 # Bare flags of our CLIs that take no value (so that ``--overlays DIR`` keeps DIR positional).
 BOOLEAN_FLAGS = frozenset({"overlays", "registers", "keep_orientation", "keep_cache", "verbose",
-                           "dry_run", "noverbose", "beam"})
+                           "dry_run", "noverbose", "beam", "dicomweb_store"})
 
 
 def _python_commands(line: str) -> list[list[str]]:

@@ -222,10 +222,12 @@ def _predict(run, out, *args, **env):
 
 
 def _one_error_line(proc) -> str:
+  """The run's error: exit code 1, one ``error:`` line last on stderr, no traceback."""
   assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
-  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
-  return lines[0]
+  errors = [line for line in lines if line.startswith("error: ")]
+  assert errors == lines[-1:] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  return lines[-1]
 
 
 def _files_text(folder: pathlib.Path) -> str:
@@ -233,45 +235,85 @@ def _files_text(folder: pathlib.Path) -> str:
                  if p.is_file())
 
 
+def _references(ds) -> set[str]:
+  """The SOP Instance UIDs of the images a GSPS or an SR references."""
+  if ds.Modality == "PR":
+    return {str(i.ReferencedSOPInstanceUID) for s in ds.ReferencedSeriesSequence
+            for i in s.ReferencedImageSequence}
+  return {str(i.ReferencedSOPInstanceUID) for st in ds.CurrentRequestedProcedureEvidenceSequence
+          for se in st.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+
+
 @pytest.mark.slow
-def test_predict_from_a_pacs_matches_the_local_files_and_a_rerun_fetches_only_the_rest(
+def test_a_study_goes_from_the_pacs_through_predict_and_back_as_gsps_and_sr(
     trained_classifier, pacs_auth, studies, tmp_path):
-  """Fetched with the credentials of the environment, predicted as the trainer's own evaluation
-  of the same local files; then the whole archive by a QIDO query with a netrc, resumed."""
+  """Two studies fetched with a read-only account from the environment: predicted as the
+  trainer's own evaluation of the same local files, and the store refused, in one line, with
+  everything kept. Then the whole archive, by a QIDO query with the netrc of an account that
+  may store: only the rest is fetched and predicted, and every GSPS and SR is stored, each in
+  its study, referencing its images. A third run stores nothing twice."""
   run = trained_classifier
   user, password = next(iter(pacs_auth.users.items()))
+  reader_password = pacs_auth.users[orthanc_server.READER]
   evaluated = {r["image_id"]: float(r["probability"])
                for r in _rows(run / "work" / "eval" / "predictions.csv")}
   sop_of = {f.stem: str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
             for files in studies.values() for f in files}
   tested = {uid for uid, files in studies.items() if files[0].stem in evaluated}
   two = sorted(tested) + sorted(set(studies) - tested)[:1]
-  out = tmp_path / "out"
-  proc = _predict(run, out, f"--dicomweb={pacs_auth.dicomweb}", *(f"--study={s}" for s in two),
-                  **{dicomweb.USER_ENV: user, dicomweb.PASSWORD_ENV: password})
-  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-  assert f"2 studies from {pacs_auth.dicomweb}: 8 images, 8 fetched now" in proc.stderr
-  rows = _rows(out / "predictions.csv")
+  out, dicom = tmp_path / "out", tmp_path / "dicom"
+  store = (f"--dicomweb={pacs_auth.dicomweb}", f"--dicom_out={dicom}", "--dicomweb_store")
+  proc = _predict(run, out, *store, *(f"--study={s}" for s in two),
+                  **{dicomweb.USER_ENV: orthanc_server.READER,
+                     dicomweb.PASSWORD_ENV: reader_password})
+  line = _one_error_line(proc)
+  assert "10 of 10 DICOM files were not stored on" in line
+  assert "HTTP 403 Forbidden" in line and "they are kept as they are" in line
+  assert f"2 studies from {pacs_auth.dicomweb}: 8 images, 8 fetched now" in proc.stdout + (
+      proc.stderr)
+  rows = _rows(out / "predictions.csv")  # Written before the store.
   assert len(rows) == 8 and all(
       pathlib.Path(r["path"]).parent.parent == out / "fetched" for r in rows)
   by_sop = {r["image_id"]: float(r["probability"]) for r in rows}
   assert evaluated and all(by_sop[sop_of[stem]] == pytest.approx(p, abs=1e-5)
                            for stem, p in evaluated.items())
-  assert password not in proc.stdout + proc.stderr + _files_text(out)
+  assert len(list(dicom.rglob("*.dcm"))) == 10  # 8 GSPS, 2 SR: kept.
+  assert not any(_sops(pacs_auth, s) - set(sop_of.values()) for s in studies)
   stamps = {p: p.stat().st_mtime_ns for p in (out / "fetched").rglob("*.dcm")}
 
   netrc = tmp_path / "netrc"
   netrc.write_text(f"machine 127.0.0.1 login {user} password {password}\n")
-  proc = _predict(run, out, f"--dicomweb={pacs_auth.dicomweb}",
-                  "--dicomweb_query=ModalitiesInStudy=MG", NETRC=str(netrc))
+  proc = _predict(run, out, *store, "--dicomweb_query=ModalitiesInStudy=MG", NETRC=str(netrc))
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   assert "6 studies" in proc.stderr and "24 images, 16 fetched now" in proc.stderr
   assert "resuming: 8 of the 24 files" in proc.stderr
   assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # Not fetched again.
-  rows = _rows(out / "predictions.csv")
-  assert {r["image_id"] for r in rows} == set(sop_of.values())
-  assert len(_rows(out / "exams.csv")) == 6
-  assert password not in proc.stdout + proc.stderr + _files_text(out)
+  assert {r["image_id"] for r in _rows(out / "predictions.csv")} == set(sop_of.values())
+  assert "30 DICOM objects stored on" in proc.stderr
+  written = {r["sop_instance_uid"]: r for r in _rows(dicom / "dicom_out.csv")}
+  assert len(written) == 30
+  client = pacs_auth.client(user)
+  for study, files in studies.items():
+    images = {sop_of[f.stem] for f in files}
+    new = _sops(pacs_auth, study) - set(sop_of.values())
+    assert new == {sop for sop, r in written.items() if r["study_instance_uid"] == study}
+    kinds = []
+    for sop in new:  # Back from the PACS (WADO-RS), as a viewer gets them.
+      series = client.search_for_instances(study_instance_uid=study,
+                                           search_filters={"SOPInstanceUID": sop})
+      ds = client.retrieve_instance(study, series[0]["0020000E"]["Value"][0], sop)
+      kinds.append(str(ds.Modality))
+      assert str(ds.StudyInstanceUID) == study
+      refs = _references(ds)
+      assert refs == images if ds.Modality == "SR" else len(refs) == 1 and refs <= images
+    assert sorted(kinds) == ["PR"] * 4 + ["SR"]
+  everything = proc.stdout + proc.stderr + _files_text(out) + _files_text(dicom)
+  assert password not in everything and reader_password not in everything
+
+  proc = _predict(run, out, *store, "--dicomweb_query=ModalitiesInStudy=MG", NETRC=str(netrc))
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert "0 DICOM objects stored on" in proc.stderr and "30 of --dicom_out's" in proc.stderr
+  assert sum(len(_sops(pacs_auth, s)) for s in studies) == 24 + 30
 
 
 @pytest.mark.slow

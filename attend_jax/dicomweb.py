@@ -73,6 +73,9 @@ def connect(url: str) -> Client:
         f" and {PASSWORD_ENV} (or {TOKEN_ENV}, or a netrc entry for {parts.hostname})")
   session = requests.Session()  # trust_env: netrc, REQUESTS_CA_BUNDLE, proxies.
   token, user = os.environ.get(TOKEN_ENV), os.environ.get(USER_ENV)
+  for name in (TOKEN_ENV, USER_ENV, PASSWORD_ENV):
+    if any(c in os.environ.get(name, "") for c in "\r\n"):
+      raise DicomWebError(f"{name} holds a line break: set it without one")
   if token and user:
     raise DicomWebError(f"both {TOKEN_ENV} and {USER_ENV} are set: unset one")
   if token:
@@ -129,6 +132,8 @@ def _errors(client: Client, what: str, not_found: str | None = None) -> Iterator
       raise DicomWebError(not_found) from e
     reason = e.response.reason if e.response is not None else str(e)
     raise DicomWebError(f"{what}: {url} answered HTTP {status} {reason}") from e
+  except requests.exceptions.RequestException as e:  # Not its text: it may quote a header.
+    raise DicomWebError(f"{what}: the request to {url} failed ({type(e).__name__})") from e
 
 
 def _uid(value: str, what: str) -> str:

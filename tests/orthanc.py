@@ -1,8 +1,9 @@
 """A real PACS for the tests: Orthanc (Debian packages ``orthanc`` and ``orthanc-dicomweb``) with
 its DICOMweb plugin, on a free 127.0.0.1 port, its storage in a temp folder.
 
-``start(folder)`` starts one and returns a ``Server``; ``stop(server)`` ends it. The session
-fixtures ``orthanc`` and ``orthanc_auth`` in conftest.py call them. The Makefile's test target
+``start(folder)`` starts one (about 0.1 s) and returns a ``Server``; ``stop(server)`` ends it.
+The session fixtures ``orthanc`` and ``orthanc_auth`` in conftest.py call them; ``tls_front``
+puts HTTPS with a certificate of its own in front of one. The Makefile's test target
 installs the packages; without them the fixtures fail, saying how to install them, unless
 ``ATTEND_JAX_SKIP_ORTHANC=1`` (a machine without root) makes them skip.
 """

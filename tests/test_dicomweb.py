@@ -38,6 +38,18 @@ def studies(trained_classifier):
   return out
 
 
+def test_without_orthanc_the_tests_fail_unless_told_to_skip(monkeypatch, tmp_path):
+  """CI must run the DICOMweb tests: a machine without Orthanc fails them, saying how to install
+  it, unless ATTEND_JAX_SKIP_ORTHANC=1 skips them."""
+  monkeypatch.setattr(orthanc_server, "BINARY", tmp_path / "Orthanc")
+  monkeypatch.delenv(orthanc_server.SKIP_ENV, raising=False)
+  with pytest.raises(pytest.fail.Exception, match="apt-get install orthanc orthanc-dicomweb"):
+    orthanc_server.require()
+  monkeypatch.setenv(orthanc_server.SKIP_ENV, "1")
+  with pytest.raises(pytest.skip.Exception, match="is missing"):
+    orthanc_server.require()
+
+
 def _upload(server, files):
   answer = server.client().store_instances([pydicom.dcmread(f) for f in files])
   assert len(answer.ReferencedSOPSequence) == len(files)
@@ -188,6 +200,10 @@ def test_a_bearer_token_from_the_environment(studies, tmp_path, monkeypatch):
   server = orthanc_server.start(tmp_path / "orthanc", token="t0ken-of-the-day")
   try:
     _upload(server, studies[sorted(studies)[0]])
+    monkeypatch.setenv(dicomweb.TOKEN_ENV, "pasted-\ntoken")  # No header injection.
+    with pytest.raises(dicomweb.DicomWebError, match="holds a line break") as e:
+      dicomweb.connect(server.dicomweb)
+    assert "pasted" not in str(e.value)
     monkeypatch.setenv(dicomweb.TOKEN_ENV, "stale-token")
     with pytest.raises(dicomweb.DicomWebError, match=f"the token in {dicomweb.TOKEN_ENV}"):
       dicomweb.find_studies(dicomweb.connect(server.dicomweb), "ModalitiesInStudy=MG")

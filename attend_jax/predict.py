@@ -20,6 +20,7 @@ device, host 0 writes the tables and each host the overlays of its images. Rerun
 --out predicts only the files not yet in its predictions.csv (docs/predict.md).
 """
 
+import pathlib
 import sys
 
 import jax
@@ -78,6 +79,8 @@ def main(argv):
          file=sys.stderr)
     return 1
   out = paths.path(_OUT.value)
+  if _DICOM_OUT.value:  # One that cannot be made: said now, not after the predictions.
+    pathlib.Path(_DICOM_OUT.value).mkdir(parents=True, exist_ok=True)
   # Written in folder, uploaded when --out is on a bucket.
   with paths.staged(out) as folder, run.locked(out, flag="--out"):
     return _predict(files, missing, folder, out)

@@ -1,5 +1,6 @@
 """predict's DICOM outputs (attend_jax.dicom_out): GSPS, SR and Secondary Capture of hand-made
-predictions over synthetic studies, read back with pydicom and highdicom, every reference
+predictions over synthetic studies, read back with pydicom and highdicom (its ``srread`` for the
+SR; highdicom has no reader for presentation states, so pydicom reads those), every reference
 checked, and each file checked by dciodvfy (dicom3tools), the IOD validator."""
 
 import csv

@@ -33,6 +33,7 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
+from attend_jax import paths
 from attend_jax.errors import DataError
 
 MANUFACTURER = "attend_jax"
@@ -125,7 +126,8 @@ def read_source(path: str | os.PathLike) -> pydicom.Dataset:
   """The header of the image a prediction was made on, ready to be referenced: ValueError
   names what is missing. Type 2 patient and study attributes it lacks are set empty."""
   try:
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    with paths.path(path).open("rb") as f:  # Local, or on a bucket (gs://) as predict's inputs.
+      ds = pydicom.dcmread(f, stop_before_pixels=True)
   except Exception as e:  # noqa: BLE001  (any parser failure: this file only)
     raise ValueError(f"cannot read its header again ({type(e).__name__}: {e})") from e
   missing = [k for k in _REQUIRED if not str(ds.get(k, "") or "").strip()]

@@ -77,8 +77,9 @@ def example(path: pathlib.Path, proposal_dir: str | None = None,
   who = who or dicom.identity(dicom.read_header(path), path)
   props = None
   if proposal_dir:
-    for candidate in (pathlib.Path(proposal_dir) / f"{path.stem}_preds.txt",
-                      pathlib.Path(proposal_dir) / path.parent.name / f"{path.stem}_preds.txt"):
+    folder = paths_lib.as_given(proposal_dir)  # A bucket too.
+    for candidate in (folder / f"{path.stem}_preds.txt",
+                      folder / path.parent.name / f"{path.stem}_preds.txt"):
       if candidate.exists():
         props = str(candidate)
         break

@@ -30,6 +30,7 @@ and the tables name them by their gs:// URLs.
 """
 
 import csv
+import pathlib
 import sys
 
 import jax
@@ -110,6 +111,8 @@ def main(argv):
          file=sys.stderr)
     return 1
   out = paths.path(_OUT.value)
+  if _DICOM_OUT.value:  # One that cannot be made: said now, not after the predictions.
+    pathlib.Path(_DICOM_OUT.value).mkdir(parents=True, exist_ok=True)
   # Written in folder, uploaded when --out is on a bucket.
   with paths.staged(out) as folder, run.locked(out, flag="--out"):
     if pacs:

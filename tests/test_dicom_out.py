@@ -1,5 +1,6 @@
 """predict's DICOM outputs (attend_jax.dicom_out): GSPS, SR and Secondary Capture of hand-made
-predictions over synthetic studies, read back with pydicom and highdicom, every reference
+predictions over synthetic studies, read back with pydicom and highdicom (its ``srread`` for the
+SR; highdicom has no reader for presentation states, so pydicom reads those), every reference
 checked, and each file checked by dciodvfy (dicom3tools), the IOD validator."""
 
 import csv
@@ -278,6 +279,26 @@ def test_a_source_without_uids_is_one_row_and_the_rest_is_written(study, tmp_pat
   assert [r["path"] for r in rows if not r["error"]] == [str(p) for p in result.paths]
   assert [(r["kind"], r["source"]) for r in rows if r["error"]] == [("image", str(bare))]
   assert all(os.path.exists(p) for p in result.paths)
+
+
+def test_images_on_a_bucket_are_referenced_as_local_ones(study, gcs, tmp_path):
+  """predict's inputs may be on a bucket (gs://): their headers are read from there."""
+  from etils import epath
+
+  bucket = epath.Path(gcs.path("dicoms"))
+  for path in study:
+    (bucket / path.name).write_bytes(path.read_bytes())
+  images = _predictions(study, calibrated=False)
+  for image in images:
+    image["path"] = str(bucket / pathlib.Path(image["path"]).name)
+  breasts, exams = tables.breasts_and_exams(images)
+  result = dicom_out.write(images, breasts, exams, tmp_path)
+  assert not result.failed
+  assert sorted(w.source for w in result.written if w.kind == "GSPS") == sorted(
+      im["path"] for im in images)
+  (sr,) = [w for w in result.written if w.kind == "SR"]
+  assert sorted(sr.references) == sorted(
+      str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in study)
 
 
 def test_secondary_capture_of_the_overlay_and_a_missing_overlay(study, tmp_path):

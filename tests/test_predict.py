@@ -283,3 +283,24 @@ def test_a_bucket_input_that_is_gone_or_unreachable_names_it(gcs, monkeypatch):
     with pytest.raises(paths.UnreachableError, match="refused") as e:
       inference.find_dicoms(["gs://attend-jax-test/archive/"])
   assert str(e.value).startswith("gs://attend-jax-test/archive/: ")
+
+
+def test_predict_finds_each_image_s_proposal_file_in_a_bucket_folder(gcs, tmp_path):
+  """--proposals=gs://...: the file beside the image's name, or in a folder named as the image's
+  folder, as for a local --proposals; one that is in neither is named."""
+  from attend_jax import paths
+  from attend_jax.data import dicom
+  from attend_jax.errors import DataError
+
+  bucket = paths.path(gcs.path("props"))
+  (bucket / "study1").mkdir(parents=True)
+  (bucket / "study1" / "a_preds.txt").write_text("10 10 4 4 0.9\n")
+  (bucket / "b_preds.txt").write_text("10 10 4 4 0.8\n")
+  who = dicom.Identity(patient_id="p", study_date="20260101", study_uid="1.2", sop_uid="1.2.3",
+                       laterality="L", view="CC")
+  a = inference.example(tmp_path / "study1" / "a.dcm", str(bucket), who=who)
+  b = inference.example(tmp_path / "study2" / "b.dcm", str(bucket), who=who)
+  assert (a.proposals_path, b.proposals_path) == (f"{bucket}/study1/a_preds.txt",
+                                                  f"{bucket}/b_preds.txt")
+  with pytest.raises(DataError, match="no proposal file c_preds.txt"):
+    inference.example(tmp_path / "study1" / "c.dcm", str(bucket), who=who)

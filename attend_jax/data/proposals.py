@@ -35,8 +35,9 @@ def proposal_path(proposal_root: str | os.PathLike, im_path: str) -> pathlib.Pur
 
 
 def read_proposals(path: str | os.PathLike) -> np.ndarray:
-  """Reads a ``cx cy w h score`` file into a float32 (N, 5) array; raises ProposalError."""
-  path = pathlib.Path(path)
+  """Reads a ``cx cy w h score`` file (local or on a bucket) into a float32 (N, 5) array; raises
+  ProposalError."""
+  path = paths.as_given(path)
   try:
     text = path.read_text()
   except FileNotFoundError as e:

@@ -163,3 +163,16 @@ def test_fuzzed_files_raise_only_the_typed_error(tmp_path_factory, data):
   assert boxes.dtype == np.float32 and boxes.shape[1] == 5 and np.isfinite(boxes).all()
   kept, _ = P.select_proposals(boxes, 5)
   assert kept.shape == (5, 5)
+
+
+def test_a_proposal_file_on_a_bucket_reads_as_on_disk_and_a_missing_one_is_named(gcs, tmp_path):
+  from attend_jax import paths
+
+  bucket = paths.path(gcs.path("proposals"))
+  local = FILES[0]
+  (bucket / local.name).write_text(local.read_text())
+  np.testing.assert_array_equal(P.read_proposals(f"{bucket}/{local.name}"),
+                                P.read_proposals(local))
+  with pytest.raises(P.ProposalError, match="no such proposal file") as e:
+    P.read_proposals(f"{bucket}/gone_preds.txt")
+  assert f"{bucket}/gone_preds.txt" in str(e.value)

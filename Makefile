@@ -1,7 +1,8 @@
 # Two entry points, each self-contained on a fresh machine with Python 3.10+:
 #   make demo   installs the package into .venv and runs the demo on built-in synthetic data:
 #               the RoI detector, the classifier on its boxes, predict on held-out DICOMs
-#   make test   also installs the test tools (torch CPU, transformers, pytest) and runs the suite
+#   make test   also installs the test tools (torch CPU, transformers, pytest; Orthanc, a PACS,
+#               from apt) and runs the suite
 # and, for the inner loop, make test-fast: the unit tests only (not the `slow` marker).
 PYTHON ?= python3
 VENV ?= .venv

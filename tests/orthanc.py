@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import socket
 import ssl
 import subprocess
@@ -25,6 +26,9 @@ import urllib.request
 BINARY = pathlib.Path("/usr/sbin/Orthanc")
 PLUGIN = pathlib.Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 SKIP_ENV = "ATTEND_JAX_SKIP_ORTHANC"
+# The server is killed when the test process dies, however it dies (a killed pytest skips the
+# fixtures' teardown): util-linux's setpriv sets the parent-death signal, then runs Orthanc.
+_DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL") if shutil.which("setpriv") else ()
 # The account of the authenticated server that may read but not store: Orthanc 1.10 has no
 # per-user rights of its own, so a Lua filter refuses its writes (HTTP 403), as a PACS does for
 # a read-only account.
@@ -159,7 +163,7 @@ def start(folder: pathlib.Path, users: dict[str, str] | None = None,
   for _ in range(5):  # Another process may take the free port first.
     config["HttpPort"] = port = _free_port()
     (folder / "orthanc.json").write_text(json.dumps(config, indent=1))
-    process = subprocess.Popen([str(BINARY), str(folder / "orthanc.json")],
+    process = subprocess.Popen([*_DIE_WITH_PARENT, str(BINARY), str(folder / "orthanc.json")],
                                stdout=log, stderr=subprocess.STDOUT, cwd=folder)
     url = f"http://127.0.0.1:{port}"
     if _wait(url, process, users, token):

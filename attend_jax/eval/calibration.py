@@ -115,7 +115,8 @@ class Calibration:
 
   def to_json(self) -> dict:
     points = self.details.get("operating_points", {})
-    return {**self.details, "temperature": self.temperature,
+    rest = {k: v for k, v in self.details.items() if k not in ("temperature", "operating_points")}
+    return {"temperature": self.temperature, **rest,
             "operating_points": {name: {**points.get(name, {}), "threshold": t,
                                         "threshold_calibrated": float(self.calibrated([t])[0])}
                                  for name, t in self.thresholds.items()}}

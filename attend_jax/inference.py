@@ -365,7 +365,7 @@ class OutputWriter:
       with open(self.out / name, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(tables_lib.csv_row(r) for r in rows)
     with open(self.out / "bad_files.csv", "w", newline="") as f:
       w = csv.writer(f)
       w.writerow(["path", "reason"])

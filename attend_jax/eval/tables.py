@@ -12,7 +12,10 @@ probability and a flag (1/0) per operating point: in predictions.csv the image's
 breasts.csv the mean and max of its views' calibrated probabilities, and a flag where any of its
 views is flagged; in exams.csv the calibrated mean of the breast that gives its ``probability``,
 the max over its images, and a flag where any of its images is flagged. Without one (an old
-run, a converted checkpoint) those columns are empty.
+run, a converted checkpoint) those columns are empty. As rows (``breasts_and_exams``, and
+predict's predictions.json) the calibrated values are None where empty, and the flags one
+``flags`` dict ({operating point: bool}, or None), as an image's are; ``csv_row`` writes it as
+the ``flag_*`` columns.
 """
 
 from __future__ import annotations
@@ -89,6 +92,11 @@ def read_flags(row: dict) -> dict[str, bool] | None:
   return {name: cell == "1" for name, cell in zip(calibration.FLAGS, cells)}
 
 
+def csv_row(row: dict) -> dict:
+  """A breast or exam row as its table's columns: its ``flags`` as ``flag_*``."""
+  return {k: v for k, v in row.items() if k != "flags"} | flag_cells(row.get("flags"))
+
+
 def breasts_and_exams(images: Sequence[dict]) -> tuple[list[dict], list[dict]]:
   """Per breast (the views of one study and side: mean and max) and per exam (the max over its
   breasts of the breast mean, and that breast's side) from per-image ``study_id``,
@@ -124,8 +132,8 @@ def breasts_and_exams(images: Sequence[dict]) -> tuple[list[dict], list[dict]]:
 
 def _add_calibrated(sided: Sequence[dict], keys: Sequence[tuple], breast_rows: list[dict],
                     exam_rows: list[dict]) -> None:
-  """The calibrated columns of the breast and exam rows, in place: empty unless every image of
-  the breast or exam has a calibrated probability and flags."""
+  """The calibrated values and flags of the breast and exam rows, in place: None unless every
+  image of the breast or exam has a calibrated probability and flags."""
   by_breast: dict[tuple, list[dict]] = collections.defaultdict(list)
   for im, key in zip(sided, keys):
     by_breast[key].append(im)
@@ -139,19 +147,16 @@ def _add_calibrated(sided: Sequence[dict], keys: Sequence[tuple], breast_rows: l
             "flags": {name: any(im["flags"][name] for im in images)
                       for name in calibration.FLAGS}}
 
-  def cell(value):
-    return "" if value is None else value
-
   for row in breast_rows:
     got = columns(by_breast[row["study_id"], row["laterality"]])
-    row.update(probability_calibrated_mean=cell(got["mean"]),
-               probability_calibrated_max=cell(got["max"]), **flag_cells(got["flags"]))
+    row.update(probability_calibrated_mean=got["mean"], probability_calibrated_max=got["max"],
+               flags=got["flags"])
   for row in exam_rows:
     study = row["study_id"]
     got = columns([im for (s, _), ims in by_breast.items() if s == study for im in ims])
     side = columns(by_breast[study, row["side"]])
-    row.update(probability_calibrated=cell(side["mean"]),
-               probability_calibrated_max=cell(got["max"]), **flag_cells(got["flags"]))
+    row.update(probability_calibrated=side["mean"], probability_calibrated_max=got["max"],
+               flags=got["flags"])
 
 
 # The image-level table of the NYU screening-mammography meta-repository

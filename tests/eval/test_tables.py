@@ -68,17 +68,21 @@ def test_breasts_and_exams_carry_the_calibrated_probability_and_the_flags():
   left = by["s1", "L"]
   assert left["probability_calibrated_mean"] == pytest.approx(0.2)
   assert left["probability_calibrated_max"] == pytest.approx(0.3)
-  assert (left["flag_spec90"], left["flag_spec80"], left["flag_best_f1"]) == (0, 1, 1)
-  assert by["s1", "R"]["flag_spec80"] == 0
-  # A breast with an image of no calibration: its calibrated columns are empty.
-  assert by["s2", "L"]["probability_calibrated_max"] == "" and by["s2", "L"]["flag_spec80"] == ""
+  assert left["flags"] == {"spec90": False, "spec80": True, "best_f1": True}
+  assert by["s1", "R"]["flags"]["spec80"] is False
+  # A breast with an image of no calibration: no calibrated values, no flags.
+  assert by["s2", "L"]["probability_calibrated_max"] is None and by["s2", "L"]["flags"] is None
   assert by["s2", "R"]["probability_calibrated_max"] == pytest.approx(0.05)
   s1, s2 = exams
   assert s1["side"] == "L" and s1["probability_calibrated"] == pytest.approx(0.2)
   assert s1["probability_calibrated_max"] == pytest.approx(0.3)
-  assert (s1["flag_spec90"], s1["flag_spec80"], s1["flag_best_f1"]) == (0, 1, 1)
-  assert s2["side"] == "L" and s2["probability_calibrated"] == "" and s2["flag_spec90"] == ""
-  assert set(tables.BREAST_COLUMNS) == set(left) and set(tables.EXAM_COLUMNS) == set(s1)
+  assert s1["flags"] == {"spec90": False, "spec80": True, "best_f1": True}
+  assert s2["side"] == "L" and s2["probability_calibrated"] is None and s2["flags"] is None
+  # As table rows: the flags as 1/0 columns, empty without calibration.
+  assert list(tables.csv_row(left)) == list(tables.BREAST_COLUMNS)
+  assert list(tables.csv_row(s1)) == list(tables.EXAM_COLUMNS)
+  assert [tables.csv_row(s1)[c] for c in tables.FLAG_COLUMNS] == [0, 1, 1]
+  assert [tables.csv_row(s2)[c] for c in tables.FLAG_COLUMNS] == ["", "", ""]
 
 
 def test_the_metarepository_table(tmp_path):

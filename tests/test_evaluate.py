@@ -77,12 +77,10 @@ def test_a_classifier_s_evaluation_writes_every_artefact(trained_classifier, tmp
                             [float(r["probability"]) for r in test_rows])
   assert on_test.thresholds != fitted.thresholds
   # calibration.png: the reliability diagram, raw (C0) and calibrated (C1) curves drawn.
-  from matplotlib import image
-
-  pixels = image.imread(out / "calibration.png")[..., :3]
+  pixels = helpers.png_rgb(out / "calibration.png")
   assert pixels.shape[:2] == (780, 660)
   top = pixels[:round(0.7 * 780)]
-  for colour in ((0.122, 0.467, 0.706), (1.0, 0.498, 0.055)):
+  for colour in (helpers.C0, helpers.C1):
     assert (np.abs(top - np.array(colour)).max(axis=-1) < 0.08).sum() > 20, colour
   with open(out / "metarepository_image_level.csv", newline="") as f:
     meta = list(csv.reader(f))

@@ -67,11 +67,12 @@ def test_plot_calibration_draws_the_calibrated_curve_only_when_given(tmp_path, p
   path = report.plot_calibration(labels, raw, tmp_path / "c.png",
                                  calibrated=1 / (1 + np.exp(-logits)) if with_calibrated
                                  else None)
-  pixels = _colours(path)
+  pixels = helpers.png_rgb(path)
   assert pixels.shape[:2] == (780, 660)  # 5.5 x 6.5 inches at 120 dpi.
   # The reliability panel is the top three quarters; the histogram has no C1.
-  assert _has(_part(pixels, (0.05, 0.7), (0.1, 0.95)), _C0)
-  assert _has(_part(pixels, (0.05, 0.7), (0.1, 0.95)), _C1) is with_calibrated
+  assert helpers.has_colour(_part(pixels, (0.05, 0.7), (0.1, 0.95)), helpers.C0)
+  assert helpers.has_colour(_part(pixels, (0.05, 0.7), (0.1, 0.95)),
+                            helpers.C1) is with_calibrated
 
 
 def test_plot_froc_holds_the_last_sensitivity_to_the_right_edge(tmp_path):

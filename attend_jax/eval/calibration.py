@@ -74,6 +74,12 @@ def fit_temperature(labels, probabilities) -> float:
   return float(np.exp(found.x))
 
 
+def at_search_limit(temperature: float) -> bool:
+  """Whether the fitted temperature sits at an end of the searched range (0.01 to 100): the
+  validation split's scores are all alike or perfectly separated, and the NLL kept falling."""
+  return bool(np.min(np.abs(np.log(temperature) - np.array(_LOG_T_BOUNDS))) < 1e-3)
+
+
 def cut_below(scores, score: float) -> float:
   """A threshold that flags the same ``scores`` as ``score`` does: midway between ``score`` and
   the next lower of ``scores`` (``score`` itself where there is none); just above the highest
@@ -158,6 +164,7 @@ def fit(labels, probabilities, split: str = "val", bins: int = BINS) -> Calibrat
                        " probability_calibrated",
       "fitted_on": {"split": split, "num_examples": len(labels),
                     "num_positive": int(labels.sum())},
+      "temperature_at_search_limit": at_search_limit(temperature),
       "nll": {"before": _nll(y, z), "after": _nll(y, z / temperature)},
       "ece": {"before": metrics.expected_calibration_error(labels, probabilities, bins),
               "after": metrics.expected_calibration_error(labels, calibrated, bins),

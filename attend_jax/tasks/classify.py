@@ -135,6 +135,10 @@ class Classify(Task):
     log("Calibration on %s: temperature %.3f, ECE %.3f -> %.3f; thresholds for specificity"
         " 0.9 and 0.8 and best F1: %s", split, fitted.temperature, ece["before"], ece["after"],
         ", ".join(f"{t:.4g}" for t in fitted.thresholds.values()))
+    if fitted.details["temperature_at_search_limit"]:
+      log("The temperature, %.3g, is at the end of the searched range: the %s split's scores"
+          " are all alike or perfectly separated, so the calibrated probabilities say little;"
+          " a larger validation split calibrates better.", fitted.temperature, split)
     return fitted
 
   def write(self, pred, out_dir, split, extra=None, gallery=4, calibration=None):

@@ -46,6 +46,7 @@ def test_temperature_scaling_lowers_the_ece_of_an_over_confident_model():
   confident = _sigmoid(5 * log_odds)
   assert (metrics.expected_calibration_error(labels, fitted.calibrated(confident))
           < 0.5 * metrics.expected_calibration_error(labels, confident))
+  assert not fitted.details["temperature_at_search_limit"]
   # The scaling keeps the order (saturated scores, clipped, may tie).
   order = np.argsort(confident, kind="stable")
   assert np.all(np.diff(fitted.calibrated(confident)[order]) >= 0)
@@ -136,3 +137,10 @@ def test_a_calibration_file_round_trips_and_a_bad_one_is_named(tmp_path):
   (tmp_path / calibration.FILE).write_text(json.dumps(data))
   with pytest.raises(calibration.CalibrationError, match="not a positive number"):
     calibration.read(tmp_path)
+
+
+def test_a_perfectly_separated_split_says_its_temperature_is_at_the_search_limit():
+  # Every cancer scores above every normal: the NLL falls the lower T goes.
+  fitted = calibration.fit([0, 0, 1, 1], [0.3, 0.4, 0.6, 0.7])
+  assert fitted.temperature == pytest.approx(0.01, rel=1e-2)
+  assert fitted.details["temperature_at_search_limit"]

@@ -6,10 +6,14 @@ Uses the run's config.json and best checkpoint (else the latest), and writes wha
 task writes at the end of training (``Task.write``) to --out (default
 WORKDIR/evaluate_<split>), with report.md linking it all:
 - a classifier: metrics.json (AUC with bootstrap CI, best F1 and its threshold, sensitivity at
-  FPR 0.1 / 0.3 / 0.5, breast level, and the confusion table at the best-F1 threshold),
-  predictions.csv, roc.png, pr.png, calibration.png and gallery.png (the highest-scoring true
-  positives and false positives and the lowest-scoring false negatives, with their RoIs
-  coloured by attention and the lesion boxes in green);
+  FPR 0.1 / 0.3 / 0.5, breast level, the confusion table at the best-F1 threshold, the expected
+  calibration error before and after the run's calibration, and its operating points'
+  sensitivity and specificity on this split), predictions.csv (raw and calibrated probability,
+  a flag per operating point), metarepository_image_level.csv (the NYU meta-repository's
+  image-level table), roc.png, pr.png, calibration.png (the reliability diagram, raw and
+  calibrated) and gallery.png (the highest-scoring true positives and false positives and the
+  lowest-scoring false negatives, with their RoIs coloured by attention and the lesion boxes
+  in green);
 - a detector: metrics.json (lesion recall@k, FROC sensitivities, mAP@0.5), detections.csv,
   froc.png, pr.png and gallery.png (found lesions, missed lesions, false marks on normal
   images).
@@ -21,6 +25,7 @@ from absl import app, flags
 
 from attend_jax import cli, paths, run
 from attend_jax.data import availability, pipeline
+from attend_jax.eval import calibration
 from attend_jax.progress import Progress
 from attend_jax.train import prediction
 
@@ -51,7 +56,8 @@ def evaluate(workdir: str, split: str, out: pathlib.Path, gallery: int = 4) -> s
                        instead="move the prepared folder back there",
                        split_advice="pass --split among those")
   pred = predict_split(loaded, split)
-  summary = loaded.task.write(pred, out, split, {"model": loaded.source}, gallery=gallery)
+  summary = loaded.task.write(pred, out, split, {"model": loaded.source}, gallery=gallery,
+                              calibration=loaded.calibration)
   return loaded.task.headline(summary)
 
 
@@ -67,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main, errors=(run.ModelNotFoundError,))
+  cli.run(main, errors=(run.ModelNotFoundError, calibration.CalibrationError))

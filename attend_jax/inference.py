@@ -24,6 +24,7 @@ from attend_jax.data import availability, dicom, pipeline, prepare
 from attend_jax.data import pool as pool_lib
 from attend_jax.data.sources.base import Example
 from attend_jax.errors import DataError
+from attend_jax.eval import calibration as calibration_lib
 from attend_jax.eval import report
 from attend_jax.eval import tables as tables_lib
 from attend_jax.train import prediction, sharding
@@ -233,6 +234,7 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
     every = multihost_utils.process_allgather(outputs, tiled=True)
     return {k: np.asarray(v)[me * batch_size:(me + 1) * batch_size] for k, v in every.items()}
 
+  calibration = loaded.calibration
   while True:
     pending = next_batch()
     if not any(hosts.from_every_host(len(pending))):
@@ -244,6 +246,7 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
              "study_id": str(record["study_id"]), "patient_id": str(record["patient_id"]),
              "laterality": str(record["laterality"]), "view": str(record["view"]),
              "probability": float(outputs["prob"][j]),
+             **calibrated(float(outputs["prob"][j]), calibration),
              "rois": _roi_rows(outputs["rois"][j], outputs["attention"][j],
                                outputs["roi_score"][j], record, anchor),
              # Boxes of its proposal file wholly off the image, dropped.
@@ -259,6 +262,15 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
   return ordered(images, paths), sorted(bad, key=lambda b: position[b[0]])
 
 
+def calibrated(probability: float, calibration: calibration_lib.Calibration | None) -> dict:
+  """An image's ``probability_calibrated`` and ``flags`` ({operating point: bool}); both None
+  for a model without calibration."""
+  if calibration is None:
+    return {"probability_calibrated": None, "flags": None}
+  return {"probability_calibrated": float(calibration.calibrated([probability])[0]),
+          "flags": calibration.flags(probability)}
+
+
 def ordered(images: Sequence[dict], paths: Sequence[pathlib.Path]) -> list[dict]:
   """``images`` in the order of their files in ``paths``; those of other files (an earlier
   run's) after them, in their own order."""
@@ -270,7 +282,8 @@ def read_predictions(out: str | os.PathLike) -> list[dict]:
   """The images of ``out/predictions.csv`` (a local folder or a bucket), as predict's
   predictions (without ``patient_id`` and ``proposals_off_image``, which the table does not
   keep); [] where there is none. A row cut short (a run killed while writing it) is left out:
-  its image is predicted again."""
+  its image is predicted again. A table of before calibration, or of a model without one,
+  gives ``probability_calibrated`` and ``flags`` None."""
   table = paths_lib.path(out) / "predictions.csv"
   if not table.exists():
     return []
@@ -280,6 +293,9 @@ def read_predictions(out: str | os.PathLike) -> list[dict]:
       images.append({"path": row["path"], "image_id": row["image_id"],
                      "study_id": row["study_id"], "laterality": row["laterality"],
                      "view": row["view"], "probability": float(row["probability"]),
+                     "probability_calibrated": (float(row["probability_calibrated"])
+                                                if row.get("probability_calibrated") else None),
+                     "flags": tables_lib.read_flags(row),
                      "rois": json.loads(row["rois"])})
     except (TypeError, ValueError):
       continue
@@ -349,7 +365,7 @@ class OutputWriter:
       with open(self.out / name, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(tables_lib.csv_row(r) for r in rows)
     with open(self.out / "bad_files.csv", "w", newline="") as f:
       w = csv.writer(f)
       w.writerow(["path", "reason"])
@@ -359,8 +375,8 @@ class OutputWriter:
 
 
 def _row(image: dict) -> dict:
-  return {k: image[k] for k in ("path", "image_id", "study_id", "laterality", "view",
-                                "probability", "rois")}
+  return {k: image.get(k) for k in ("path", "image_id", "study_id", "laterality", "view",
+                                    "probability", "probability_calibrated", "flags", "rois")}
 
 
 def draw_overlay(prediction: dict, record: dict, path: pathlib.Path) -> None:

@@ -8,9 +8,10 @@ r"""Cancer probabilities for your own DICOM files, per image, per breast and per
 
 INPUT is any mix of DICOM files and folders (scanned recursively for *.dcm / *.dicom). The
 model and its preprocessing come from the run's saved config: nothing to re-type. Writes to
---out: predictions.csv and predictions.json (per image: probability, laterality, view, RoIs
-in DICOM pixels with detector score and attention weight), breasts.csv (CC + MLO of one side
-of one study: mean and max), exams.csv (per study: the most suspicious breast), bad_files.csv
+--out: predictions.csv and predictions.json (per image: probability, calibrated probability and
+a flag per operating point where the model has a calibration.json, laterality, view, RoIs in
+DICOM pixels with detector score and attention weight), breasts.csv (CC + MLO of one side of one
+study: mean and max), exams.csv (per study: the most suspicious breast), bad_files.csv
 (every file that could not be used, with the reason), with --overlays a PNG per image, and
 log.txt (library logs). With --dicom_out DIR, also DICOM objects a PACS viewer shows: a GSPS per
 image and a Comprehensive SR per study (docs/predict.md#dicom-outputs), listed in
@@ -180,6 +181,9 @@ def _predict(files, missing, folder, out, pacs: dicomweb.Client | None = None) -
     loaded = run.load(_WORKDIR.value or _CHECKPOINT.value, prediction.batch_mesh(_BATCH.value))
     source = loaded.source
     _say(f"{len(todo)} files; model {loaded.source}", file=sys.stderr)
+    if loaded.calibration is None:
+      _say("note: this model has no calibration.json: probability_calibrated and the flag_*"
+           " columns are left empty (docs/predict.md)", file=sys.stderr)
     images, bad = inference.predict(
         loaded, [f for f, _ in todo], _PROPOSALS.value, _BATCH.value, _WORKERS.value,
         Progress("predicting", "img"), writer.image, writer.rows,

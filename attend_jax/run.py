@@ -2,9 +2,11 @@
 
 A training workdir holds ``config.json`` (the whole config, so every later use preprocesses
 and builds the model as training did), orbax checkpoints (``checkpoints/`` for resume,
-``best/`` for evaluation), and, for a classifier trained on a detector's boxes, ``detector/``:
-its own copy of that detector. A weights export (a converted checkpoint, the detector copy) is
-the same minus the training state: ``config.json`` and ``weights/``.
+``best/`` for evaluation), a classifier's ``calibration.json`` (its temperature and operating
+points, fitted on the validation split at the end of training: ``eval/calibration.py``), and,
+for a classifier trained on a detector's boxes, ``detector/``: its own copy of that detector. A
+weights export (a converted checkpoint, the detector copy) is the same minus the training state:
+``config.json``, ``weights/`` and, where the model has one, ``calibration.json``.
 
 The trainer writes through this module; predict, evaluate, export_proposals, the notebooks and
 the classifier's detector proposals (``load_proposal_step``) read through ``load``.
@@ -26,6 +28,7 @@ import ml_collections
 from flax import nnx
 
 from attend_jax import checkpoint, export, paths, tasks
+from attend_jax.eval import calibration as calibration_lib
 from attend_jax.progress import log
 from attend_jax.tasks import detect
 
@@ -44,6 +47,9 @@ class Loaded:
   source: str  # Which checkpoint, for the outputs.
   # proposals.source="detector": batch -> batch with the run's own detector's proposals.
   proposal_step: Callable[[dict], dict] | None = None
+  # A classifier's calibration.json; None where there is none (an older run, a converted
+  # reference checkpoint, a validation split of one class).
+  calibration: calibration_lib.Calibration | None = None
 
   @property
   def task(self) -> tasks.Task:
@@ -66,19 +72,27 @@ def read_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def save_export(directory: str | os.PathLike, model: nnx.Module, config) -> None:
+def save_export(directory: str | os.PathLike, model: nnx.Module, config,
+                calibration: calibration_lib.Calibration | None = None) -> None:
   """``model``'s parameters and BatchNorm statistics with ``config``, as a weights folder
   (``attend_jax.export``) that ``load`` opens (a converted checkpoint, a classifier's detector
-  copy)."""
+  copy), with ``calibration`` (a ``Loaded``'s) beside them where there is one."""
   _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
   export.write(directory, {"params": params, "stats": stats}, config.to_json_best_effort(indent=2))
+  if calibration is not None and jax.process_index() == 0:
+    calibration_lib.write(directory, calibration)
 
 
 def load(directory: str | os.PathLike, mesh=None) -> Loaded:
   """The model of a training workdir (best checkpoint, else the latest) or of a weights export:
   a classifier, with the detector that proposes its RoIs if it was trained with one (replicated
   over ``mesh``, where batches will be split), or a detector. The config comes from
-  ``DIR/config.json``."""
+  ``DIR/config.json``, a classifier's calibration from ``DIR/calibration.json`` if it has one.
+
+  Raises:
+    ModelNotFoundError: no config or no checkpoint.
+    calibration.CalibrationError: a calibration.json that is not one.
+  """
   directory = paths.path(directory)
   config = read_config(directory)
   if "backbone" in config and "model" not in config:
@@ -86,6 +100,7 @@ def load(directory: str | os.PathLike, mesh=None) -> Loaded:
                              " a trained model; train from it with --config.model.pretrained="
                              f"{directory}.")
   config.model.pretrained = ""  # The checkpoint holds the backbone too.
+  calibration = calibration_lib.read(directory)
   build = tasks.get(config).build_model
   # Shapes only: the weights come from the checkpoint. An eager build would initialise every
   # parameter op by op (about 2 s of one-off kernel compiles per process) to be overwritten.
@@ -101,7 +116,7 @@ def load(directory: str | os.PathLike, mesh=None) -> Loaded:
       model = nnx.merge(graph, state["params"], state["stats"], rest)
       model.eval()
       return Loaded(config, model, f"{directory / sub} step {step}",
-                    load_proposal_step(config, directory, mesh))
+                    load_proposal_step(config, directory, mesh), calibration)
   raise ModelNotFoundError(f"{directory}: no checkpoint in {checkpoint.BEST}/,"
                            f" {checkpoint.LATEST}/ or {WEIGHTS}/ yet.")
 

@@ -152,12 +152,15 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_classifier(tmp_path_factory):
   """``helpers.tiny_config``'s classifier (grid RoIs) trained 4 steps on a tiny prepared set
-  with some JPEG 2000 DICOMs: ``ROOT/work`` (the run), ``ROOT/data``, ``ROOT/dicom``."""
+  with some JPEG 2000 DICOMs: ``ROOT/work`` (the run, with the calibration.json it fitted on
+  its validation split), ``ROOT/data``, ``ROOT/dicom``."""
 
   def make(root):
     from attend_jax.train import trainer
 
-    helpers.tiny_prepared(root, root / "data", jpeg2000_fraction=0.25)
+    # Seed 8: the validation and test splits both hold cancers and normals (seed 0's
+    # validation split is all normal, and it has no test split).
+    helpers.tiny_prepared(root, root / "data", seed=8, jpeg2000_fraction=0.25)
     c = helpers.tiny_config(root / "data")
     c.train.steps, c.train.eval_every, c.train.checkpoint_every = 4, 2, 2
     trainer.train_and_evaluate(c, str(root / "work"))

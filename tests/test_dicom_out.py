@@ -413,6 +413,11 @@ def test_predict_writes_dicom_outputs_whose_scores_are_its_tables(trained_classi
     group = by_id[f"image {row['image_id']}"]
     assert _values(group)["Probability of cancer"] == pytest.approx(float(row["probability"]),
                                                                    abs=1e-6)
+    # The run's calibration (calibration.json) and its operating points, as in the table.
+    assert _values(group)["Calibrated probability of cancer"] == pytest.approx(
+        float(row["probability_calibrated"]), abs=1e-6)
+    assert _evaluations(group) == {f"Above the {k} operating point": "Yes" if row[f"flag_{k}"]
+                                   == "1" else "No" for k in ("spec90", "spec80", "best_f1")}
     (gsps,) = [r for r in written if r["kind"] == "GSPS" and r["source"] == path]
     ds = pydicom.dcmread(gsps["path"])
     assert [_ref(i) for i in ds.ReferencedSeriesSequence[0].ReferencedImageSequence] == [
@@ -434,6 +439,10 @@ def test_predict_writes_dicom_outputs_whose_scores_are_its_tables(trained_classi
       group = by_id[f"breast {b['study_id']} {b['laterality']} {stat}"]
       assert _values(group)["Probability of cancer"] == pytest.approx(
           float(b[f"probability_{stat}"]), abs=1e-6)
+      assert _values(group)["Calibrated probability of cancer"] == pytest.approx(
+          float(b[f"probability_calibrated_{stat}"]), abs=1e-6)
+      assert _evaluations(group)["Above the spec80 operating point"] == (
+          "Yes" if b["flag_spec80"] == "1" else "No")
   assert _values(by_id[f"exam {exams[0]['study_id']}"])["Probability of cancer"] == (
       pytest.approx(float(exams[0]["probability"]), abs=1e-6))
   for row in written:

@@ -590,6 +590,7 @@ def test_predict_where_no_image_decodes_exits_1_and_keeps_the_reasons(corrupt_fi
                   f" {out}/bad_files.csv says why"), last
   assert "0 images" not in proc.stdout
   assert set(_bad_files(out)) == {p.name for p in broken}
+  assert proc.stderr.count("this model has no calibration.json") == 1  # Said once.
 
 
 def _start_predict_held_at_loading(*args):

@@ -9,6 +9,7 @@ import pytest
 
 from attend_jax import inference
 from attend_jax import run as run_lib
+from attend_jax.eval import calibration, tables
 
 import helpers
 
@@ -78,10 +79,36 @@ def test_predict_cli_on_a_folder_with_a_corrupt_file(run, tmp_path):
   # One schema: evaluate's table fills label, predict's path and rois.
   header = lambda path: path.read_text().splitlines()[0].split(",")  # noqa: E731
   assert header(out / "predictions.csv") == header(run / "work" / "eval" / "predictions.csv") == [
-      "image_id", "study_id", "laterality", "view", "label", "probability", "path", "rois"]
+      "image_id", "study_id", "laterality", "view", "label", "probability",
+      "probability_calibrated", "flag_spec90", "flag_spec80", "flag_best_f1", "path", "rois"]
   assert {r["label"] for r in images} == {""} and all(r["path"] for r in images)
   evaluated = _rows(run / "work" / "eval" / "predictions.csv")
   assert {r["label"] for r in evaluated} <= {"0", "1"} and {r["rois"] for r in evaluated} == {""}
+  # The run's calibration (fitted on its validation split at the end of training).
+  assert "no calibration" not in proc.stderr
+  _assert_calibrated(images, run / "work")
+  assert all(e["probability_calibrated"] != "" and e["flag_spec80"] in ("0", "1")
+             for e in _rows(out / "exams.csv"))
+  for b in breasts:
+    views = [r for r in images if (r["study_id"], r["laterality"]) == (b["study_id"],
+                                                                      b["laterality"])]
+    assert float(b["probability_calibrated_max"]) == pytest.approx(
+        max(float(r["probability_calibrated"]) for r in views), abs=1e-6)
+    assert b["flag_spec90"] == str(max(int(r["flag_spec90"]) for r in views))
+
+
+def _assert_calibrated(rows, folder):
+  """predictions.csv ``rows`` hold the calibrated probability and the flags of ``folder``'s
+  calibration.json."""
+  data = json.loads((folder / calibration.FILE).read_text())
+  for r in rows:
+    p = float(r["probability"])
+    assert float(r["probability_calibrated"]) == pytest.approx(
+        float(calibration.scale([p], data["temperature"])[0]), abs=2e-6)
+    for name in calibration.FLAGS:
+      threshold = data["operating_points"][name]["threshold"]
+      if abs(p - threshold) > 1e-6:  # The table holds 6 decimals.
+        assert r[f"flag_{name}"] == str(int(p >= threshold)), (name, p, threshold)
 
 
 def test_predict_parses_each_file_once_into_the_record_prepare_makes(tmp_path, monkeypatch):
@@ -104,6 +131,29 @@ def test_predict_parses_each_file_once_into_the_record_prepare_makes(tmp_path, m
   assert record.keys() == want.keys()
   for key in want:
     np.testing.assert_array_equal(record[key], want[key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_the_calibration_travels_with_an_export(run, tmp_path):
+  loaded = run_lib.load(run / "work")
+  assert loaded.calibration == calibration.read(run / "work") is not None
+  export = tmp_path / "export"
+  run_lib.save_export(export, loaded.model, loaded.config, loaded.calibration)
+  exported = run_lib.load(export)  # What predict --checkpoint=EXPORT loads.
+  assert exported.calibration == loaded.calibration
+  files = sorted((run / "dicom" / "images").rglob("*.dcm"))[:2]
+  images, bad = inference.predict(exported, files, batch_size=2, workers=1)
+  assert len(images) == 2 and not bad
+  fitted = loaded.calibration
+  for im in images:
+    assert im["probability_calibrated"] == pytest.approx(
+        float(fitted.calibrated([im["probability"]])[0]))
+    assert im["flags"] == {name: im["probability"] >= t for name, t in fitted.thresholds.items()}
+  # Without calibration.json (a converted checkpoint): None, and the tables leave them empty.
+  (export / calibration.FILE).unlink()
+  [image], _ = inference.predict(run_lib.load(export), files[:1], batch_size=2, workers=1)
+  assert image["probability_calibrated"] is None and image["flags"] is None
+  assert image["probability"] == pytest.approx(images[0]["probability"], abs=1e-6)
 
 
 def test_clear_errors_for_a_folder_without_a_model(tmp_path):
@@ -186,9 +236,9 @@ def test_a_rerun_keeps_the_rows_of_the_first_and_drops_a_row_cut_short(tmp_path)
   writer = inference.OutputWriter(tmp_path)
   writer.rows(rows)
   with open(tmp_path / "predictions.csv", "a") as f:
-    f.write("x,s,L,CC,,0.5,/x/cut.dcm,[{\"box")  # A kill while the row was written.
+    f.write("x,s,L,CC,,0.5,0.4,1,1,1,/x/cut.dcm,[{\"box")  # A kill while the row was written.
   done = inference.read_predictions(tmp_path)
-  assert done == rows
+  assert done == [dict(r, probability_calibrated=None, flags=None) for r in rows]
   more = dict(rows[0], path="/x/3.dcm", image_id="3")
   writer = inference.OutputWriter(tmp_path, done=done)
   writer.rows([more])
@@ -205,7 +255,9 @@ def test_rows_reach_a_bucket_out_while_predict_runs(gcs, tmp_path):
 
   remote = gcs.path("preds")
   rows = [{"path": f"/x/{i}.dcm", "image_id": str(i), "study_id": "s", "laterality": "R",
-           "view": "MLO", "probability": 0.5, "rois": []} for i in range(2)]
+           "view": "MLO", "probability": 0.5, "probability_calibrated": 0.25,
+           "flags": {"spec90": False, "spec80": True, "best_f1": True}, "rois": []}
+          for i in range(2)]
   writer = inference.OutputWriter(tmp_path, remote=remote, every_s=0)
   writer.rows(rows[:1])
   gcs_emulator.fresh_listings()
@@ -304,3 +356,28 @@ def test_predict_finds_each_image_s_proposal_file_in_a_bucket_folder(gcs, tmp_pa
                                                   f"{bucket}/b_preds.txt")
   with pytest.raises(DataError, match="no proposal file c_preds.txt"):
     inference.example(tmp_path / "study1" / "c.dcm", str(bucket), who=who)
+
+
+def test_a_resume_reads_a_predictions_csv_of_before_calibration(tmp_path):
+  old = ["image_id,study_id,laterality,view,label,probability,path,rois",
+         'a,s,L,CC,,0.250000,/x/a.dcm,"[{""box_xyxy"":[0,0,1,1]}]"']
+  (tmp_path / "predictions.csv").write_text("\n".join(old) + "\n")
+  [image] = inference.read_predictions(tmp_path)
+  assert image == {"path": "/x/a.dcm", "image_id": "a", "study_id": "s", "laterality": "L",
+                   "view": "CC", "probability": 0.25, "probability_calibrated": None,
+                   "flags": None, "rois": [{"box_xyxy": [0, 0, 1, 1]}]}
+  # Rewritten in today's columns, the calibrated ones empty; an image predicted now with a
+  # calibration beside it keeps its own.
+  now = dict(image, path="/x/b.dcm", image_id="b", probability_calibrated=0.125,
+             flags={"spec90": True, "spec80": True, "best_f1": False})
+  writer = inference.OutputWriter(tmp_path, done=[image])
+  writer.rows([now])
+  writer.finish([image, now], [], "m")
+  rows = _rows(tmp_path / "predictions.csv")
+  assert list(rows[0]) == list(tables.PREDICTION_COLUMNS)
+  assert (rows[0]["probability_calibrated"], rows[0]["flag_spec90"]) == ("", "")
+  assert (rows[1]["probability_calibrated"], rows[1]["flag_spec90"]) == ("0.125000", "1")
+  assert inference.read_predictions(tmp_path) == [image, now]
+  # The breast of both images has one without calibration: its calibrated columns are empty.
+  [breast] = _rows(tmp_path / "breasts.csv")
+  assert breast["probability_calibrated_max"] == "" and breast["flag_spec90"] == ""

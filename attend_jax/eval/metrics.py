@@ -27,7 +27,7 @@ class SingleClassError(MetricError):
   """A metric that needs both classes was given only one."""
 
 
-def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+def check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
   """Returns labels as bool and scores as float64, both 1-D and of the same length."""
   labels, scores = np.asarray(labels), np.asarray(scores)
   if labels.ndim != 1 or scores.ndim != 1:
@@ -49,7 +49,7 @@ def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
   return labels, scores
 
 
-def _require_both_classes(labels: np.ndarray, metric: str) -> None:
+def require_both_classes(labels: np.ndarray, metric: str) -> None:
   num_positive = int(labels.sum())
   if num_positive in (0, len(labels)):
     only = "positive" if num_positive else "negative"
@@ -73,8 +73,8 @@ def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
   Matches sklearn's ``roc_curve(..., drop_intermediate=False)``.
   """
-  labels, scores = _check(labels, scores)
-  _require_both_classes(labels, "roc_curve")
+  labels, scores = check(labels, scores)
+  require_both_classes(labels, "roc_curve")
   tps, fps, thresholds = _operating_points(labels, scores)
   tps, fps = np.r_[0, tps], np.r_[0, fps]
   return fps / fps[-1], tps / tps[-1], np.r_[np.inf, thresholds]
@@ -98,8 +98,8 @@ def auc(labels, scores) -> float:
   Raises:
     SingleClassError: if the labels hold only one class.
   """
-  labels, scores = _check(labels, scores)
-  _require_both_classes(labels, "auc")
+  labels, scores = check(labels, scores)
+  require_both_classes(labels, "auc")
   num_positive = int(labels.sum())
   num_negative = len(labels) - num_positive
   u = _average_ranks(scores)[labels].sum() - num_positive * (num_positive + 1) / 2
@@ -135,8 +135,8 @@ def bootstrap_auc_ci(labels, scores, num_samples: int = 1000, alpha: float = 0.0
   Resamples that draw a single class have no AUC; they are dropped and more are drawn from the
   same seeded stream until ``num_samples`` remain, so the result depends only on the inputs.
   """
-  labels, scores = _check(labels, scores)
-  _require_both_classes(labels, "bootstrap_auc_ci")
+  labels, scores = check(labels, scores)
+  require_both_classes(labels, "bootstrap_auc_ci")
   if not (isinstance(num_samples, (int, np.integer)) and num_samples >= 1):
     raise MetricError(f"num_samples must be a positive integer, got {num_samples!r}")
   if not 0 < alpha < 1:
@@ -184,7 +184,7 @@ def best_f1(labels, scores) -> tuple[float, float]:
   Raises:
     MetricError: if there are no positives, for which F1 is 0 at every threshold.
   """
-  labels, scores = _check(labels, scores)
+  labels, scores = check(labels, scores)
   num_positive = int(labels.sum())
   if num_positive == 0:
     raise MetricError(f"best_f1 needs positive examples, but all {len(labels)} are negative")
@@ -201,7 +201,7 @@ def _ratio(numerator: int, denominator: int) -> float | None:
 def confusion_at(labels, scores, threshold: float) -> dict[str, int | float | None]:
   """Counts tp/fp/tn/fn for "positive when score >= threshold", with precision, recall and
   specificity; a ratio whose denominator is 0 is None."""
-  labels, scores = _check(labels, scores)
+  labels, scores = check(labels, scores)
   predicted = scores >= threshold
   tp = int(np.count_nonzero(predicted & labels))
   fp = int(np.count_nonzero(predicted & ~labels))
@@ -220,7 +220,7 @@ def precision_recall_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.n
   Raises:
     MetricError: if there are no positives, for which recall is undefined.
   """
-  labels, scores = _check(labels, scores)
+  labels, scores = check(labels, scores)
   num_positive = int(labels.sum())
   if num_positive == 0:
     raise MetricError(f"precision_recall_curve needs positive examples, but all {len(labels)} "
@@ -243,7 +243,7 @@ def calibration_bins(labels, probabilities, bins: int = 10):
   Raises:
     MetricError: if a probability lies outside [0, 1], e.g. a logit passed by mistake.
   """
-  labels, probabilities = _check(labels, probabilities)
+  labels, probabilities = check(labels, probabilities)
   if not (isinstance(bins, (int, np.integer)) and bins >= 1):
     raise MetricError(f"bins must be a positive integer, got {bins!r}")
   if probabilities.min() < 0 or probabilities.max() > 1:
@@ -273,7 +273,7 @@ def aggregate(scores, labels, groups: Sequence, how: str = "mean"
   max of its scores; its label is the max of its labels, so a breast is positive when any of its
   views is.
   """
-  labels, scores = _check(labels, scores)
+  labels, scores = check(labels, scores)
   groups = np.asarray(groups)
   if groups.shape != scores.shape:
     raise MetricError(f"groups must match scores in shape, got {groups.shape} and {scores.shape}")
@@ -317,7 +317,7 @@ def summary(labels, scores, groups: Sequence | None = None, num_bootstrap: int =
   sit under "breast". When the labels hold a single class, every metric other than the counts is
   None rather than an error, so a summary of any split can be written.
   """
-  labels, scores = _check(labels, scores)
+  labels, scores = check(labels, scores)
   result = _level_summary(labels, scores, num_bootstrap, seed)
   if groups is not None:
     _, group_scores, group_labels = aggregate(scores, labels, groups, how="mean")
@@ -342,7 +342,7 @@ def paired_difference(labels, scores_a, scores_b, metric=None, num_samples: int 
   a, b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
   if a.ndim != 2 or a.shape != b.shape or a.shape[1] != len(labels):
     raise MetricError(f"scores must both be (seeds, {len(labels)}), got {a.shape} and {b.shape}")
-  _require_both_classes(labels, "paired_difference")
+  require_both_classes(labels, "paired_difference")
   if not 0 < alpha < 1:
     raise MetricError(f"alpha must lie in (0, 1), got {alpha}")
   seeds, n = a.shape

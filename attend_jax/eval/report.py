@@ -86,19 +86,31 @@ def plot_pr(labels, scores, path: str | os.PathLike, title: str | None = None) -
 
 
 def plot_calibration(labels, probabilities, path: str | os.PathLike, bins: int = 10,
-                     title: str | None = None) -> Path:
+                     title: str | None = None, calibrated=None) -> Path:
   """Reliability diagram over equal-width bins above a histogram of the predictions per class;
-  the expected calibration error is in the title. Needs probabilities, not logits."""
-  mean_probability, fraction_positive, counts = metrics.calibration_bins(labels, probabilities,
-                                                                         bins)
+  the expected calibration error is in the title. Needs probabilities, not logits.
+  ``calibrated`` (the same examples' calibrated probabilities) adds their curve (C1) beside
+  the raw one (C0), each with its ECE in the legend."""
   ece = metrics.expected_calibration_error(labels, probabilities, bins)
   fig = _figure((5.5, 6.5))
   top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
   top.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1, label="Perfect")
-  filled = counts > 0
-  top.plot(mean_probability[filled], fraction_positive[filled], marker="o", label="Model")
-  top.set(xlim=(0, 1), ylim=(0, 1), ylabel="Fraction positive",
-          title=f"{title or 'Calibration'} (ECE {ece:.3f})")
+  curves = [("Model", probabilities, "C0")]
+  if calibrated is not None:
+    curves = [("Raw", probabilities, "C0"), ("Calibrated", calibrated, "C1")]
+  for name, values, color in curves:
+    mean_probability, fraction_positive, counts = metrics.calibration_bins(labels, values, bins)
+    filled = counts > 0
+    label = name if calibrated is None else (
+        f"{name} (ECE {metrics.expected_calibration_error(labels, values, bins):.3f})")
+    top.plot(mean_probability[filled], fraction_positive[filled], marker="o", color=color,
+             label=label)
+  if calibrated is not None:
+    after = metrics.expected_calibration_error(labels, calibrated, bins)
+    name = f"{title or 'Calibration'} (ECE {ece:.3f} -> {after:.3f})"
+  else:
+    name = f"{title or 'Calibration'} (ECE {ece:.3f})"
+  top.set(xlim=(0, 1), ylim=(0, 1), ylabel="Fraction positive", title=name)
   top.legend(loc="upper left", fontsize=8)
   labels, probabilities = np.asarray(labels) == 1, np.asarray(probabilities)
   edges = np.linspace(0, 1, bins + 1)

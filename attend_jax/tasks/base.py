@@ -69,12 +69,18 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def write(self, pred: dict, out_dir: pathlib.Path, split: str, extra: dict | None = None,
-            gallery: int = 4) -> dict:
+            gallery: int = 4, calibration=None) -> dict:
     """The task's evaluation of a predicted split, into ``out_dir``: ``metrics.json`` (the
     metrics, ``split`` and ``extra``), the per-example table, the plots, a gallery of
     ``gallery`` images per row (0: none) and ``report.md``, which links them all. Train-time
-    evaluation and ``attend_jax.evaluate`` both write through it. Returns what metrics.json
-    holds."""
+    evaluation and ``attend_jax.evaluate`` both write through it. ``calibration`` is what
+    ``fit_calibration`` gave (None: none). Returns what metrics.json holds."""
+
+  def fit_calibration(self, pred: dict, split: str):
+    """What the run keeps, fitted on ``pred``, its validation split ``split``, to make its
+    scores usable in practice (a classifier's ``eval.calibration.Calibration``); None for a
+    task without one, or where it cannot be fitted (the log says why)."""
+    return None
 
   @abc.abstractmethod
   def headline(self, summary: dict) -> str:

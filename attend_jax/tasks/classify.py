@@ -17,8 +17,10 @@ from flax import nnx
 
 from attend_jax import box_ops, losses
 from attend_jax.data import device_augment
+from attend_jax.eval import calibration as calibration_lib
 from attend_jax.eval import metrics, report, tables
 from attend_jax.models import attend, build, roi
+from attend_jax.progress import log
 from attend_jax.tasks.base import Task, fmt, write_json
 
 
@@ -118,11 +120,38 @@ class Classify(Task):
     return metrics.summary(pred["label"], pred["prob"], groups=pred["breast"],
                            num_bootstrap=num_bootstrap)
 
-  def write(self, pred, out_dir, split, extra=None, gallery=4):
+  def fit_calibration(self, pred, split):
+    """``eval.calibration.fit`` of ``pred``'s labels and probabilities; None, said in the log,
+    where ``split`` holds one class."""
+    try:
+      fitted = calibration_lib.fit(pred["label"], pred["prob"], split)
+    except metrics.SingleClassError:
+      positives = int(np.sum(pred["label"]))
+      log("The %s split holds one class only (%d images, %d cancers): no calibration or"
+          " operating points are fitted, and predict and evaluate report the raw probability"
+          " only.", split, len(pred["label"]), positives)
+      return None
+    ece = fitted.details["ece"]
+    log("Calibration on %s: temperature %.3f, ECE %.3f -> %.3f; thresholds for specificity"
+        " 0.9 and 0.8 and best F1: %s", split, fitted.temperature, ece["before"], ece["after"],
+        ", ".join(f"{t:.4g}" for t in fitted.thresholds.values()))
+    if fitted.details["temperature_at_search_limit"]:
+      log("The temperature, %.3g, is at the end of the searched range: the %s split's scores"
+          " are all alike or perfectly separated, so the calibrated probabilities say little;"
+          " a larger validation split calibrates better.", fitted.temperature, split)
+    return fitted
+
+  def write(self, pred, out_dir, split, extra=None, gallery=4, calibration=None):
     """metrics.json (with a bootstrap CI of the AUC, the confusion table at the best-F1
-    threshold, and ``extra``), predictions.csv, roc.png, pr.png, calibration.png, gallery.png
-    (the highest-scoring true and false positives and the lowest-scoring false negatives, their
-    RoIs coloured by attention) and report.md."""
+    threshold, the expected calibration error, and ``extra``), predictions.csv,
+    metarepository_image_level.csv (the NYU meta-repository's image-level table), roc.png,
+    pr.png, calibration.png, gallery.png (the highest-scoring true and false positives and the
+    lowest-scoring false negatives, their RoIs coloured by attention) and report.md.
+
+    With ``calibration`` (``eval.calibration.Calibration``, fitted on the validation split),
+    also the calibrated probability and a flag per operating point in predictions.csv, the ECE
+    after calibration, each operating point's sensitivity and specificity on this split at
+    the validation's threshold, and the calibrated curve in calibration.png."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels, probs = pred["label"], pred["prob"]
@@ -131,12 +160,27 @@ class Classify(Task):
     if both:
       summary["confusion_at_best_f1"] = metrics.confusion_at(labels, probs,
                                                              summary["best_f1_threshold"])
+    summary["ece"] = metrics.expected_calibration_error(labels, probs, calibration_lib.BINS)
+    calibrated = None
+    if calibration is not None:
+      calibrated = calibration.calibrated(probs)
+      summary["ece_calibrated"] = metrics.expected_calibration_error(labels, calibrated,
+                                                                     calibration_lib.BINS)
+      summary["calibration"] = {"temperature": calibration.temperature,
+                                "fitted_on": calibration.details.get("fitted_on")}
+      summary["operating_points"] = {
+          name: {"threshold": t, **metrics.confusion_at(labels, probs, t)}
+          for name, t in calibration.thresholds.items()}
     summary.update(split=split, **(extra or {}))
     write_json(out_dir / "metrics.json", summary)
     with tables.PredictionsCsv(out_dir / "predictions.csv") as table:
-      for ids, y, p in zip(pred["ids"], labels, probs):
+      for i, (ids, y, p) in enumerate(zip(pred["ids"], labels, probs)):
         table.write({k: ids[k] for k in ("image_id", "study_id", "laterality", "view")}
-                    | {"label": int(y), "probability": p})
+                    | {"label": int(y), "probability": p}
+                    | ({"probability_calibrated": calibrated[i], "flags": calibration.flags(p)}
+                       if calibration is not None else {}))
+    tables.write_metarepository(out_dir / tables.METAREPOSITORY_FILE,
+                                [ids["image_id"] for ids in pred["ids"]], probs, labels)
     lines = self.report_header(split, summary, extra) + [
         f"{len(labels)} images, {int(labels.sum())} cancers.", "",
         report.metrics_markdown(
@@ -148,22 +192,48 @@ class Classify(Task):
       report.plot_roc(labels, probs, out_dir / "roc.png",
                       title=f"{split}: image and breast level", breast=(breast_labels, scores))
       report.plot_pr(labels, probs, out_dir / "pr.png", title=f"{split}: precision-recall")
-      report.plot_calibration(labels, probs, out_dir / "calibration.png", title=split)
+      report.plot_calibration(labels, probs, out_dir / "calibration.png", title=split,
+                              calibrated=calibrated)
       lines += ["## Confusion at the best-F1 threshold", "",
                 report.confusion_markdown(labels, probs, summary["best_f1_threshold"]),
                 "## Curves", "", "![ROC](roc.png) ![PR](pr.png)", "",
-                "## Calibration", "", "![calibration](calibration.png)", ""]
+                *self._calibration_lines(summary, calibration),
+                "![calibration](calibration.png)", ""]
       if gallery and "rois" in pred:
         report.plot_gallery(self.gallery(pred, split, gallery), out_dir / "gallery.png",
                             gallery)
         lines += ["## Gallery", "", "RoIs coloured by attention (bright = more); lesion boxes"
                   " dotted green.", "", "![gallery](gallery.png)", ""]
     else:
-      lines += ["Only one class in this split: no curves, no gallery.", ""]
-    lines += ["Per-image scores: [predictions.csv](predictions.csv);"
+      lines += ["Only one class in this split: no curves, no gallery.", "",
+                *self._calibration_lines(summary, calibration)]
+    lines += ["Per-image scores: [predictions.csv](predictions.csv), and in the NYU"
+              " meta-repository's format:"
+              f" [{tables.METAREPOSITORY_FILE}]({tables.METAREPOSITORY_FILE});"
               " all numbers: [metrics.json](metrics.json)."]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     return summary
+
+  @staticmethod
+  def _calibration_lines(summary: dict, calibration) -> list[str]:
+    """report.md's calibration section: ECE before and after, and the operating points."""
+    ece = summary["ece"]
+    if calibration is None:
+      return ["## Calibration", "", f"Expected calibration error {ece:.3f}. The model has no"
+              " calibration (calibration.json): no calibrated probability or operating"
+              " points.", ""]
+    fitted = calibration.details.get("fitted_on") or {}
+    lines = ["## Calibration", "",
+             f"Expected calibration error {ece:.3f} raw, {summary['ece_calibrated']:.3f}"
+             f" calibrated (temperature {calibration.temperature:.3f}, fitted on the"
+             f" {fitted.get('split', '?')} split).", "",
+             "Operating points, thresholds from the validation split (on the raw"
+             " probability), as they do on this split:", "",
+             "| point | threshold | sensitivity | specificity |", "|---|---:|---:|---:|"]
+    for name, point in summary["operating_points"].items():
+      lines.append(f"| {name} | {point['threshold']:.4g} | {fmt(point['recall'])} |"
+                   f" {fmt(point['specificity'])} |")
+    return lines + [""]
 
   def gallery(self, pred: dict, split: str, k: int) -> dict[str, list[report.Tile]]:
     """The highest-scoring true positives and false positives and the lowest-scoring false

@@ -62,11 +62,11 @@ class Detect(Task):
   def summarize(self, pred):
     return detection.summary(*_detections(pred))
 
-  def write(self, pred, out_dir, split, extra=None, gallery=4):
+  def write(self, pred, out_dir, split, extra=None, gallery=4, calibration=None):
     """metrics.json (recall@k, FROC sensitivities, mAP@0.5), detections.csv (every kept box,
     stored breast-crop pixels), froc.png, pr.png (the precision-recall curve behind mAP@0.5),
     gallery.png (found lesions, missed lesions and false marks on normal images, boxes
-    coloured by score) and report.md."""
+    coloured by score) and report.md. A detector has no ``calibration``."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dets, lesions = _detections(pred)

@@ -3,8 +3,10 @@
 ``train_and_evaluate(config, workdir)`` trains ``config.task`` (``attend_jax.tasks``), evaluates
 on the validation split, keeps the best checkpoint by the task's validation metric, stops early,
 resumes a killed run exactly, and finally evaluates the best checkpoint on the test split into
-``workdir/eval``. What differs between tasks (the model, its loss, what evaluation keeps and
-writes) is the task object's; the loop, sharding, checkpoints and resume are one.
+``workdir/eval``, after fitting what the task keeps from the validation split (a classifier's
+temperature and operating points: ``workdir/calibration.json``). What differs between tasks
+(the model, its loss, what evaluation keeps and writes) is the task object's; the loop,
+sharding, checkpoints and resume are one.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from jax.sharding import NamedSharding
 
 from attend_jax import checkpoint, config_check, export, hosts, paths, run, tasks
 from attend_jax.data import availability, pipeline, prefetch, records
+from attend_jax.eval import calibration as calibration_lib
 from attend_jax.models import build
 from attend_jax.progress import log
 from attend_jax.train import memory, optim, preemption, prediction, sharding
@@ -349,10 +352,17 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
         config.data.eval_split)
     split = config.data.eval_split
   pred = predict(split)
+  # Calibration and operating points from the validation split alone, never the test's.
+  val = pred if split == config.data.eval_split else predict(config.data.eval_split)
   summary = {}
   if jax.process_index() == 0:
+    calibration = task.fit_calibration(val, config.data.eval_split)
+    if calibration is not None:
+      calibration_lib.write(workdir, calibration)
+    elif (workdir / calibration_lib.FILE).exists():  # An earlier fit of this workdir's.
+      (workdir / calibration_lib.FILE).unlink()
     with paths.staged(workdir / "eval") as out:
-      summary = task.write(pred, out, split)
+      summary = task.write(pred, out, split, calibration=calibration)
     log("%s: %s", split, task.headline(summary))
     log("Wrote %s (report.md, metrics.json)", workdir / "eval")
   ckpts.close()

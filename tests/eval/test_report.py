@@ -59,6 +59,22 @@ def test_plot_calibration_draws_each_class_s_bars_in_its_colour(tmp_path, predic
   assert helpers.has_colour(_part(pixels, (0.7, 1), (0.67, 1)), helpers.C3) is with_positives
 
 
+@pytest.mark.parametrize("with_calibrated", [True, False])
+def test_plot_calibration_draws_the_calibrated_curve_only_when_given(tmp_path, predictions,
+                                                                     with_calibrated):
+  labels, logits = predictions
+  raw = 1 / (1 + np.exp(-3 * logits))  # Over-confident: the calibrated curve lies elsewhere.
+  path = report.plot_calibration(labels, raw, tmp_path / "c.png",
+                                 calibrated=1 / (1 + np.exp(-logits)) if with_calibrated
+                                 else None)
+  pixels = helpers.png_rgb(path)
+  assert pixels.shape[:2] == (780, 660)  # 5.5 x 6.5 inches at 120 dpi.
+  # The reliability panel is the top three quarters; the histogram has no C1.
+  assert helpers.has_colour(_part(pixels, (0.05, 0.7), (0.1, 0.95)), helpers.C0)
+  assert helpers.has_colour(_part(pixels, (0.05, 0.7), (0.1, 0.95)),
+                            helpers.C1) is with_calibrated
+
+
 def test_plot_froc_holds_the_last_sensitivity_to_the_right_edge(tmp_path):
   # Marks at 0.5, 1 and 2 FP per image: 0.6, 0.6, 0.9; the axis runs to 1.25 x 2 = 2.5.
   path = report.plot_froc([0, 0.5, 2], [0, 0.6, 0.9], tmp_path / "new" / "froc.png")

@@ -36,7 +36,57 @@ def test_predictions_csv_takes_the_schema_s_columns_only_and_keeps_rows_as_writt
   with open(path, newline="") as f:  # Flushed before close: a crash keeps the row.
     [row] = list(csv.DictReader(f))
   assert row == {"image_id": "a", "study_id": "s", "laterality": "L", "view": "CC",
-                 "label": "1", "probability": "0.250000", "path": "", "rois": ""}
+                 "label": "1", "probability": "0.250000", "probability_calibrated": "",
+                 "flag_spec90": "", "flag_spec80": "", "flag_best_f1": "", "path": "",
+                 "rois": ""}
+  assert tables.read_flags(row) is None
+  table.write({"image_id": "c", "study_id": "s", "laterality": "R", "view": "CC",
+               "probability": 0.5, "probability_calibrated": 0.375,
+               "flags": {"spec90": False, "spec80": True, "best_f1": True}})
+  with open(path, newline="") as f:
+    row = list(csv.DictReader(f))[1]
+  assert (row["probability_calibrated"], row["flag_spec90"], row["flag_spec80"],
+          row["flag_best_f1"]) == ("0.375000", "0", "1", "1")
+  assert tables.read_flags(row) == {"spec90": False, "spec80": True, "best_f1": True}
   with pytest.raises(ValueError, match="no columns \\['score'\\]"):
     table.write({"image_id": "b", "probability": 0.5, "score": 1})
   table.close()
+
+
+def _calibrated(study, side, p, flags=(False, False, False)):
+  return {"study_id": study, "laterality": side, "probability": p,
+          "probability_calibrated": p / 2, "flags": dict(zip(("spec90", "spec80", "best_f1"),
+                                                             flags))}
+
+
+def test_breasts_and_exams_carry_the_calibrated_probability_and_the_flags():
+  images = [_calibrated("s1", "L", 0.2), _calibrated("s1", "L", 0.6, (False, True, True)),
+            _calibrated("s1", "R", 0.3), _calibrated("s2", "R", 0.1),
+            dict(_calibrated("s2", "L", 0.3), probability_calibrated=None, flags=None)]
+  breasts, exams = tables.breasts_and_exams(images)
+  by = {(b["study_id"], b["laterality"]): b for b in breasts}
+  left = by["s1", "L"]
+  assert left["probability_calibrated_mean"] == pytest.approx(0.2)
+  assert left["probability_calibrated_max"] == pytest.approx(0.3)
+  assert left["flags"] == {"spec90": False, "spec80": True, "best_f1": True}
+  assert by["s1", "R"]["flags"]["spec80"] is False
+  # A breast with an image of no calibration: no calibrated values, no flags.
+  assert by["s2", "L"]["probability_calibrated_max"] is None and by["s2", "L"]["flags"] is None
+  assert by["s2", "R"]["probability_calibrated_max"] == pytest.approx(0.05)
+  s1, s2 = exams
+  assert s1["side"] == "L" and s1["probability_calibrated"] == pytest.approx(0.2)
+  assert s1["probability_calibrated_max"] == pytest.approx(0.3)
+  assert s1["flags"] == {"spec90": False, "spec80": True, "best_f1": True}
+  assert s2["side"] == "L" and s2["probability_calibrated"] is None and s2["flags"] is None
+  # As table rows: the flags as 1/0 columns, empty without calibration.
+  assert list(tables.csv_row(left)) == list(tables.BREAST_COLUMNS)
+  assert list(tables.csv_row(s1)) == list(tables.EXAM_COLUMNS)
+  assert [tables.csv_row(s1)[c] for c in tables.FLAG_COLUMNS] == [0, 1, 1]
+  assert [tables.csv_row(s2)[c] for c in tables.FLAG_COLUMNS] == ["", "", ""]
+
+
+def test_the_metarepository_table(tmp_path):
+  path = tmp_path / tables.METAREPOSITORY_FILE
+  tables.write_metarepository(path, ["0_L-CC", "0_R-CC"], [0.0081, 0.99104], [0, 1])
+  assert path.read_text().splitlines() == ["image_index,malignant_pred,malignant_label",
+                                           "0_L-CC,0.008100,0", "0_R-CC,0.991040,1"]

@@ -9,8 +9,11 @@ import re
 import numpy as np
 import pytest
 
+from attend_jax.eval import calibration, metrics
 from attend_jax.tasks import classify, detect
 from configs import demo
+
+import helpers
 
 SPLIT = "train"
 
@@ -135,8 +138,15 @@ def test_the_classifier_evaluator_writes_its_metrics_table_curves_gallery_and_re
     rows = list(csv.DictReader(f))
   assert [r["image_id"] for r in rows] == [i["image_id"] for i in pred["ids"]]
   assert [int(r["label"]) for r in rows] == pred["label"].tolist()
+  # No calibration: its columns are empty, and report.md says so.
+  assert {r["probability_calibrated"] + r["flag_spec90"] for r in rows} == {""}
+  assert "ece_calibrated" not in summary
+  assert "no calibration" in (tmp_path / "report.md").read_text()
+  assert summary["ece"] == pytest.approx(metrics.expected_calibration_error(pred["label"],
+                                                                            pred["prob"]))
   assert _report_links(tmp_path) == {"roc.png", "pr.png", "calibration.png", "gallery.png",
-                                     "predictions.csv", "metrics.json"}
+                                     "predictions.csv", "metrics.json",
+                                     "metarepository_image_level.csv"}
   assert task.headline(summary).startswith(f"AUC {summary['auc']:.3f} (breast ")
   rows = task.gallery(pred, SPLIT, 2)
   true_pos, false_pos, false_neg = rows.values()
@@ -153,4 +163,57 @@ def test_a_one_class_split_is_reported_without_curves(data_dir, tmp_path):
   pred["label"][:] = 0
   summary = classify.Classify(_config(data_dir)).write(pred, tmp_path, SPLIT)
   assert summary["auc"] is None and "confusion_at_best_f1" not in summary
-  assert _report_links(tmp_path) == {"predictions.csv", "metrics.json"}
+  assert _report_links(tmp_path) == {"predictions.csv", "metrics.json",
+                                     "metarepository_image_level.csv"}
+
+
+def test_the_classifier_evaluator_reports_the_calibrated_probability_flags_and_ece(
+    data_dir, tmp_path):
+  pred = _classifier_pred()
+  # Fitted on other (validation) predictions: over-confident ones, so that T > 1.
+  val_labels = np.array([1, 0, 1, 0, 1, 0, 0, 1])
+  val = np.array([0.99, 0.98, 0.97, 0.02, 0.96, 0.03, 0.01, 0.04])
+  fitted = calibration.fit(val_labels, val, split="val")
+  summary = classify.Classify(_config(data_dir)).write(pred, tmp_path, SPLIT, gallery=0,
+                                                       calibration=fitted)
+  want = fitted.calibrated(pred["prob"])
+  assert summary["ece"] == pytest.approx(metrics.expected_calibration_error(pred["label"],
+                                                                            pred["prob"]))
+  assert summary["ece_calibrated"] == pytest.approx(
+      metrics.expected_calibration_error(pred["label"], want))
+  assert summary["calibration"] == {"temperature": fitted.temperature,
+                                    "fitted_on": {"split": "val", "num_examples": 8,
+                                                  "num_positive": 4}}
+  for name, point in summary["operating_points"].items():  # The validation's thresholds.
+    assert point["threshold"] == fitted.thresholds[name]
+    assert point == {"threshold": fitted.thresholds[name],
+                     **metrics.confusion_at(pred["label"], pred["prob"], point["threshold"])}
+  with open(tmp_path / "predictions.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  np.testing.assert_allclose([float(r["probability_calibrated"]) for r in rows], want, atol=1e-6)
+  for name in calibration.FLAGS:
+    assert [r[f"flag_{name}"] for r in rows] == [
+        str(int(p >= fitted.thresholds[name])) for p in pred["prob"]]
+  with open(tmp_path / "metarepository_image_level.csv", newline="") as f:
+    meta = list(csv.reader(f))
+  assert meta[0] == ["image_index", "malignant_pred", "malignant_label"]
+  assert [(r[0], float(r[1]), int(r[2])) for r in meta[1:]] == [
+      (i["image_id"], pytest.approx(p, abs=1e-6), y)
+      for i, p, y in zip(pred["ids"], pred["prob"], pred["label"])]
+  text = (tmp_path / "report.md").read_text()
+  assert f"{summary['ece']:.3f} raw, {summary['ece_calibrated']:.3f} calibrated" in text
+  assert "| spec90 |" in text and "| best_f1 |" in text
+  pixels = helpers.png_rgb(tmp_path / "calibration.png")
+  assert pixels.shape[:2] == (780, 660)
+  assert helpers.has_colour(pixels[:round(0.7 * 780)], helpers.C1)  # The calibrated curve.
+
+
+def test_fit_calibration_on_a_one_class_split_says_so_and_gives_none(data_dir, capsys):
+  pred = _classifier_pred()
+  pred["label"][:] = 0
+  assert classify.Classify(_config(data_dir)).fit_calibration(pred, "val") is None
+  assert ("The val split holds one class only (8 images, 0 cancers): no calibration"
+          in capsys.readouterr().out)
+  pred["label"][:2] = 1
+  assert classify.Classify(_config(data_dir)).fit_calibration(pred, "val") is not None
+  assert detect.Detect(_config(data_dir, detector=True)).fit_calibration(pred, "val") is None

@@ -42,13 +42,17 @@ demo: $(VENV)/.installed
 	    --out=workdirs/demo/predict --overlays
 
 # Orthanc and its DICOMweb plugin: the real PACS of tests/test_dicomweb.py (tests/orthanc.py),
-# from Debian, once (CI runs as root). Without root, ATTEND_JAX_SKIP_ORTHANC=1 skips both the
-# install and those tests.
+# from Debian or Ubuntu, once (as root, or through sudo). Where neither apt nor root is at hand,
+# ATTEND_JAX_SKIP_ORTHANC=1 skips both the install and those tests.
+AS_ROOT := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 orthanc:
 	@if [ "$$ATTEND_JAX_SKIP_ORTHANC" != 1 ] && ! [ -x /usr/sbin/Orthanc -a \
 	    -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    --no-install-recommends orthanc orthanc-dicomweb; fi
+	  command -v apt-get >/dev/null || { echo "make test needs Orthanc (apt packages orthanc," \
+	    "orthanc-dicomweb) and found no apt-get: install them, or set ATTEND_JAX_SKIP_ORTHANC=1" \
+	    "to skip the PACS tests" >&2; exit 1; }; \
+	  $(AS_ROOT) apt-get update -qq && $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get \
+	    install -y -qq --no-install-recommends orthanc orthanc-dicomweb; fi
 
 test: $(VENV)/.installed-test orthanc
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests

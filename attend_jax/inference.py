@@ -250,7 +250,9 @@ def predict(loaded: run.Loaded, paths: Sequence[pathlib.Path], proposal_dir: str
              "rois": _roi_rows(outputs["rois"][j], outputs["attention"][j],
                                outputs["roi_score"][j], record, anchor),
              # Boxes of its proposal file wholly off the image, dropped.
-             "proposals_off_image": int(record.get("proposals_off_image", 0))}
+             "proposals_off_image": int(record.get("proposals_off_image", 0)),
+             # What its header marks it as (dicom.check_image_kind), e.g. generated_2d.
+             "marks": [str(m) for m in record.get("marks", ())]}
       mine.append(out)
       if on_image:
         on_image(out, record)
@@ -296,7 +298,8 @@ def read_predictions(out: str | os.PathLike) -> list[dict]:
                      "probability_calibrated": (float(row["probability_calibrated"])
                                                 if row.get("probability_calibrated") else None),
                      "flags": tables_lib.read_flags(row),
-                     "rois": json.loads(row["rois"])})
+                     "rois": json.loads(row["rois"]),
+                     "marks": tables_lib.read_marks(row.get("marks"))})
     except (TypeError, ValueError):
       continue
   return images
@@ -376,7 +379,8 @@ class OutputWriter:
 
 def _row(image: dict) -> dict:
   return {k: image.get(k) for k in ("path", "image_id", "study_id", "laterality", "view",
-                                    "probability", "probability_calibrated", "flags", "rois")}
+                                    "probability", "probability_calibrated", "flags", "rois",
+                                    "marks")}
 
 
 def draw_overlay(prediction: dict, record: dict, path: pathlib.Path) -> None:

@@ -12,10 +12,12 @@ model and its preprocessing come from the run's saved config: nothing to re-type
 a flag per operating point where the model has a calibration.json, laterality, view, RoIs in
 DICOM pixels with detector score and attention weight), breasts.csv (CC + MLO of one side of one
 study: mean and max), exams.csv (per study: the most suspicious breast), bad_files.csv
-(every file that could not be used, with the reason), with --overlays a PNG per image, and
-log.txt (library logs). With --dicom_out DIR, also DICOM objects a PACS viewer shows: a GSPS per
-image and a Comprehensive SR per study (docs/predict.md#dicom-outputs), listed in
-DIR/dicom_out.csv.
+(every file that could not be used, with the reason: FOR PROCESSING images and breast
+tomosynthesis are refused from their headers), with --overlays a PNG per image, and log.txt
+(library logs). predictions.csv's marks column flags a synthesised 2-D view (generated_2d),
+burned-in annotation and CAD marks; exams.csv names the views each exam used. With --dicom_out
+DIR, also DICOM objects a PACS viewer shows: a GSPS per image and a Comprehensive SR per study
+(docs/predict.md#dicom-outputs), listed in DIR/dicom_out.csv.
 
 With --dicomweb, the studies --study names or --dicomweb_query finds are fetched from a PACS
 (WADO-RS) into --out/fetched/<study>/<instance>.dcm first, and predicted on as local files
@@ -30,6 +32,7 @@ Files and folders may be on a bucket (gs://...): they are listed and read from t
 and the tables name them by their gs:// URLs.
 """
 
+import collections
 import csv
 import pathlib
 import sys
@@ -202,6 +205,11 @@ def _predict(files, missing, folder, out, pacs: dicomweb.Client | None = None) -
     _say(f"warning: {len(off)} images had proposal boxes wholly off the image, dropped"
          f" ({sum(im['proposals_off_image'] for im in off)} boxes; proposals_off_image in"
          f" {out}/predictions.json)", file=sys.stderr)
+  marked = collections.Counter(m for im in images for m in im["marks"])
+  if marked:
+    _say("note: images used though their header marks them: "
+         + ", ".join(f"{n} {mark}" for mark, n in sorted(marked.items()))
+         + f" (the marks column of {out}/predictions.csv)", file=sys.stderr)
   if summary["bad_files"]:
     _say(f"{len(summary['bad_files'])} files could not be used: see {out}/bad_files.csv",
          file=sys.stderr)

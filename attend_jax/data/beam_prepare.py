@@ -5,7 +5,7 @@ output), decodes every DICOM in a DoFn and hands the records to TFDS's Beam writ
 decodes in a child process with the local pool's containment (``pool.GuardedWorker``): a file
 whose decoder raises, panics, crashes its process or hangs past the time limit is that file's
 failure, never the DoFn's, so Beam has nothing to retry. Every image leaves one report row
-(its failure's reason, or none; its proposals off the image) in a side output, written as
+(its failure's reason, or none; its proposals off the image; its header's marks) in a side output, written as
 files beside the output; the driver makes ``bad_files.csv`` and the manifest from them. Files
 go through etils.epath, as TFDS's own shards do, so a bucket needs no more than gcsfs.
 
@@ -69,7 +69,8 @@ class DecodeFn(beam.DoFn):
     beam.metrics.Metrics.counter("prepare", "images").inc()
     yield beam.pvalue.TaggedOutput(REPORT, json.dumps(
         {"image": ex.path, "file": "", "reason": "",
-         "off_image": int(result["proposals_off_image"])}))
+         "off_image": int(result["proposals_off_image"]),
+         "marks": [str(m) for m in result.get("marks", ())]}))
     yield ex.image_id, records.example(result)
 
   def teardown(self):

@@ -12,6 +12,11 @@ normalisation:
 5. min-max scaling to 0..65535, as the reference does.
 
 Every failure raises ``DicomError`` with the path and a reason a person can act on.
+
+Before any pixel is decoded, ``check_image_kind`` reads the header as a reading room would:
+FOR PROCESSING (raw detector) images and breast tomosynthesis are refused, with the reason; a
+synthesised 2-D view, burned-in annotation and CAD marks are accepted and marked. predict and
+prepare (local and Beam) both go through it, in ``image_header``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ import warnings
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import (UID, BreastProjectionXRayImageStorageForPresentation,
+                         BreastTomosynthesisImageStorage)
 
 from attend_jax import paths
 from attend_jax.errors import DicomError
@@ -47,6 +55,7 @@ class DicomImage:
   bits_stored: int
   transfer_syntax: str
   identity: Identity  # Patient, exam, side, view and UIDs, read from the same header.
+  marks: tuple[str, ...] = ()  # check_image_kind's: GENERATED_2D, BURNED_IN, CAD_MARKS.
 
   @property
   def laterality(self) -> str:
@@ -271,6 +280,86 @@ def check_size(ds, path, max_pixels: int = MAX_PIXELS) -> None:
                      " decoded (a corrupt header, or raise --max_megapixels if it is real)")
 
 
+# The marks check_image_kind gives an accepted image, as predict's `marks` column and prepare's
+# manifest name them.
+GENERATED_2D = "generated_2d"  # A 2-D view synthesised from a tomosynthesis acquisition.
+BURNED_IN = "burned_in_annotation"  # Text or marks burned into the pixels (BurnedInAnnotation).
+CAD_MARKS = "cad_marks"  # A CAD system's output image, its marks likely in the pixels.
+MARKS = (GENERATED_2D, BURNED_IN, CAD_MARKS)
+
+_TOMOSYNTHESIS = ("only 2-D mammograms can be read (a synthesised 2-D view of the study,"
+                  " ImageType GENERATED_2D, can)")
+# "CAD" as a word of its own ("CAD", "CAD_MARKS", "R2 CAD"), not inside one ("CADENCE").
+_CAD = re.compile(r"(?<![A-Z0-9])CAD(?![A-Z0-9])")
+
+
+def _values(ds, keyword: str) -> list[str]:
+  """The values of a multi-valued text element, stripped and upper case; [] when absent."""
+  value = ds.get(keyword)
+  if value is None:
+    return []
+  items = value if isinstance(value, (list, tuple, MultiValue)) else [value]
+  return [str(v).strip().upper() for v in items]
+
+
+def check_image_kind(ds, path) -> tuple[str, ...]:
+  """What a reading room checks in the header ``ds`` of the file at ``path`` before looking:
+  raises DicomError, with the reason, for an image that is not a 2-D mammogram for
+  presentation, and returns the marks (``MARKS``) of one that is.
+
+  - Refused: FOR PROCESSING images (raw detector data), by ``PresentationIntentType``, a
+    ``FOR PROCESSING`` value of ``ImageType`` or a "For Processing" SOP class;
+  - refused: breast tomosynthesis, by SOP class (Breast Tomosynthesis Image, Breast
+    Projection X-Ray), a ``TOMOSYNTHESIS`` value of ``ImageType``, or ``NumberOfFrames`` > 1;
+  - marked GENERATED_2D: a synthesised 2-D view (``ImageType`` holds ``GENERATED_2D``), in any
+    SOP class, as long as it is one frame;
+  - marked BURNED_IN: ``BurnedInAnnotation`` YES; CAD_MARKS: "CAD" as a word in ``ImageType``,
+    ``SeriesDescription`` or ``DerivationDescription``.
+
+  A missing element says nothing: many real files lack ``PresentationIntentType``.
+  """
+  meta = getattr(ds, "file_meta", None)
+  sop = _text(ds, "SOPClassUID") or (_text(meta, "MediaStorageSOPClassUID") if meta else "")
+  sop_name = UID(sop).name if sop else ""
+  image_type = _values(ds, "ImageType")
+  intent = _text(ds, "PresentationIntentType").upper()
+  processing = ("PresentationIntentType FOR PROCESSING" if intent == "FOR PROCESSING"
+                else f"ImageType {'/'.join(image_type)}" if "FOR PROCESSING" in image_type
+                else sop_name if sop_name.lower().endswith("for processing") else "")
+  if processing:
+    raise DicomError(path, f"FOR PROCESSING image (raw detector data; {processing}): only FOR"
+                     " PRESENTATION images can be read")
+
+  generated = GENERATED_2D.upper() in image_type
+  try:
+    frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+  except (TypeError, ValueError):
+    raise DicomError(path, f"NumberOfFrames {ds.get('NumberOfFrames')!r} is not a number") from None
+  count = f"{frames} frame{'s' if frames > 1 else ''}"
+  tomosynthesis = (
+      f"breast tomosynthesis projections ({sop_name}, {count})"
+      if sop == BreastProjectionXRayImageStorageForPresentation
+      else f"breast tomosynthesis ({sop_name}, {count})"
+      if sop == BreastTomosynthesisImageStorage and not generated
+      else f"breast tomosynthesis (ImageType {'/'.join(image_type)}, {count})"
+      if "TOMOSYNTHESIS" in image_type and not generated
+      else "")
+  if tomosynthesis:
+    raise DicomError(path, f"{tomosynthesis}: {_TOMOSYNTHESIS}")
+  if frames > 1:
+    raise DicomError(path, f"multi-frame image ({count}, e.g. breast tomosynthesis): only"
+                     " one-frame 2-D mammograms can be read")
+
+  marks = [GENERATED_2D] if generated else []
+  if _text(ds, "BurnedInAnnotation").upper() == "YES":
+    marks.append(BURNED_IN)
+  described = [*image_type, _text(ds, "SeriesDescription").upper(),
+               _text(ds, "DerivationDescription").upper()]
+  if any(_CAD.search(text) for text in described):
+    marks.append(CAD_MARKS)
+  return tuple(marks)
+
+
 def read_dicom(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> DicomImage:
   """Reads one single-frame greyscale DICOM into a DicomImage; any failure is a DicomError.
 
@@ -288,17 +377,20 @@ def read_dicom(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> DicomIm
 
 def image_header(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> pydicom.Dataset:
   """The header of a file that ``read_dicom`` will decode: every check that needs no pixels
-  (pixel data present, one greyscale frame, at most ``max_pixels``, a known transfer syntax).
-  Raises DicomError otherwise."""
+  (pixel data present, a 2-D mammogram for presentation by ``check_image_kind``, one greyscale
+  frame, at most ``max_pixels``, a known transfer syntax). Raises DicomError otherwise."""
+  return _header(path, max_pixels)[0]
+
+
+def _header(path, max_pixels: int) -> tuple[pydicom.Dataset, tuple[str, ...]]:
+  """``image_header``'s dataset, and its marks."""
   ds = read_header(path)
   if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
     raise DicomError(path, "no pixel data (PixelData is missing)")
   rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
   if rows == 0 or cols == 0:
     raise DicomError(path, f"empty image ({rows} x {cols} pixels)")
-  frames = int(ds.get("NumberOfFrames", 1) or 1)
-  if frames > 1:
-    raise DicomError(path, f"multi-frame image ({frames} frames); expected one 2-D mammogram")
+  marks = check_image_kind(ds, path)
   check_size(ds, path, max_pixels)
   photometric = _text(ds, "PhotometricInterpretation").upper()
   if photometric not in _MONOCHROME:
@@ -307,11 +399,11 @@ def image_header(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> pydic
   syntax = _syntax(ds)
   if syntax is not None and not syntax.is_transfer_syntax:
     raise DicomError(path, f"unknown transfer syntax {syntax}")
-  return ds
+  return ds, marks
 
 
 def _read(path: pathlib.Path, max_pixels: int) -> DicomImage:
-  ds = image_header(path, max_pixels)
+  ds, marks = _header(path, max_pixels)
   photometric = _text(ds, "PhotometricInterpretation").upper()
   syntax = _syntax(ds)
   raw = _decode(ds, path)
@@ -330,4 +422,5 @@ def _read(path: pathlib.Path, max_pixels: int) -> DicomImage:
       bits_stored=bits_stored,
       transfer_syntax=str(syntax or ""),
       identity=identity(ds, path),
+      marks=marks,
   )

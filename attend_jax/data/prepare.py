@@ -157,6 +157,7 @@ def process_example(ex: Example, opts: PrepareOptions, max_pixels: int = dicom.M
       "scale": np.float32(scale),
       # Not stored in the records: for the reports of prepare and predict.
       "proposals_off_image": off_image,
+      "marks": image.marks,  # dicom.check_image_kind's: a synthesised 2-D view, burned-in text.
   }
 
 
@@ -294,6 +295,19 @@ def _off_image(path: pathlib.Path) -> int:
     return int(data["proposals_off_image"]) if "proposals_off_image" in data.files else 0
 
 
+def _marks(path: pathlib.Path) -> list[str]:
+  """The marks of a cached record (none in a cache written before they were recorded)."""
+  with np.load(path) as data:
+    return [str(m) for m in data["marks"]] if "marks" in data.files else []
+
+
+def count_marks(marks) -> dict[str, int]:
+  """How many images carry each of ``dicom.MARKS``, from each image's marks: the manifest's
+  ``marks``."""
+  counts = collections.Counter(m for image in marks for m in image)
+  return {m: counts[m] for m in dicom.MARKS}
+
+
 def _write_bad(out, bad: list[tuple[str, str]]) -> None:
   out = paths.path(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -403,7 +417,9 @@ def _prepare(dataset: str, root: str | os.PathLike, out: pathlib.Path, opts: Pre
   decode_seconds = time.perf_counter() - decode_start
   counts = _counts([ex for ex in listing.examples if ex.path not in failed])
   _write_bad(out, bad)  # Before the build, so the reasons survive whatever happens next.
-  off_image = sum(_off_image(p) for p in cache.glob("*/*.npz") if not p.name.endswith(".tmp.npz"))
+  cached = [p for p in cache.glob("*/*.npz") if not p.name.endswith(".tmp.npz")]
+  off_image = sum(_off_image(p) for p in cached)
+  marks = count_marks(_marks(p) for p in cached)
   if not counts:
     raise NoUsableImagesError(root, (
         f"none of its {total} images could be used ({len(listing.bad)} more rows were"
@@ -436,6 +452,8 @@ def _prepare(dataset: str, root: str | os.PathLike, out: pathlib.Path, opts: Pre
       "flagged_rows": dict(collections.Counter(type(e).__name__ for e in listing.bad)),
       # Proposal-file boxes wholly off their image, dropped.
       "proposals_off_image": off_image,
+      # Images used though their header marks them (dicom.check_image_kind), by mark.
+      "marks": marks,
       "seconds": round(seconds, 1), "decode_seconds": round(decode_seconds, 1),
       "write_seconds": round(write_seconds, 1),
   }
@@ -509,6 +527,7 @@ def _prepare_beam(dataset: str, root, out, opts: PrepareOptions, time_limit: flo
       "options": dataclasses.asdict(opts), "counts": counts, "bad_files": len(bad),
       "flagged_rows": dict(collections.Counter(type(e).__name__ for e in listing.bad)),
       "proposals_off_image": sum(r["off_image"] for r in reports.values()),
+      "marks": count_marks(r.get("marks", []) for r in reports.values()),
       "seconds": round(seconds, 1), "beam": True,
   }
   (out_path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -3,9 +3,11 @@
 - ``predictions.csv``: one row per image, ``PREDICTION_COLUMNS``. evaluate fills ``label`` (the
   split's truth) and leaves ``path`` and ``rois`` empty; predict fills ``path`` (the DICOM) and
   ``rois`` (JSON: each RoI's box in original pixels, attention weight, detector score) and
-  leaves ``label`` empty.
+  leaves ``label`` empty. ``marks`` (predict's) are what each image's header marks it as
+  (``dicom.check_image_kind``), joined by ";": generated_2d, burned_in_annotation, cad_marks.
 - ``breasts.csv`` and ``exams.csv`` (``breasts_and_exams``): the views of one breast combined
-  (mean and max, ``metrics.aggregate``), and each exam's score, the max over its breasts.
+  (mean and max, ``metrics.aggregate``), and each exam's score, the max over its breasts, with
+  the views it used and the standard views it lacks (``L-CC,L-MLO,R-CC`` and ``R-MLO``).
 
 With a calibration (``attend_jax.eval.calibration``), every table also has the calibrated
 probability and a flag (1/0) per operating point: in predictions.csv the image's own; in
@@ -32,11 +34,18 @@ from attend_jax.eval import calibration, metrics
 
 FLAG_COLUMNS = tuple(f"flag_{name}" for name in calibration.FLAGS)
 PREDICTION_COLUMNS = ("image_id", "study_id", "laterality", "view", "label", "probability",
-                      "probability_calibrated", *FLAG_COLUMNS, "path", "rois")
+                      "probability_calibrated", *FLAG_COLUMNS, "path", "rois", "marks")
 BREAST_COLUMNS = ("study_id", "laterality", "views", "probability_mean", "probability_max",
                   "probability_calibrated_mean", "probability_calibrated_max", *FLAG_COLUMNS)
-EXAM_COLUMNS = ("study_id", "breasts", "probability", "side", "probability_calibrated",
-                "probability_calibrated_max", *FLAG_COLUMNS)
+EXAM_COLUMNS = ("study_id", "breasts", "probability", "side", "views", "missing_views",
+                "probability_calibrated", "probability_calibrated_max", *FLAG_COLUMNS)
+# A screening exam's four views; exams.csv names those it lacks.
+STANDARD_VIEWS = ("L-CC", "L-MLO", "R-CC", "R-MLO")
+
+
+def read_marks(text: str | None) -> list[str]:
+  """A ``marks`` cell of predictions.csv as a list (an older table without the column: [])."""
+  return [m for m in (text or "").split(";") if m]
 
 
 class PredictionsCsv:
@@ -51,8 +60,8 @@ class PredictionsCsv:
 
   def write(self, row: dict) -> None:
     """One image: its ids and ``probability``, and any of ``label``, ``path``, ``rois``,
-    ``probability_calibrated`` and ``flags`` ({operating point: bool}); the last two may be
-    None (no calibration)."""
+    ``probability_calibrated``, ``flags`` ({operating point: bool}); the last two may be
+    None (no calibration); ``marks`` (a list, or None)."""
     row = dict(row)
     flags = row.pop("flags", None)
     unknown = set(row) - set(PREDICTION_COLUMNS)
@@ -63,6 +72,8 @@ class PredictionsCsv:
       out["probability_calibrated"] = f"{float(row['probability_calibrated']):.6f}"
     if "rois" in row:
       out["rois"] = json.dumps(row["rois"], separators=(",", ":"))
+    if row.get("marks") is not None:
+      out["marks"] = ";".join(row["marks"])
     self._csv.writerow(out)
     self._file.flush()
 
@@ -100,9 +111,11 @@ def csv_row(row: dict) -> dict:
 def breasts_and_exams(images: Sequence[dict]) -> tuple[list[dict], list[dict]]:
   """Per breast (the views of one study and side: mean and max) and per exam (the max over its
   breasts of the breast mean, and that breast's side) from per-image ``study_id``,
-  ``laterality`` and ``probability``; with every image's ``probability_calibrated`` and
-  ``flags``, their columns too (the module's docstring). Images without a laterality stay out
-  of both."""
+  ``laterality``, ``probability`` and ``view``; with every image's ``probability_calibrated``
+  and ``flags``, their columns too (the module's docstring). Images without a laterality stay
+  out of both. An exam with views missing is still one row: ``views`` names the side and view
+  of the images it used (``L-?`` for one without a view), ``missing_views`` the standard views
+  it lacks."""
   sided = [im for im in images if im["laterality"] in ("L", "R")]
   if not sided:
     return [], []
@@ -121,11 +134,17 @@ def breasts_and_exams(images: Sequence[dict]) -> tuple[list[dict], list[dict]]:
   by_study: dict[str, list[dict]] = {}
   for row in breast_rows:
     by_study.setdefault(row["study_id"], []).append(row)
+  seen: dict[str, set[str]] = {}
+  for im in sided:
+    seen.setdefault(im["study_id"], set()).add(f"{im['laterality']}-{im.get('view') or '?'}")
   exam_rows = []
   for study, rows in by_study.items():
     top = max(rows, key=lambda r: r["probability_mean"])
     exam_rows.append({"study_id": study, "breasts": len(rows),
-                      "probability": top["probability_mean"], "side": top["laterality"]})
+                      "probability": top["probability_mean"], "side": top["laterality"],
+                      "views": ",".join(sorted(seen[study])),
+                      "missing_views": ",".join(v for v in STANDARD_VIEWS
+                                                if v not in seen[study])})
   _add_calibrated(sided, keys, breast_rows, exam_rows)
   return breast_rows, exam_rows
 

@@ -28,6 +28,41 @@ def test_breasts_and_exams_on_a_hand_made_case():
       [], [])
 
 
+def test_an_exam_with_missing_views_is_one_row_that_names_the_views_it_used():
+  images = [
+      {"study_id": "s1", "laterality": "L", "view": "CC", "probability": 0.2},
+      {"study_id": "s1", "laterality": "L", "view": "MLO", "probability": 0.4},
+      {"study_id": "s1", "laterality": "R", "view": "CC", "probability": 0.9},  # No R-MLO.
+      {"study_id": "s1", "laterality": "", "view": "MLO", "probability": 0.9},  # No side: out.
+      {"study_id": "s2", "laterality": "R", "view": "", "probability": 0.5},  # No view.
+      {"study_id": "s3", "laterality": "L", "view": "CC", "probability": 0.1},
+      {"study_id": "s3", "laterality": "L", "view": "MLO", "probability": 0.1},
+      {"study_id": "s3", "laterality": "R", "view": "CC", "probability": 0.1},
+      {"study_id": "s3", "laterality": "R", "view": "MLO", "probability": 0.1},
+  ]
+  _, exams = tables.breasts_and_exams(images)
+  assert [(e["study_id"], e["breasts"], e["views"], e["missing_views"]) for e in exams] == [
+      ("s1", 2, "L-CC,L-MLO,R-CC", "R-MLO"),
+      ("s2", 1, "R-?", "L-CC,L-MLO,R-CC,R-MLO"),
+      ("s3", 2, "L-CC,L-MLO,R-CC,R-MLO", "")]
+  assert exams[0]["probability"] == pytest.approx(0.9) and exams[0]["side"] == "R"
+  assert set(tables.csv_row(exams[0])) == set(tables.EXAM_COLUMNS)
+
+
+def test_marks_are_written_joined_and_read_back_as_a_list(tmp_path):
+  path = tmp_path / "predictions.csv"
+  with tables.PredictionsCsv(path) as table:
+    table.write({"image_id": "a", "study_id": "s", "laterality": "L", "view": "CC",
+                 "probability": 0.5, "marks": ["generated_2d", "burned_in_annotation"]})
+    table.write({"image_id": "b", "study_id": "s", "laterality": "L", "view": "MLO",
+                 "probability": 0.5, "marks": []})
+  with open(path, newline="") as f:
+    cells = [row["marks"] for row in csv.DictReader(f)]
+  assert cells == ["generated_2d;burned_in_annotation", ""]
+  assert [tables.read_marks(c) for c in cells] == [["generated_2d", "burned_in_annotation"], []]
+  assert tables.read_marks(None) == []  # A table written before the column.
+
+
 def test_predictions_csv_takes_the_schema_s_columns_only_and_keeps_rows_as_written(tmp_path):
   path = tmp_path / "predictions.csv"
   table = tables.PredictionsCsv(path)
@@ -38,7 +73,7 @@ def test_predictions_csv_takes_the_schema_s_columns_only_and_keeps_rows_as_writt
   assert row == {"image_id": "a", "study_id": "s", "laterality": "L", "view": "CC",
                  "label": "1", "probability": "0.250000", "probability_calibrated": "",
                  "flag_spec90": "", "flag_spec80": "", "flag_best_f1": "", "path": "",
-                 "rois": ""}
+                 "rois": "", "marks": ""}
   assert tables.read_flags(row) is None
   table.write({"image_id": "c", "study_id": "s", "laterality": "R", "view": "CC",
                "probability": 0.5, "probability_calibrated": 0.375,

@@ -11,7 +11,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 def write_mg(pixels, folder, name="mg.dcm", photometric="MONOCHROME2", bits=12, syntax=None,
              **attrs):
   """Writes ``pixels`` as an MG DICOM file in ``folder``; ``attrs`` set extra attributes (None
-  removes one, e.g. ``ViewPosition=None`` for a DDSM-like file without it)."""
+  removes one, e.g. ``ViewPosition=None`` for a DDSM-like file without it; ``SOPClassUID``
+  sets the file meta's too). ``pixels`` of shape (frames, H, W) make a multi-frame file."""
   meta = FileMetaDataset()
   meta.TransferSyntaxUID = ExplicitVRLittleEndian
   meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
@@ -19,7 +20,9 @@ def write_mg(pixels, folder, name="mg.dcm", photometric="MONOCHROME2", bits=12, 
   ds = Dataset()
   ds.file_meta = meta
   ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, "1.2.3.4", "MG"
-  ds.Rows, ds.Columns = pixels.shape
+  ds.Rows, ds.Columns = pixels.shape[-2:]
+  if pixels.ndim == 3:
+    ds.NumberOfFrames = pixels.shape[0]
   ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
   ds.PixelRepresentation, ds.SamplesPerPixel = 0, 1
   ds.PhotometricInterpretation = photometric
@@ -30,6 +33,7 @@ def write_mg(pixels, folder, name="mg.dcm", photometric="MONOCHROME2", bits=12, 
       delattr(ds, key)
     else:
       setattr(ds, key, value)
+  meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", meta.MediaStorageSOPClassUID)
   ds.PixelData = pixels.astype(np.uint16).tobytes()
   if syntax is not None:
     ds.compress(syntax, pixels.astype(np.uint16), generate_instance_uid=False)
@@ -89,3 +93,43 @@ def panicking_rle(pixels, folder, name="rle_panic.dcm"):
   finally:
     source.unlink()
   raise AssertionError("no corruption made pylibjpeg-rle panic; the codec changed")
+
+
+# One file per case of dicom.check_image_kind, all of one study (so that the usable views,
+# L-CC, L-MLO and R-CC, leave R-MLO missing): name -> (side, view, attributes).
+READING_ROOM = {
+    # Refused: raw detector data, in a For Processing SOP class.
+    "for_processing": ("R", "MLO", dict(
+        PresentationIntentType="FOR PROCESSING", ImageType=["ORIGINAL", "PRIMARY", ""],
+        SOPClassUID=pydicom.uid.DigitalMammographyXRayImageStorageForProcessing)),
+    # Refused: a tomosynthesis volume of 3 slices.
+    "tomosynthesis": ("R", "MLO", dict(
+        SOPClassUID=pydicom.uid.BreastTomosynthesisImageStorage,
+        ImageType=["ORIGINAL", "PRIMARY", "TOMOSYNTHESIS", "NONE"])),
+    # Accepted, marked generated_2d: a synthesised 2-D view (C-View, V-Preview, ...).
+    "generated_2d": ("L", "CC", dict(
+        PresentationIntentType="FOR PRESENTATION",
+        ImageType=["DERIVED", "PRIMARY", "TOMOSYNTHESIS", "GENERATED_2D"])),
+    # Accepted, marked burned_in_annotation.
+    "burned_in": ("L", "MLO", dict(BurnedInAnnotation="YES")),
+    # Accepted, marked burned_in_annotation and cad_marks: a CAD system's marked copy.
+    "cad": ("R", "CC", dict(BurnedInAnnotation="YES", ImageType=["DERIVED", "SECONDARY"],
+                            SeriesDescription="ImageChecker CAD")),
+}
+REFUSED = {"for_processing": "FOR PROCESSING image (raw detector data",
+           "tomosynthesis": "breast tomosynthesis (Breast Tomosynthesis Image Storage, 3 frames)"}
+MARKED = {"generated_2d": ["generated_2d"], "burned_in": ["burned_in_annotation"],
+          "cad": ["burned_in_annotation", "cad_marks"]}
+
+
+def reading_room(folder, patient="RR") -> dict[str, pathlib.Path]:
+  """``READING_ROOM``'s files in ``folder``, as ``<name>.dcm``, of one study of ``patient``."""
+  folder.mkdir(parents=True, exist_ok=True)
+  paths = {}
+  for i, (name, (side, view, attrs)) in enumerate(READING_ROOM.items()):
+    img = phantom(seed=i)
+    pixels = np.stack([img] * 3) if name == "tomosynthesis" else img
+    paths[name] = write_mg(pixels, folder, f"{name}.dcm", ImageLaterality=side,
+                           ViewPosition=view, PatientID=patient, StudyDate="20240102",
+                           StudyInstanceUID="1.2.826.0.1.3680043.8.498.1", **attrs)
+  return paths

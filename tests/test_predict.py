@@ -11,6 +11,7 @@ from attend_jax import inference
 from attend_jax import run as run_lib
 from attend_jax.eval import calibration, tables
 
+from dicom_fixtures import MARKED, REFUSED, reading_room
 import helpers
 
 
@@ -109,6 +110,32 @@ def _assert_calibrated(rows, folder):
       threshold = data["operating_points"][name]["threshold"]
       if abs(p - threshold) > 1e-6:  # The table holds 6 decimals.
         assert r[f"flag_{name}"] == str(int(p >= threshold)), (name, p, threshold)
+
+
+@pytest.mark.slow
+def test_predict_refuses_marks_and_groups_as_a_reading_room_would(run, tmp_path):
+  """A study of one file per header case: FOR PROCESSING and tomosynthesis are bad files with
+  their reasons, the synthesised 2-D view, burned-in text and CAD marks are predicted and
+  marked, and the exam, its R-MLO refused, says which views it used."""
+  paths = reading_room(tmp_path / "in")
+  out = tmp_path / "out"
+  proc = helpers.run("-m", "attend_jax.predict", f"--workdir={run / 'work'}", tmp_path / "in",
+                     f"--out={out}", "--batch_size=4")
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  bad = {r["path"]: r["reason"] for r in _rows(out / "bad_files.csv")}
+  assert set(bad) == {str(paths[name]) for name in REFUSED}
+  for name, start in REFUSED.items():
+    assert bad[str(paths[name])].startswith(start), bad
+  images = {pathlib.Path(r["path"]).stem: r for r in _rows(out / "predictions.csv")}
+  assert {name: images[name]["marks"].split(";") for name in images} == MARKED
+  assert all(0.0 <= float(r["probability"]) <= 1.0 for r in images.values())
+  summary = json.loads((out / "predictions.json").read_text())
+  assert {pathlib.Path(im["path"]).stem: im["marks"] for im in summary["images"]} == MARKED
+  [exam] = _rows(out / "exams.csv")
+  assert (exam["study_id"], exam["breasts"]) == ("RR/20240102", "2")
+  assert (exam["views"], exam["missing_views"]) == ("L-CC,L-MLO,R-CC", "R-MLO")
+  assert "2 burned_in_annotation, 1 cad_marks, 1 generated_2d" in proc.stderr
+  assert "2 files could not be used" in proc.stderr
 
 
 def test_predict_parses_each_file_once_into_the_record_prepare_makes(tmp_path, monkeypatch):
@@ -231,8 +258,8 @@ def test_predict_on_two_hosts_and_its_resume_match_one_host(run, tmp_path):
 
 def test_a_rerun_keeps_the_rows_of_the_first_and_drops_a_row_cut_short(tmp_path):
   rows = [{"path": f"/x/{i}.dcm", "image_id": str(i), "study_id": "s", "laterality": "L",
-           "view": "CC", "probability": 0.25 * i, "rois": [{"box_xyxy": [0, 0, 1, 1]}]}
-          for i in range(3)]
+           "view": "CC", "probability": 0.25 * i, "rois": [{"box_xyxy": [0, 0, 1, 1]}],
+           "marks": ["generated_2d", "burned_in_annotation"][:i]} for i in range(3)]
   writer = inference.OutputWriter(tmp_path)
   writer.rows(rows)
   with open(tmp_path / "predictions.csv", "a") as f:

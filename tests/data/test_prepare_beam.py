@@ -8,6 +8,7 @@ import pathlib
 import shutil
 
 import numpy as np
+import pydicom
 import pytest
 
 from attend_jax import errors
@@ -32,7 +33,10 @@ def both(tmp_path_factory):
   """(root, the local pool's output, the Beam CLI's output, the CLI's stdout)."""
   root = tmp_path_factory.mktemp("vindr")
   images = layouts.write("vindr", root, 3, seed=0, size_range=(200, 260), workers=1)
-  truncated, panicking = (root / images[i].image.path for i in (1, 4))
+  truncated, panicking, marked = (root / images[i].image.path for i in (1, 4, 2))
+  ds = pydicom.dcmread(marked)  # Burned-in text: prepared, and counted in the manifest.
+  ds.BurnedInAnnotation = "YES"
+  ds.save_as(marked)
   raw, start, length = pixel_offset(truncated)
   truncated.write_bytes(raw[:start + length // 3])
   panicking_rle(phantom(300, 200), panicking.parent, panicking.name)
@@ -59,8 +63,10 @@ def test_beam_lists_the_truncated_and_the_panicking_file_as_the_pool_does(both):
   assert "index out of bounds" in reasons[str(panicking)] or "Panic" in reasons[str(panicking)]
   assert "2 unusable files or rows" in stdout
   manifest, expected = (json.loads((d / "manifest.json").read_text()) for d in (beam, local))
-  for key in ("builder", "options", "counts", "bad_files", "flagged_rows", "proposals_off_image"):
+  for key in ("builder", "options", "counts", "bad_files", "flagged_rows", "proposals_off_image",
+              "marks"):
     assert manifest[key] == expected[key], key
+  assert manifest["marks"] == {"generated_2d": 0, "burned_in_annotation": 1, "cad_marks": 0}
   assert manifest["bad_files"] == 2 and sum(c["images"] for c in manifest["counts"].values()) == 10
   assert sorted(manifest["counts"]) == ["test", "train", "val"]
   assert not (beam / prepare.BEAM_WORK).exists()

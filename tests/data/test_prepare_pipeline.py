@@ -9,7 +9,7 @@ import pytest
 
 from attend_jax import geometry
 from attend_jax.data import pipeline, prepare, records
-from dicom_fixtures import phantom, write_mg
+from dicom_fixtures import MARKED, READING_ROOM, REFUSED, phantom, reading_room, write_mg
 import helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -293,6 +293,27 @@ def test_bad_proposal_files_are_listed_and_the_rest_prepared(tmp_path):
   reasons = {pathlib.Path(p).name: r for p, r in result.bad}
   assert set(reasons) == {"nan_preds.txt", "short_preds.txt", "empty_preds.txt"}
   assert "NaN" in reasons["nan_preds.txt"] and "is empty" in reasons["empty_preds.txt"]
+
+
+def test_prepare_refuses_and_counts_marks_as_predict_does(tmp_path):
+  """The local pool's path through the same header check as predict (and as Beam's DoFn, which
+  runs the same prepare.decode): refused files are bad files with their reasons, marked ones
+  are prepared and counted in the manifest; the records keep their schema."""
+  paths = reading_room(tmp_path / "img" / "s")
+  lines = ["im_path,laterality,cancer,view"] + [
+      f"s/{name}.dcm,{side},0,{view}" for name, (side, view, _) in READING_ROOM.items()]
+  (tmp_path / "test.csv").write_text("\n".join(lines) + "\n")
+  result = prepare.prepare("csv", tmp_path / "img", tmp_path / "out", OPTS, workers=1,
+                           csv_dir=tmp_path)
+  assert result.counts == {"test": {"images": len(MARKED), "cancer": 0}}
+  reasons = dict(result.bad)
+  assert set(reasons) == {str(paths[name]) for name in REFUSED}
+  for name, start in REFUSED.items():
+    assert reasons[str(paths[name])].startswith(start), reasons
+  manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+  assert manifest["marks"] == {"generated_2d": 1, "burned_in_annotation": 2, "cad_marks": 1}
+  source = records.data_source(tmp_path / "out", "csv_64", "test")
+  assert len(source) == len(MARKED) and "marks" not in source[0]
 
 
 @pytest.mark.slow

@@ -81,7 +81,8 @@ def test_predict_cli_on_a_folder_with_a_corrupt_file(run, tmp_path):
   header = lambda path: path.read_text().splitlines()[0].split(",")  # noqa: E731
   assert header(out / "predictions.csv") == header(run / "work" / "eval" / "predictions.csv") == [
       "image_id", "study_id", "laterality", "view", "label", "probability",
-      "probability_calibrated", "flag_spec90", "flag_spec80", "flag_best_f1", "path", "rois"]
+      "probability_calibrated", "flag_spec90", "flag_spec80", "flag_best_f1", "path", "rois",
+      "marks"]
   assert {r["label"] for r in images} == {""} and all(r["path"] for r in images)
   evaluated = _rows(run / "work" / "eval" / "predictions.csv")
   assert {r["label"] for r in evaluated} <= {"0", "1"} and {r["rois"] for r in evaluated} == {""}
@@ -283,7 +284,8 @@ def test_rows_reach_a_bucket_out_while_predict_runs(gcs, tmp_path):
   remote = gcs.path("preds")
   rows = [{"path": f"/x/{i}.dcm", "image_id": str(i), "study_id": "s", "laterality": "R",
            "view": "MLO", "probability": 0.5, "probability_calibrated": 0.25,
-           "flags": {"spec90": False, "spec80": True, "best_f1": True}, "rois": []}
+           "flags": {"spec90": False, "spec80": True, "best_f1": True}, "rois": [],
+           "marks": []}
           for i in range(2)]
   writer = inference.OutputWriter(tmp_path, remote=remote, every_s=0)
   writer.rows(rows[:1])

@@ -394,7 +394,7 @@ def test_a_resume_reads_a_predictions_csv_of_before_calibration(tmp_path):
   [image] = inference.read_predictions(tmp_path)
   assert image == {"path": "/x/a.dcm", "image_id": "a", "study_id": "s", "laterality": "L",
                    "view": "CC", "probability": 0.25, "probability_calibrated": None,
-                   "flags": None, "rois": [{"box_xyxy": [0, 0, 1, 1]}]}
+                   "flags": None, "rois": [{"box_xyxy": [0, 0, 1, 1]}], "marks": []}
   # Rewritten in today's columns, the calibrated ones empty; an image predicted now with a
   # calibration beside it keeps its own.
   now = dict(image, path="/x/b.dcm", image_id="b", probability_calibrated=0.125,

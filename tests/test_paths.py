@@ -123,7 +123,6 @@ LOCAL_BY_NATURE = {
     "paths.py:Mirror.__init__": "the local mirror folder",
     "errors.py:DiskFullError.__init__": "disk_usage of a local disk",
     "data/dicom.py:_names": "only the folder names of a DICOM's path, local or gs://",
-    "data/proposals.py:read_proposals": "proposal files beside local DICOMs",
     "data/prepare.py:decode": "a bucket's DICOM copied into a local temporary folder",
     "data/records.py:_StagedExampleWriter.write": "a bucket shard's local temporary file",
     "data/synthetic/dataset.py:generate": "synthetic DICOMs, then prepared",
@@ -135,7 +134,6 @@ LOCAL_BY_NATURE = {
     "data/records.py:Mammograms._split_generators": "prepare's local per-image cache",
     "data/prepare.py:prepare": "prepare's local per-image cache (paths.staged for --out)",
     "inference.py:find_dicoms": "local DICOM inputs, after is_local (a bucket: paths.path)",
-    "inference.py:example": "proposal files beside local DICOMs",
     "inference.py:OutputWriter.__init__": "called with a paths.staged folder",
     "convert/dinov2/state_dict.py:read_state_dict": "a downloaded or local torch / safetensors file",
     "convert/dinov2/download.py:cache_dir": "the local download cache",
@@ -144,6 +142,13 @@ LOCAL_BY_NATURE = {
     "tasks/classify.py:Classify.write": "called with a paths.staged folder",
     "tasks/detect.py:Detect.write": "called with a paths.staged folder",
     "eval/report.py:_save": "called with a paths.staged folder",
+    "dicom_out.py:write": "--dicom_out (predict refuses a URL there) and its staged folder",
+    "dicom_out.py:secondary_capture": "an overlay in predict's paths.staged folder",
+    "dicom_out.py:render_gsps": "the PNG that tools/render_gsps.py draws, a local file",
+    "dicomweb.py:fetch": "--out/fetched: --dicomweb refuses a bucket --out",
+    "dicomweb.py:store": "the files of --dicom_out, a local folder",
+    "predict.py:main": "--dicom_out, after is_local",
+    "predict.py:_fetch": "the fetched files, in the local --out",
 }
 
 

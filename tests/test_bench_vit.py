@@ -54,6 +54,9 @@ def test_dry_run_writes_rows_and_both_frameworks_op_tables(tmp_path):
     assert abs(float(torch_ms) - row["torch_ms"]) <= 0.05, (cells, row)
     assert abs(float(jax_ms) - row["jax_ms"]) <= 0.05, (cells, row)
     assert helpers.printed_quotient(ratio, torch_ms, jax_ms), cells
+    # The last two cells: each framework's minor page faults per timed call, as recorded.
+    assert [int(c) for c in cells[-2:]] == [row["torch_page_faults"], row["jax_page_faults"]]
+    assert min(row["torch_page_faults"], row["jax_page_faults"]) >= 0
   profile = (tmp_path / "profile.md").read_text()
   assert profile.count("### vits14 28 px") == 2
   assert "| aten::" in profile and "= backward dot of" in profile  # The train step's backward.

@@ -43,18 +43,29 @@ def forward_flops(cfg: vit.ViTConfig, size: int, batch: int) -> float:
   return batch * (2 * n * vit.PATCH_SIZE**2 * 3 * d + cfg.depth * per_block)
 
 
-def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int) -> dict:
-  """Median seconds per framework; the order within each repetition alternates."""
+def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int,
+                faults: dict | None = None) -> dict:
+  """Median seconds per framework; the order within each repetition alternates. With
+  ``faults``, also fills it with each framework's median count of minor page faults per timed
+  call (first touches of memory the process had not used: a step that has to grow its heap
+  pays about 10 us for each on a VM)."""
+  import resource
+
   for fn in fns.values():
     for _ in range(warmup):
       fn()
   times = {name: [] for name in fns}
+  touched = {name: [] for name in fns}
   names = list(fns)
   for r in range(reps):
     for name in names if r % 2 == 0 else names[::-1]:
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       start = time.perf_counter()
       fns[name]()
       times[name].append(time.perf_counter() - start)
+      touched[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+  if faults is not None:
+    faults.update({name: int(statistics.median(t)) for name, t in touched.items()})
   return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -238,7 +238,8 @@ def run_case(case: Case, device: str | None, parts: list[str]):
     compile_s = time.perf_counter() - start
     fns = {"torch": tfns[part]} if tfns else {}
     fns["jax"] = jfns[part]
-    med = interleaved(fns, *((1, 0) if FLAGS.dry_run else (FLAGS.reps, FLAGS.warmup)))
+    faults = {}
+    med = interleaved(fns, *((1, 0) if FLAGS.dry_run else (FLAGS.reps, FLAGS.warmup)), faults)
     work = flops * (3 if part == "train" else 1)
     if FLAGS.profile:
       reps = 1 if FLAGS.dry_run else FLAGS.profile_reps
@@ -247,18 +248,18 @@ def run_case(case: Case, device: str | None, parts: list[str]):
       _PROFILES.append(op_profile.markdown(
           f"{case.variant} {case.size} px, batch {FLAGS.batch}, {case.dtype}, {part}: "
           f"ms per call", jtab, ttab))
-    yield case, part, med, work, compile_s
+    yield case, part, med, work, compile_s, faults
 
 
 def print_header(gpu: bool) -> None:
   rates = ("   torch TF/s  MFU     jax TF/s  MFU" if gpu
            else "   torch GF/s %gemm    jax GF/s %gemm")
   print(f"\n{'model':<8}{'size':>5} {'dtype':<9}{'attn':<6}{'part':<8}{'torch ms':>10}{'jax ms':>10}"
-        f"{'torch/jax':>10}{rates}  jax compile s", flush=True)
+        f"{'torch/jax':>10}{rates}  jax compile s  faults torch  jax", flush=True)
 
 
 def row_figures(row, gpu: bool) -> dict:
-  case, part, med, work, compile_s = row
+  case, part, med, work, compile_s, faults = row
   cfg = vit.config_for(case.variant)
   kernel, _ = attention.choose(_JNP_DTYPES[case.dtype], cfg.head_dim, case.attention)
   out = {"variant": case.variant, "size": case.size, "dtype": case.dtype, "part": part,
@@ -266,6 +267,7 @@ def row_figures(row, gpu: bool) -> dict:
          "compile_s": compile_s, "peak_bytes": peak_device_bytes()}
   for name, sec in med.items():
     out[f"{name}_ms"] = 1e3 * sec
+    out[f"{name}_page_faults"] = faults[name]  # Minor faults per timed call, median.
     out[f"{name}_tflops"] = work / sec / 1e12
     if gpu:
       out[f"{name}_mfu"] = work / sec / 1e12 / FLAGS.peak_tflops
@@ -275,7 +277,7 @@ def row_figures(row, gpu: bool) -> dict:
 
 
 def print_row(row, gemm: dict | None, gpu: bool) -> None:
-  case, part, med, work, compile_s = row
+  case, part, med, work, compile_s, faults = row
   best = max(gemm.values()) if gemm else None
   cells = []
   for name in ("torch", "jax"):
@@ -291,7 +293,8 @@ def print_row(row, gemm: dict | None, gpu: bool) -> None:
   t_ms = f"{1e3 * med['torch']:10.1f}" if "torch" in med else f"{'-':>10}"
   ratio = f"{med['torch'] / med['jax']:10.2f}" if "torch" in med else f"{'-':>10}"
   print(f"{case.variant:<8}{case.size:>5} {case.dtype:<9}{case.attention:<6}{part:<8}{t_ms}"
-        f"{1e3 * med['jax']:10.1f}{ratio}{''.join(cells)}{compile_s:12.1f}", flush=True)
+        f"{1e3 * med['jax']:10.1f}{ratio}{''.join(cells)}{compile_s:12.1f}"
+        f"{faults.get('torch', '-'):>15}{faults['jax']:>6}", flush=True)
 
 
 def main(argv):

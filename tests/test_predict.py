@@ -206,16 +206,18 @@ def _two_hosts(*args) -> list[str]:
   return outs
 
 
-def _assert_same_images(rows, want):
-  assert [r["path"] for r in rows] == [r["path"] for r in want]
+def _assert_same_images(rows, want, atol=1e-5, path=lambda p: p):
+  """The same images in the same order (``want``'s paths moved by ``path``), with the same ids,
+  RoIs, and probabilities and attention weights within ``atol``."""
+  assert [r["path"] for r in rows] == [path(r["path"]) for r in want]
   for r, w in zip(rows, want):
     assert {k: r[k] for k in ("image_id", "study_id", "laterality", "view")} == {
         k: w[k] for k in ("image_id", "study_id", "laterality", "view")}
-    assert float(r["probability"]) == pytest.approx(float(w["probability"]), abs=1e-5)
+    assert float(r["probability"]) == pytest.approx(float(w["probability"]), abs=atol)
     rois, wanted = json.loads(r["rois"]), json.loads(w["rois"])
     assert [x["box_xyxy"] for x in rois] == [x["box_xyxy"] for x in wanted]
     np.testing.assert_allclose([x["attention"] for x in rois],
-                               [x["attention"] for x in wanted], atol=1e-5)
+                               [x["attention"] for x in wanted], atol=atol)
 
 
 @pytest.mark.slow
@@ -325,15 +327,8 @@ def test_predict_reads_dicoms_on_a_bucket_as_the_same_files_on_disk(run, gcs, tm
   want, rows = (_rows(tmp_path / out / "predictions.csv") for out in ("disk", "bucket"))
   assert len(want) == 6 and {r["image_id"] for r in want} >= {
       f"folder/a/{sources[0].stem}", f"folder/b/{sources[0].stem}"}
-  assert [r["path"] for r in rows] == [r["path"].replace(str(local), str(bucket)) for r in want]
-  for r, w in zip(rows, want):
-    assert {k: r[k] for k in ("image_id", "study_id", "laterality", "view")} == {
-        k: w[k] for k in ("image_id", "study_id", "laterality", "view")}
-    assert float(r["probability"]) == pytest.approx(float(w["probability"]), abs=1e-6)
-    rois, wanted = json.loads(r["rois"]), json.loads(w["rois"])
-    assert [x["box_xyxy"] for x in rois] == [x["box_xyxy"] for x in wanted]
-    np.testing.assert_allclose([x["attention"] for x in rois],
-                               [x["attention"] for x in wanted], atol=1e-6)
+  _assert_same_images(rows, want, atol=1e-6,
+                      path=lambda p: p.replace(str(local), str(bucket)))
   assert _rows(tmp_path / "bucket" / "bad_files.csv") == [
       {"path": f"{bucket}/missing.dcm", "reason": "no such file or folder"}]
 

@@ -27,6 +27,8 @@ class Task(abc.ABC):
   """
 
   name: str
+  # Whether fit_calibration fits anything: the trainer predicts the validation split for it.
+  calibrates: bool = False
   # Batch entries the prediction loop keeps beside the outputs, for ``summarize`` and ``write``.
   host_keys: tuple[str, ...] = ("label", "index")
 

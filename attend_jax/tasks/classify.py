@@ -82,6 +82,7 @@ def loss_terms(logits, aux, rois, batch, config, step=None) -> dict[str, jax.Arr
 
 class Classify(Task):
   name = "classify"
+  calibrates = True
 
   def build_model(self, seed: int = 0) -> attend.AttendModel:
     with build.fast_tracing():

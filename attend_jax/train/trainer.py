@@ -352,11 +352,14 @@ def _train_on(config, workdir: epath.Path, stop: preemption.StopSignal, mesh) ->
         config.data.eval_split)
     split = config.data.eval_split
   pred = predict(split)
-  # Calibration and operating points from the validation split alone, never the test's.
-  val = pred if split == config.data.eval_split else predict(config.data.eval_split)
+  # Calibration and operating points from the validation split alone, never the test's (a
+  # task without them, the detector, predicts nothing more).
+  val = None
+  if task.calibrates:
+    val = pred if split == config.data.eval_split else predict(config.data.eval_split)
   summary = {}
   if jax.process_index() == 0:
-    calibration = task.fit_calibration(val, config.data.eval_split)
+    calibration = None if val is None else task.fit_calibration(val, config.data.eval_split)
     if calibration is not None:
       calibration_lib.write(workdir, calibration)
     elif (workdir / calibration_lib.FILE).exists():  # An earlier fit of this workdir's.

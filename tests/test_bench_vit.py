@@ -23,6 +23,51 @@ def test_classify_names_the_matmul_and_its_shapes():
   assert "matmul" in op_profile.summary(table), table
 
 
+def _touch(size: int, region=None):
+  """Writes one byte in each 4 KiB page of ``region`` (a fresh anonymous mapping of ``size``
+  bytes, without huge pages, if None): one minor fault per page the first time."""
+  import mmap
+
+  if region is None:
+    region = mmap.mmap(-1, size)
+    region.madvise(mmap.MADV_NOHUGEPAGE)
+  for offset in range(0, size, 4096):
+    region[offset] = 1
+  return region
+
+
+def _growing_heap(calls_that_fault: int, size: int = 60 << 20):
+  """A call that touches ``size`` bytes of fresh memory its first ``calls_that_fault`` times (as
+  a step whose heap still grows), then memory it has touched before; and the list of its
+  calls."""
+  kept, calls = [], []
+  reused = _touch(size)
+
+  def fn():
+    calls.append(len(calls))
+    if len(calls) <= calls_that_fault:
+      kept.append(_touch(size))
+    else:
+      _touch(size, reused)
+  return fn, calls
+
+
+def test_warm_up_goes_on_until_calls_stop_faulting():
+  settles, settles_calls = _growing_heap(3)
+  steady, steady_calls = _growing_heap(0)
+  faults = {}
+  bench_util.interleaved({"settles": settles, "steady": steady}, reps=2, warmup=1, faults=faults)
+  # Three faulting calls, then one warm-up round without faults, then the two timed calls.
+  assert len(settles_calls) == 3 + 1 + 2 and len(steady_calls) == len(settles_calls)
+  assert faults["settles"] <= bench_util.SETTLED_FAULTS, faults
+  # A call that always faults ends the warm-up after MAX_SETTLE_ROUNDS more rounds.
+  never, never_calls = _growing_heap(100)
+  faults = {}
+  bench_util.interleaved({"never": never}, reps=1, warmup=1, faults=faults)
+  assert len(never_calls) == 1 + bench_util.MAX_SETTLE_ROUNDS + 1
+  assert faults["never"] > bench_util.SETTLED_FAULTS, faults
+
+
 @pytest.mark.slow
 def test_dry_run_writes_rows_and_both_frameworks_op_tables(tmp_path):
   # docs/scale.md's flags; --dry_run makes the sizes 28 px.

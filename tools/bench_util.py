@@ -75,15 +75,16 @@ def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int,
   still find its memory taken by the other's and grow the heap again (the ViT-S/14 step at 224
   px faulted 0.1-0.2 M pages per timed call in such runs, 10 % slower, and none once settled)."""
   names = list(fns)
+  order = lambda r: names if r % 2 == 0 else names[::-1]  # noqa: E731
   if warmup:
     for r in range(warmup + MAX_SETTLE_ROUNDS):
-      calls = _round(fns, names if r % 2 == 0 else names[::-1])
+      calls = _round(fns, order(r))
       if r + 1 >= warmup and max(f for _, f in calls.values()) <= SETTLED_FAULTS:
         break
   times = {name: [] for name in fns}
   touched = {name: [] for name in fns}
   for r in range(reps):
-    for name, (seconds, faulted) in _round(fns, names if r % 2 == 0 else names[::-1]).items():
+    for name, (seconds, faulted) in _round(fns, order(r)).items():
       times[name].append(seconds)
       touched[name].append(faulted)
   if faults is not None:

@@ -255,7 +255,7 @@ def print_header(gpu: bool) -> None:
   rates = ("   torch TF/s  MFU     jax TF/s  MFU" if gpu
            else "   torch GF/s %gemm    jax GF/s %gemm")
   print(f"\n{'model':<8}{'size':>5} {'dtype':<9}{'attn':<6}{'part':<8}{'torch ms':>10}{'jax ms':>10}"
-        f"{'torch/jax':>10}{rates}  jax compile s  faults torch  jax", flush=True)
+        f"{'torch/jax':>10}{rates}  jax compile s  faults torch      jax", flush=True)
 
 
 def row_figures(row, gpu: bool) -> dict:
@@ -294,7 +294,7 @@ def print_row(row, gemm: dict | None, gpu: bool) -> None:
   ratio = f"{med['torch'] / med['jax']:10.2f}" if "torch" in med else f"{'-':>10}"
   print(f"{case.variant:<8}{case.size:>5} {case.dtype:<9}{case.attention:<6}{part:<8}{t_ms}"
         f"{1e3 * med['jax']:10.1f}{ratio}{''.join(cells)}{compile_s:12.1f}"
-        f"{faults.get('torch', '-'):>15}{faults['jax']:>6}", flush=True)
+        f"{faults.get('torch', '-'):>15} {faults['jax']:>8}", flush=True)
 
 
 def main(argv):

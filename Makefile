@@ -18,7 +18,7 @@ TORCH_INDEX ?=
 # most tests first, and the few long end-to-end files would run last, alone).
 PYTEST_ARGS ?= -n auto --maxprocesses=4 --dist=loadfile --no-loadscope-reorder
 
-.PHONY: demo test test-fast bench clean orthanc
+.PHONY: demo test test-fast bench clean orthanc cxx
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,10 +54,19 @@ orthanc:
 	  $(AS_ROOT) apt-get update -qq && $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get \
 	    install -y -qq --no-install-recommends orthanc orthanc-dicomweb; fi
 
-test: $(VENV)/.installed-test orthanc
+# A C++ compiler: a CPU step builds its fused attention kernel (attend_jax/models/cpu_attention.cc)
+# once per machine, and its tests need it. Without one, training on a CPU takes XLA's slower loop.
+cxx:
+	@if ! command -v $${CXX:-c++} >/dev/null; then \
+	  command -v apt-get >/dev/null || { echo "make test needs a C++ compiler for the CPU" \
+	    "attention kernel: install g++ (or clang++ and set CXX)" >&2; exit 1; }; \
+	  $(AS_ROOT) apt-get update -qq && $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get \
+	    install -y -qq --no-install-recommends g++; fi
+
+test: $(VENV)/.installed-test orthanc cxx
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
 
-test-fast: $(VENV)/.installed-test orthanc
+test-fast: $(VENV)/.installed-test orthanc cxx
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not slow" tests
 
 bench: $(VENV)/.installed-test

@@ -7,8 +7,10 @@ and picks, for ``implementation="auto"``:
   ``jax.nn.dot_product_attention(implementation="cudnn")``. Nothing of (N, N) goes to memory.
 - TPUs: the Pallas splash attention kernel (``jax.experimental.pallas.ops.tpu``), the sequence
   padded to a multiple of 128 and the padding masked out through segment ids.
-- Otherwise (CPUs; float32; older GPUs such as Colab's T4, sm75): XLA's attention, or on a CPU
-  the loop over (batch, head) pairs that XLA:CPU runs fastest.
+- CPUs: the fused kernel of cpu_attention.cc (float32, head_dim a multiple of 16 up to 128),
+  compiled once per machine; where it cannot be built or does not take the shape, the loop over
+  (batch, head) pairs that XLA:CPU runs fastest.
+- Otherwise (float32 on GPUs; older GPUs such as Colab's T4, sm75): XLA's attention.
 
 The choice and its reason are logged once per process. ``attention_as_on`` traces as on
 another backend (tools/scale_report.py compiles an accelerator's program on a CPU).
@@ -25,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attend_jax.models import cpu_attention
 from attend_jax.progress import log
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "cpu")
@@ -82,7 +85,12 @@ def choose(dtype, head_dim: int, requested: str = "auto") -> tuple[str, str]:
       return "xla", f"head_dim {head_dim}: cuDNN flash attention needs a multiple of 8 <= 128"
     return "cudnn", f"GPU sm{str(cc).replace('.', '')} in {dtype.name}: cuDNN flash attention"
   if on == "cpu":
-    return "cpu", "CPU: a loop over (batch, head) pairs, as many at a time as fit the cache"
+    why_not = cpu_attention.unavailable()
+    if why_not is None and dtype == jnp.float32 and head_dim % 16 == 0 \
+       and head_dim <= cpu_attention.MAX_HEAD_DIM:
+      return "cpu", "CPU: the fused kernel of models/cpu_attention.cc"
+    why_not = why_not or "it takes float32 with head_dim a multiple of 16 up to 128"
+    return "cpu", f"CPU: XLA's loop over (batch, head) pairs (no fused kernel: {why_not})"
   return "xla", f"backend {on}: XLA's attention"
 
 
@@ -156,6 +164,9 @@ def _attend_chunked(q, k, v, chunk: int):
 def _xla(q, k, v, chunk: int, per_head: bool):
   if not per_head and not chunk:
     return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+  if per_head and cpu_attention.supports(q) and not cpu_attention.unavailable():
+    # The fused kernel keeps BLOCK_Q rows of scores at a time, whatever `chunk` says.
+    return _per_device(cpu_attention.dot_product_attention, q.shape[0], 3)(q, k, v)
   b, n, h, d = q.shape
   # Head-major layout, with the scale folded into q (the smallest operand).
   q = (q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)).transpose(0, 2, 1, 3)
@@ -260,6 +271,19 @@ def _per_pair_bwd(residuals, g):
 _per_pair.defvjp(_per_pair_fwd, _per_pair_bwd)
 
 
+def _per_device(kernel, batch: int, operands: int):
+  """``kernel`` of ``operands`` batch-major arrays, run by each device of the mesh on its own
+  examples where the batch divides among them. A Pallas kernel or an FFI call is one device's
+  program: XLA cannot partition it, and would otherwise gather the whole batch to every
+  device."""
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = tuple(a for a in ("data", "fsdp") if not mesh.empty and a in mesh.axis_names)
+  if not axes or batch % int(np.prod([mesh.shape[a] for a in axes])):
+    return kernel
+  spec = jax.sharding.PartitionSpec(axes)
+  return jax.shard_map(kernel, in_specs=(spec,) * operands, out_specs=spec, check_vma=False)
+
+
 # --- splash (TPU) ------------------------------------------------------------------------------
 
 
@@ -280,13 +304,7 @@ def _splash(q, k, v, interpret: bool):
   scale = jnp.asarray(1.0 / math.sqrt(d), q.dtype)
   pad = lambda x: jnp.pad(x.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, t - n), (0, 0)))  # noqa
   segments = jnp.broadcast_to((jnp.arange(t) >= n).astype(jnp.int32), (b, t))
-  run = functools.partial(_splash_batch, interpret=interpret)
-  mesh = jax.sharding.get_abstract_mesh()
-  axes = tuple(a for a in ("data", "fsdp") if not mesh.empty and a in mesh.axis_names)
-  if axes and b % int(np.prod([mesh.shape[a] for a in axes])) == 0:
-    # A Pallas kernel is one device's program: each device runs it on its own examples.
-    spec = jax.sharding.PartitionSpec(axes)
-    run = jax.shard_map(run, in_specs=(spec,) * 4, out_specs=spec, check_vma=False)
+  run = _per_device(functools.partial(_splash_batch, interpret=interpret), b, 4)
   out = run(pad(q * scale), pad(k), pad(v), segments)
   return out[:, :, :n].transpose(0, 2, 1, 3)
 

@@ -166,7 +166,7 @@ def test_the_choice_is_logged_once_per_process(capsys):
   for _ in range(3):
     attention.dot_product_attention(q, k, v, "auto")
   out = capsys.readouterr().out
-  said = "Attention: cpu (CPU: a loop over (batch, head) pairs, as many at a time as fit the cache)"
+  said = "Attention: cpu (CPU: the fused kernel of models/cpu_attention.cc)"
   assert out.count(said) == 1, out
 
 

@@ -32,6 +32,13 @@ from etils import epath
 
 
 
+def cache_root() -> pathlib.Path:
+  """attend_jax's local cache (downloaded weights, the CPU attention kernel's build):
+  ``$ATTEND_JAX_CACHE``, else ``$XDG_CACHE_HOME/attend_jax``, else ``~/.cache/attend_jax``."""
+  return pathlib.Path(os.environ.get("ATTEND_JAX_CACHE") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "attend_jax"))
+
+
 def path(p: str | os.PathLike) -> epath.Path:
   """``p`` as an ``epath.Path``: a URL as it is, a local path made absolute."""
   text = os.fspath(p)

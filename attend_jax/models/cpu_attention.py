@@ -6,7 +6,8 @@ such a kernel for XLA: two FFI handlers (forward, and a backward that recomputes
 probabilities from the forward's log-sum-exp), called through ``jax.ffi``.
 
 It is built the first time a CPU step needs it, with the system's C++ compiler (``$CXX``, else
-``c++``) and ``-march=native``, into ``$ATTEND_JAX_CACHE`` (default ``~/.cache/attend_jax``),
+``c++``) and ``-march=native``, into attend_jax's cache (``paths.cache_root()``: ``$ATTEND_JAX_CACHE``, else
+``~/.cache/attend_jax``),
 keyed by the source, jaxlib's version and the CPU's flags; later processes load the cached
 library. Where there is no compiler or the build fails, ``unavailable()`` says why and
 attention.py keeps XLA's loop. Only float32 with head_dim a multiple of 16 up to 128 runs here.
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from attend_jax import paths
 from attend_jax.progress import log
 
 SOURCE = pathlib.Path(__file__).with_name("cpu_attention.cc")
@@ -40,19 +42,12 @@ FORWARD, BACKWARD = "attend_jax_attention_forward", "attend_jax_attention_backwa
 MAX_HEAD_DIM = 128
 
 
-def cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("ATTEND_JAX_CACHE")
-                      or pathlib.Path.home() / ".cache" / "attend_jax")
-
-
 def _cpu_flags() -> str:
   try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith(("flags", "Features")):
-        return line
+    with open("/proc/cpuinfo") as f:
+      return next((line for line in f if line.startswith(("flags", "Features"))), "")
   except OSError:
-    pass
-  return platform.processor()
+    return platform.processor()
 
 
 def library_path() -> pathlib.Path:
@@ -60,7 +55,7 @@ def library_path() -> pathlib.Path:
   key = hashlib.sha256(b"\0".join([
       SOURCE.read_bytes(), jaxlib.__version__.encode(), platform.machine().encode(),
       _cpu_flags().encode()])).hexdigest()[:16]
-  return cache_dir() / f"cpu_attention-{key}.so"
+  return paths.cache_root() / f"cpu_attention-{key}.so"
 
 
 def build(path: pathlib.Path) -> None:

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
+from attend_jax import paths
 from attend_jax.errors import WeightsDownloadError
 from attend_jax.models import vit
 
@@ -24,10 +25,7 @@ def meta_url(variant: str, registers: bool) -> str:
 
 
 def cache_dir() -> pathlib.Path:
-  root = os.environ.get("ATTEND_JAX_CACHE") or os.path.join(
-      os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "attend_jax"
-  )
-  return pathlib.Path(root) / "dinov2"
+  return paths.cache_root() / "dinov2"
 
 
 def fetch(url: str, dest_dir: pathlib.Path | None = None,

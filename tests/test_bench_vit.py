@@ -37,6 +37,19 @@ def test_a_loop_is_classified_as_one_and_not_counted_beside_its_body():
   assert "other" not in op_profile.summary(table), table
 
 
+def test_the_fused_cpu_attention_kernel_is_classified_as_attention():
+  from attend_jax.models import attention, cpu_attention
+
+  q = jnp.ones((2, 17, 2, 16))
+  f = jax.jit(jax.grad(lambda q: attention.dot_product_attention(q, q, q, "cpu").sum()))
+  hlo = f.lower(q).compile().as_text()
+  kinds = op_profile.classify_hlo(hlo)
+  calls = {v["what"] for v in kinds.values() if v["kind"] == "attention"}
+  assert {what.split()[-1] for what in calls} == {cpu_attention.FORWARD, cpu_attention.BACKWARD}
+  table = op_profile.jax_ops(lambda: f(q).block_until_ready(), hlo, reps=2)
+  assert op_profile.summary(table)["attention"] > 0, table
+
+
 def _touch(size: int, region=None):
   """Writes one byte in each 4 KiB page of ``region`` (a fresh anonymous mapping of ``size``
   bytes, without huge pages, if None): one minor fault per page the first time."""

@@ -2,7 +2,8 @@
 
 The ViT-S/14 shapes of tools/bench_vit.py (5 RoIs, 6 heads of 64) at 224 and 448 px: 257 and
 1,025 tokens. For each it times, alternating, ``attention.dot_product_attention`` with each
-kernel in ``--kernels`` (on a CPU, ``cpu`` is the loop the ViT uses and ``xla`` XLA's own) and
+kernel in ``--kernels`` (on a CPU, ``cpu`` is the fused kernel the ViT uses, ``loop`` XLA's loop
+over (batch, head) pairs that it replaced, ``xla`` XLA's own attention) and
 ``torch.nn.functional.scaled_dot_product_attention`` (its flash kernel for CPU), forward alone
 and forward + backward, and prints ms per call and the ratio torch/jax (> 1: JAX is faster).
 Like bench_vit.py it runs with glibc tunables that keep freed memory for reuse.
@@ -12,6 +13,9 @@ Like bench_vit.py it runs with glibc tunables that keep freed memory for reuse.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
 
 from absl import app, flags
 import jax
@@ -27,9 +31,26 @@ flags.DEFINE_list("tokens", ["257", "1025"], "Sequence lengths (ViT-S/14 at 224 
 flags.DEFINE_integer("batch", 5, "Images (RoIs).")
 flags.DEFINE_integer("heads", 6, "Heads.")
 flags.DEFINE_integer("head_dim", 64, "Width of a head.")
-flags.DEFINE_list("kernels", ["cpu", "xla"], "attention.dot_product_attention kernels to time.")
+flags.DEFINE_list("kernels", ["cpu", "loop"],
+                  "attention.dot_product_attention kernels to time; on a CPU `cpu` is the fused"
+                  " kernel of models/cpu_attention.cc, `loop` XLA's loop over (batch, head) pairs"
+                  " that it replaces (the fused kernel switched off) and `xla` XLA's attention.")
 flags.DEFINE_integer("reps", 10, "Timed calls of each, alternating.")
 flags.DEFINE_bool("dry_run", False, "17 tokens, one timed call each: a check.")
+
+
+@contextlib.contextmanager
+def _fused_kernel(on: bool):
+  """The fused CPU kernel (models/cpu_attention.cc) on or off for the steps traced inside."""
+  before = os.environ.get("ATTEND_JAX_CPU_ATTENTION")
+  os.environ["ATTEND_JAX_CPU_ATTENTION"] = "1" if on else "0"
+  try:
+    yield
+  finally:
+    if before is None:
+      del os.environ["ATTEND_JAX_CPU_ATTENTION"]
+    else:
+      os.environ["ATTEND_JAX_CPU_ATTENTION"] = before
 
 
 def _case(tokens: int, reps: int, warmup: int) -> dict[str, float]:
@@ -37,12 +58,14 @@ def _case(tokens: int, reps: int, warmup: int) -> dict[str, float]:
   shape = (FLAGS.batch, tokens, FLAGS.heads, FLAGS.head_dim)
   q, k, v, g = (rng.normal(size=shape).astype(np.float32) for _ in range(4))
   fns = {}
+  jq, jk, jv = map(jnp.asarray, (q, k, v))
   for kernel in FLAGS.kernels:
-    fwd = jax.jit(lambda q, k, v, kernel=kernel: attention.dot_product_attention(q, k, v, kernel))
-    grad = jax.jit(jax.grad(
-        lambda q, k, v, kernel=kernel: jnp.sum(attention.dot_product_attention(q, k, v, kernel)
-                                               * g), argnums=(0, 1, 2)))
-    jq, jk, jv = map(jnp.asarray, (q, k, v))
+    impl = "cpu" if kernel == "loop" else kernel
+    attend = lambda q, k, v, impl=impl: attention.dot_product_attention(q, k, v, impl)  # noqa
+    with _fused_kernel(kernel != "loop"):  # Chosen as the step is traced: compile it here.
+      fwd = jax.jit(attend).lower(jq, jk, jv).compile()
+      grad = jax.jit(jax.grad(lambda q, k, v, attend=attend: jnp.sum(attend(q, k, v) * g),
+                              argnums=(0, 1, 2))).lower(jq, jk, jv).compile()
     fns[f"jax {kernel} forward"] = lambda fwd=fwd: fwd(jq, jk, jv).block_until_ready()
     fns[f"jax {kernel} train"] = lambda grad=grad: jax.block_until_ready(grad(jq, jk, jv))
   head_major = [torch.tensor(a.transpose(0, 2, 1, 3)) for a in (q, k, v)]

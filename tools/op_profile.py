@@ -22,6 +22,7 @@ _INSTR = re.compile(
     r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\(.*?\)(?=\s+[\w\-]+\()|\S+)\s+([\w\-]+)\((.*)$")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_TARGET = re.compile(r'custom_call_target="([^"]*)"')
 _COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 
 # Thunk events that wrap others or are the runtime's own bookkeeping, not an HLO op's work.
@@ -48,7 +49,8 @@ def classify_hlo(hlo: str) -> dict[str, dict]:
 
   kind is ``matmul`` (holds a dot or convolution), ``reduce`` (a reduction: softmax and norm
   statistics, bias gradients), ``copy`` (transposes, copies, concatenations alone), ``loop``
-  (a while or call: e.g. lax.map), or ``elementwise``.
+  (a while or call: e.g. lax.map), ``attention`` (a custom call of an attention kernel: the
+  fused CPU kernel), or ``elementwise``.
   """
   comps = _computations(hlo)
 
@@ -82,6 +84,11 @@ def classify_hlo(hlo: str) -> dict[str, dict]:
         meta = _OP_NAME.search(rest_)
         backward = "backward " if meta and "transpose" in meta.group(1) else ""
         what = f"{shape_.split('{')[0]} = {backward}dot of {operands(rest_)}"
+      elif op == "custom-call":  # A kernel of our own (or XLA's), by its target's name.
+        target = _TARGET.search(rest)
+        target = target.group(1) if target else "?"
+        kind = "attention" if "attention" in target else "other"
+        what = f"{shape.split('{')[0]} {target}"
       elif op in ("while", "call", "conditional"):
         kind, what = "loop", op
       elif ops & {"reduce", "reduce-window"}:
@@ -92,7 +99,7 @@ def classify_hlo(hlo: str) -> dict[str, dict]:
         kind, what = "copy", f"{shape} {'/'.join(sorted(ops - {'parameter', 'fusion'}))}"
       else:
         kind, what = "elementwise", shape
-      if kind != "matmul":
+      if kind not in ("matmul", "attention"):
         # What the user's program called, from the traced primitives' names (exp, mul, ...).
         prims = sorted({m.group(1).rsplit("/", 1)[-1].split("[")[0]
                         for _, _, _, r in inner + [(name, shape, op, rest)]

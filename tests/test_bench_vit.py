@@ -45,7 +45,9 @@ def test_the_fused_cpu_attention_kernel_is_classified_as_attention():
   hlo = f.lower(q).compile().as_text()
   kinds = op_profile.classify_hlo(hlo)
   calls = {v["what"] for v in kinds.values() if v["kind"] == "attention"}
-  assert {what.split()[-1] for what in calls} == {cpu_attention.FORWARD, cpu_attention.BACKWARD}
+  assert {what.split(" = ")[-1] for what in calls} == {cpu_attention.FORWARD,
+                                                       cpu_attention.BACKWARD}, calls
+  assert "(f32[2,17,2,16], f32[2,2,17]) = " + cpu_attention.FORWARD in calls, calls
   table = op_profile.jax_ops(lambda: f(q).block_until_ready(), hlo, reps=2)
   assert op_profile.summary(table)["attention"] > 0, table
 

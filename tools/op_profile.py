@@ -88,7 +88,7 @@ def classify_hlo(hlo: str) -> dict[str, dict]:
         target = _TARGET.search(rest)
         target = target.group(1) if target else "?"
         kind = "attention" if "attention" in target else "other"
-        what = f"{shape.split('{')[0]} {target}"
+        what = f"{re.sub(r'[{][^}]*[}]', '', shape)} = {target}"  # Layouts dropped.
       elif op in ("while", "call", "conditional"):
         kind, what = "loop", op
       elif ops & {"reduce", "reduce-window"}:

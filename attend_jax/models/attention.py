@@ -86,8 +86,7 @@ def choose(dtype, head_dim: int, requested: str = "auto") -> tuple[str, str]:
     return "cudnn", f"GPU sm{str(cc).replace('.', '')} in {dtype.name}: cuDNN flash attention"
   if on == "cpu":
     why_not = cpu_attention.unavailable()
-    if why_not is None and dtype == jnp.float32 and head_dim % 16 == 0 \
-       and head_dim <= cpu_attention.MAX_HEAD_DIM:
+    if why_not is None and cpu_attention.supports(dtype, head_dim):
       return "cpu", "CPU: the fused kernel of models/cpu_attention.cc"
     why_not = why_not or "it takes float32 with head_dim a multiple of 16 up to 128"
     return "cpu", f"CPU: XLA's loop over (batch, head) pairs (no fused kernel: {why_not})"
@@ -164,7 +163,8 @@ def _attend_chunked(q, k, v, chunk: int):
 def _xla(q, k, v, chunk: int, per_head: bool):
   if not per_head and not chunk:
     return jax.nn.dot_product_attention(q, k, v, implementation="xla")
-  if per_head and cpu_attention.supports(q) and not cpu_attention.unavailable():
+  if per_head and cpu_attention.supports(q.dtype, q.shape[-1]) \
+     and not cpu_attention.unavailable():
     # The fused kernel keeps BLOCK_Q rows of scores at a time, whatever `chunk` says.
     return _per_device(cpu_attention.dot_product_attention, q.shape[0], 3)(q, k, v)
   b, n, h, d = q.shape

@@ -161,6 +161,14 @@ void gather_rows(const float* x, int ld, int q0, int rows, int rows_padded, int 
 // One thread's buffers, kept from task to task.
 struct Scratch {
   std::vector<float> kt, vt, kc, vc, s, dp, qb, gb, ob, dk, dv;
+
+  // Sizes every buffer for n tokens (np padded) of width d; a no-op once they fit.
+  void fit(int n, int d, int np) {
+    for (auto* t : {&kt, &vt, &dk, &dv}) t->resize(np * d);
+    for (auto* t : {&kc, &vc}) t->resize(n * d);
+    for (auto* t : {&s, &dp}) t->resize(BLOCK_Q * np);
+    for (auto* t : {&qb, &gb, &ob}) t->resize(BLOCK_Q * d);
+  }
 };
 thread_local Scratch scratch;
 
@@ -175,11 +183,7 @@ void forward_pair(const Pair& x, int n, int ld, float scale) {
   constexpr int D = 16 * DV;
   const int np = (n + 15) / 16 * 16;
   Scratch& sc = scratch;
-  sc.kt.resize(D * np);
-  sc.s.resize(BLOCK_Q * np);
-  sc.qb.resize(BLOCK_Q * D);
-  sc.ob.resize(BLOCK_Q * D);
-  sc.vc.resize(n * D);
+  sc.fit(n, D, np);
   transpose(x.k, ld, n, D, np, sc.kt.data());
   gather_rows(x.v, ld, 0, n, n, D, 1.f, sc.vc.data());  // Rows read once per query block.
   float* s = sc.s.data();
@@ -215,18 +219,11 @@ void backward_pair(const Pair& x, int n, int ld, float scale) {
   constexpr int D = 16 * DV;
   const int np = (n + 15) / 16 * 16;
   Scratch& sc = scratch;
-  sc.kt.resize(D * np);
-  sc.vt.resize(D * np);
-  sc.s.resize(BLOCK_Q * np);
-  sc.dp.resize(BLOCK_Q * np);
-  sc.qb.resize(BLOCK_Q * D);
-  sc.gb.resize(BLOCK_Q * D);
-  sc.ob.resize(BLOCK_Q * D);
-  sc.dk.assign(np * D, 0.f);
-  sc.dv.assign(np * D, 0.f);
+  sc.fit(n, D, np);
+  std::fill(sc.dk.begin(), sc.dk.end(), 0.f);
+  std::fill(sc.dv.begin(), sc.dv.end(), 0.f);
   transpose(x.k, ld, n, D, np, sc.kt.data());
   transpose(x.v, ld, n, D, np, sc.vt.data());
-  sc.kc.resize(n * D);
   gather_rows(x.k, ld, 0, n, n, D, 1.f, sc.kc.data());
   float* p = sc.s.data();
   float* ds = sc.dp.data();

@@ -106,10 +106,9 @@ def unavailable() -> str | None:
   return _load()
 
 
-def supports(q) -> bool:
-  """Whether (B, N, H, D) ``q`` is a shape and dtype the kernel takes."""
-  d = q.shape[-1]
-  return q.ndim == 4 and q.dtype == jnp.float32 and d % 16 == 0 and d <= MAX_HEAD_DIM
+def supports(dtype, head_dim: int) -> bool:
+  """Whether the kernel takes attention in ``dtype`` with heads of ``head_dim``."""
+  return jnp.dtype(dtype) == jnp.float32 and head_dim % 16 == 0 and head_dim <= MAX_HEAD_DIM
 
 
 def _scale(q) -> np.float32:
@@ -144,8 +143,8 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 def dot_product_attention(q, k, v):
   """Softmax attention over (B, N, H, D) float32, scaled by 1/sqrt(D), by the fused kernel.
-  Raises RuntimeError where it cannot run (``unavailable()``); ``supports(q)`` is the
-  caller's to check."""
+  Raises RuntimeError where it cannot run (``unavailable()``); ``supports(q.dtype, D)`` is
+  the caller's to check."""
   why_not = unavailable()
   if why_not:
     raise RuntimeError(f"The fused CPU attention kernel cannot run: {why_not}")

@@ -63,7 +63,8 @@ def base() -> ml_collections.ConfigDict:
   # matmul units (crops within 1e-2; models/roi.py crop_rois_bf16 has the costs).
   c.model.crop = "dense"
   # The ViT's attention kernel: auto (cuDNN flash on sm80+ GPUs in bf16, Pallas splash on TPU,
-  # XLA otherwise) | xla | cudnn | splash | cpu. The log says which ran and why.
+  # on a CPU the fused kernel of models/cpu_attention.cc, XLA otherwise) | xla | cudnn | splash
+  # | cpu. The log says which ran and why.
   c.model.attention = "auto"
   # Recompute in the backward pass instead of keeping activations: none | dots (keep the
   # matmuls' outputs) | full (keep each ViT block's input only). Same loss and gradients.
